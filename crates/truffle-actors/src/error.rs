@@ -1,0 +1,90 @@
+//! The one error type of the public API.
+
+use std::path::PathBuf;
+
+use crate::ids::StoreId;
+
+/// Everything a public Truffle call can fail with. Each variant says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A store id broke the naming rule.
+    #[error("invalid store id {id:?}: {reason}")]
+    InvalidStoreId {
+        /// The rejected id.
+        id: String,
+        /// Which rule it broke.
+        reason: &'static str,
+    },
+    /// A device id did not parse as a libp2p peer id.
+    #[error("invalid device id {id:?}: {reason}")]
+    InvalidDeviceId {
+        /// The rejected text.
+        id: String,
+        /// Why it did not parse.
+        reason: String,
+    },
+    /// A local write produced a slice larger than the node's limit; nothing changed.
+    #[error("slice for store `{store}` is {size} bytes encoded, over the limit of {max} bytes; nothing was changed (shrink the data or raise `MeshNodeBuilder::max_slice_size`)")]
+    SliceTooLarge {
+        /// The store written to.
+        store: StoreId,
+        /// Encoded size of the rejected slice.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The store's data could not be encoded as MessagePack.
+    #[error("could not encode the data of store `{store}` as MessagePack: {reason}")]
+    Encode {
+        /// The store written to.
+        store: StoreId,
+        /// The encoder's message.
+        reason: String,
+    },
+    /// The closure given to `Store::update` panicked; nothing was changed.
+    #[error("the update closure for store `{0}` panicked; nothing was changed")]
+    UpdatePanicked(StoreId),
+    /// This node already joined a store with this id.
+    #[error("store `{0}` is already joined on this node; clone the existing `Store` handle instead")]
+    StoreAlreadyJoined(StoreId),
+    /// The store's actor is gone (the node shut down or the store was closed).
+    #[error("store `{0}` is closed (the node shut down); no further reads or writes are possible")]
+    StoreClosed(StoreId),
+    /// The node is shut down or its network actor stopped.
+    #[error("the mesh node is not running ({0}); start a new node")]
+    NodeStopped(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason} (is the port in use, or the address not on this host?)")]
+    Listen {
+        /// The address given to `listen`.
+        addr: String,
+        /// The transport's message.
+        reason: String,
+    },
+    /// A bootstrap address could not be dialled at all (malformed or unsupported).
+    #[error("cannot dial bootstrap peer {addr}: {reason} (use a /ip4/.../tcp/PORT address, optionally with /p2p/PEER_ID)")]
+    Dial {
+        /// The address given to `bootstrap`.
+        addr: String,
+        /// The transport's message.
+        reason: String,
+    },
+    /// The identity key file could not be read, parsed or written.
+    #[error("identity key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The node configuration is inconsistent.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
+    /// libp2p refused to build the swarm.
+    #[error("could not build the libp2p swarm: {0}")]
+    Transport(String),
+}
+
+/// `Result` with Truffle's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,319 @@
+//! Who is alive, and which slice versions this node holds: pure bookkeeping, no I/O.
+//!
+//! Liveness is judged only from this node's own evidence (a fresh presence heartbeat or a
+//! strictly newer slice, both signed by the device itself), never from a third party.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+use crate::store::RemovalReason;
+
+#[derive(Debug, Default)]
+struct Track {
+    /// Highest version ever admitted (kept after removal, so old copies cannot come back).
+    seen: Version,
+    /// Whether the store currently holds the device's slice.
+    held: bool,
+}
+
+#[derive(Debug)]
+struct DeviceState {
+    online: bool,
+    last_seen: Instant,
+    /// Highest `(incarnation, presence seq)` heard.
+    presence: (Incarnation, u64),
+    /// Incarnations up to this one said goodbye.
+    left: Option<Incarnation>,
+    stores: HashMap<StoreId, Track>,
+}
+
+impl DeviceState {
+    fn new(now: Instant) -> Self {
+        Self {
+            online: false,
+            last_seen: now,
+            presence: (0, 0),
+            left: None,
+            stores: HashMap::new(),
+        }
+    }
+
+    fn has_left(&self, inc: Incarnation) -> bool {
+        self.left.is_some_and(|l| inc <= l)
+    }
+
+    fn drop_held(&mut self) -> Vec<StoreId> {
+        let mut out: Vec<StoreId> = self
+            .stores
+            .iter_mut()
+            .filter(|(_, t)| t.held)
+            .map(|(s, t)| {
+                t.held = false;
+                s.clone()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// Whether to apply an incoming slice.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Newer than held: forward to the store.
+    Apply,
+    /// Not newer than held.
+    Stale,
+    /// From an incarnation that already left.
+    AfterLeave,
+}
+
+/// What a presence heartbeat changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct PresenceOutcome {
+    /// Newer than any heartbeat heard before (counts as evidence of life).
+    pub fresh: bool,
+    /// The device was offline (or unknown) and is live again.
+    pub came_online: bool,
+    /// The device restarted: these stores hold a slice of an older incarnation that the new
+    /// digest does not mention, so they must be dropped.
+    pub drop_stale_incarnation: Vec<StoreId>,
+}
+
+/// A device removal decided by this node.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Removal {
+    pub device: DeviceId,
+    pub reason: RemovalReason,
+    pub stores: Vec<StoreId>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Membership {
+    timeout: Duration,
+    devices: HashMap<DeviceId, DeviceState>,
+}
+
+impl Membership {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            devices: HashMap::new(),
+        }
+    }
+
+    pub fn online_count(&self) -> usize {
+        self.devices.values().filter(|d| d.online).count()
+    }
+
+    #[cfg(test)]
+    pub fn is_online(&self, device: &DeviceId) -> bool {
+        self.devices.get(device).is_some_and(|d| d.online)
+    }
+
+    /// A heartbeat from `device`; `digest` lists the stores it has a slice in.
+    pub fn on_presence(
+        &mut self,
+        device: DeviceId,
+        incarnation: Incarnation,
+        seq: u64,
+        digest: &[(StoreId, Version)],
+        complete: bool,
+        now: Instant,
+    ) -> PresenceOutcome {
+        let d = self
+            .devices
+            .entry(device)
+            .or_insert_with(|| DeviceState::new(now));
+        if d.has_left(incarnation) || (incarnation, seq) <= d.presence {
+            return PresenceOutcome::default();
+        }
+        let restarted = incarnation > d.presence.0 && d.presence.0 != 0;
+        d.presence = (incarnation, seq);
+        d.last_seen = now;
+        let came_online = !d.online;
+        d.online = true;
+        let mut drop_stale_incarnation = Vec::new();
+        if restarted && complete {
+            for (store, t) in d.stores.iter_mut() {
+                if t.held
+                    && t.seen.incarnation < incarnation
+                    && !digest.iter().any(|(s, _)| s == store)
+                {
+                    t.held = false;
+                    drop_stale_incarnation.push(store.clone());
+                }
+            }
+            drop_stale_incarnation.sort();
+        }
+        PresenceOutcome {
+            fresh: true,
+            came_online,
+            drop_stale_incarnation,
+        }
+    }
+
+    /// Whether a slice version advertised in a digest is one this node should fetch.
+    pub fn wants(&self, device: &DeviceId, store: &StoreId, version: Version) -> bool {
+        let Some(d) = self.devices.get(device) else {
+            return true;
+        };
+        if d.has_left(version.incarnation) {
+            return false;
+        }
+        match d.stores.get(store) {
+            None => true,
+            Some(t) => version > t.seen || (version == t.seen && !t.held && d.online),
+        }
+    }
+
+    /// Decides on an incoming, signature-checked slice.
+    pub fn admit(
+        &mut self,
+        device: DeviceId,
+        store: &StoreId,
+        version: Version,
+        now: Instant,
+    ) -> Admit {
+        let d = self
+            .devices
+            .entry(device)
+            .or_insert_with(|| DeviceState::new(now));
+        if d.has_left(version.incarnation) {
+            return Admit::AfterLeave;
+        }
+        let online = d.online;
+        let t = d.stores.entry(store.clone()).or_default();
+        if version > t.seen {
+            // A version never seen before can only come from the device itself: evidence.
+            t.seen = version;
+            t.held = true;
+            d.online = true;
+            d.last_seen = now;
+            Admit::Apply
+        } else if version == t.seen && !t.held && online {
+            // Re-fetch after a removal, once the device has spoken again.
+            t.held = true;
+            Admit::Apply
+        } else {
+            Admit::Stale
+        }
+    }
+
+    /// The device said it is leaving.
+    pub fn on_leave(&mut self, device: DeviceId, incarnation: Incarnation, now: Instant) -> Option<Removal> {
+        let d = self
+            .devices
+            .entry(device)
+            .or_insert_with(|| DeviceState::new(now));
+        if d.has_left(incarnation) || incarnation < d.presence.0 {
+            return None;
+        }
+        d.left = Some(incarnation);
+        let was_online = d.online;
+        d.online = false;
+        let stores = d.drop_held();
+        (was_online || !stores.is_empty()).then_some(Removal {
+            device,
+            reason: RemovalReason::Left,
+            stores,
+        })
+    }
+
+    /// Devices with no evidence for longer than the timeout.
+    pub fn expire(&mut self, now: Instant) -> Vec<Removal> {
+        let mut out = Vec::new();
+        for (id, d) in self.devices.iter_mut() {
+            if d.online && now.saturating_duration_since(d.last_seen) > self.timeout {
+                d.online = false;
+                out.push(Removal {
+                    device: *id,
+                    reason: RemovalReason::Timeout,
+                    stores: d.drop_held(),
+                });
+            }
+        }
+        out.sort_by_key(|r| r.device);
+        out
+    }
+
+    /// The store could not use a slice it was sent (for example its data did not decode):
+    /// mark it not held so a later copy is not mistaken for a duplicate.
+    pub fn unhold(&mut self, device: &DeviceId, store: &StoreId) {
+        if let Some(t) = self.devices.get_mut(device).and_then(|d| d.stores.get_mut(store)) {
+            t.held = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> DeviceId {
+        DeviceId::from(libp2p::PeerId::random())
+    }
+
+    fn s(n: &str) -> StoreId {
+        StoreId::new(n).unwrap()
+    }
+
+    #[test]
+    fn newer_applies_older_and_equal_are_stale() {
+        let mut m = Membership::new(Duration::from_secs(3));
+        let (d, st, t0) = (dev(), s("a"), Instant::now());
+        assert_eq!(m.admit(d, &st, Version::new(1, 2), t0), Admit::Apply);
+        assert_eq!(m.admit(d, &st, Version::new(1, 2), t0), Admit::Stale);
+        assert_eq!(m.admit(d, &st, Version::new(1, 1), t0), Admit::Stale);
+        assert_eq!(m.admit(d, &st, Version::new(2, 0), t0), Admit::Apply);
+    }
+
+    #[test]
+    fn leave_removes_and_blocks_that_incarnation() {
+        let mut m = Membership::new(Duration::from_secs(3));
+        let (d, st, t0) = (dev(), s("a"), Instant::now());
+        m.admit(d, &st, Version::new(5, 1), t0);
+        let r = m.on_leave(d, 5, t0).unwrap();
+        assert_eq!(r.reason, RemovalReason::Left);
+        assert_eq!(r.stores, vec![st.clone()]);
+        assert_eq!(m.admit(d, &st, Version::new(5, 9), t0), Admit::AfterLeave);
+        assert!(!m.wants(&d, &st, Version::new(5, 9)));
+        // the same device restarting is welcome
+        assert_eq!(m.admit(d, &st, Version::new(6, 0), t0), Admit::Apply);
+    }
+
+    #[test]
+    fn timeout_removes_and_fresh_presence_revives() {
+        let timeout = Duration::from_secs(3);
+        let mut m = Membership::new(timeout);
+        let (d, st, t0) = (dev(), s("a"), Instant::now());
+        assert!(m.on_presence(d, 1, 1, &[], true, t0).came_online);
+        m.admit(d, &st, Version::new(1, 3), t0);
+        assert!(m.expire(t0 + timeout / 2).is_empty());
+        let gone = m.expire(t0 + timeout * 2);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].stores, vec![st.clone()]);
+        assert!(!m.is_online(&d));
+        // a replayed old heartbeat is no evidence
+        assert!(!m.on_presence(d, 1, 1, &[], true, t0).fresh);
+        // a copy of the held version is not accepted while the device is silent
+        assert_eq!(m.admit(d, &st, Version::new(1, 3), t0), Admit::Stale);
+        // the device speaks again: its current version is wanted and applied
+        assert!(m.on_presence(d, 1, 2, &[], true, t0).came_online);
+        assert!(m.wants(&d, &st, Version::new(1, 3)));
+        assert_eq!(m.admit(d, &st, Version::new(1, 3), t0), Admit::Apply);
+        assert!(!m.wants(&d, &st, Version::new(1, 3)));
+    }
+
+    #[test]
+    fn restart_drops_stores_the_new_incarnation_does_not_have() {
+        let mut m = Membership::new(Duration::from_secs(3));
+        let (d, t0) = (dev(), Instant::now());
+        m.on_presence(d, 1, 1, &[], true, t0);
+        m.admit(d, &s("a"), Version::new(1, 1), t0);
+        m.admit(d, &s("b"), Version::new(1, 1), t0);
+        let out = m.on_presence(d, 2, 1, &[(s("a"), Version::new(2, 0))], true, t0);
+        assert_eq!(out.drop_stale_incarnation, vec![s("b")]);
+    }
+}

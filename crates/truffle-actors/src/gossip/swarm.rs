@@ -1,0 +1,511 @@
+//! The task that owns and continuously polls the libp2p `Swarm`.
+//!
+//! It does transport work only: subscribe, publish (coalesced per store), first-line
+//! validation of gossip messages, direct requests. Protocol decisions are the gossip
+//! actor's; the two talk through an unbounded command channel (local, bounded by the actor's
+//! own behaviour) and actor messages.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{
+    self, AllowAllSubscriptionFilter, IdentTopic, IdentityTransform, MaxCountSubscriptionFilter,
+    MessageAcceptance, MessageAuthenticity, MessageId, ValidationMode,
+};
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use ractor::ActorRef;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{GossipMsg, NetEvent};
+use crate::error::Error;
+use crate::ids::StoreId;
+use crate::metrics::{inc, Counters};
+use crate::node::Config;
+use crate::wire::{
+    decode_presence_msg, decode_slice, store_topic, Leave, PresenceMsg, SyncCodec, SyncRequest,
+    SyncResponse, Want, PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
+};
+
+type Gossipsub =
+    gossipsub::Behaviour<IdentityTransform, MaxCountSubscriptionFilter<AllowAllSubscriptionFilter>>;
+
+/// Most topics a remote peer may subscribe to before gossipsub ignores its subscriptions.
+/// (gossipsub's default filter caps this at 100 and rejects the whole list past it.)
+const MAX_REMOTE_TOPICS: usize = 10_000;
+/// Extra room in the transmit limit for the envelope around a maximal slice.
+const ENVELOPE_OVERHEAD: usize = 64 * 1024;
+/// How often bootstrap peers are re-dialled while this node has no connection at all.
+const REDIAL_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    gossipsub: Gossipsub,
+    sync: request_response::Behaviour<SyncCodec>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The largest gossip message this node sends or accepts.
+pub(crate) fn max_message_size(cfg: &Config) -> usize {
+    cfg.max_slice_size + ENVELOPE_OVERHEAD
+}
+
+/// The gossipsub message id: the source peer id in base58 followed by the decimal sequence
+/// number (documented in the book's wire chapter; other implementations must match it).
+fn message_id(m: &gossipsub::Message) -> MessageId {
+    let src = m.source.map(|p| p.to_base58()).unwrap_or_default();
+    MessageId::from(format!("{src}{}", m.sequence_number.unwrap_or(0)))
+}
+
+pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Error> {
+    let max_msg = max_message_size(cfg);
+    let heartbeat = cfg.gossip_heartbeat;
+    let mdns_on = cfg.mdns;
+    let max_response = cfg.max_response_bytes;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_behaviour(|key| {
+            let gs_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(ValidationMode::Strict)
+                .validate_messages()
+                .heartbeat_interval(heartbeat)
+                .max_transmit_size(max_msg)
+                .max_control_message_size(max_msg)
+                .message_id_fn(message_id)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let filter = MaxCountSubscriptionFilter {
+                filter: AllowAllSubscriptionFilter {},
+                max_subscribed_topics: MAX_REMOTE_TOPICS,
+                max_subscriptions_per_request: MAX_REMOTE_TOPICS,
+            };
+            let gossipsub = Gossipsub::new_with_subscription_filter(
+                MessageAuthenticity::Signed(key.clone()),
+                gs_config,
+                filter,
+            )?;
+            let sync = request_response::Behaviour::with_codec(
+                SyncCodec {
+                    max_request: 1024 * 1024,
+                    max_response,
+                },
+                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            );
+            let identify = identify::Behaviour::new(identify::Config::new(
+                "/truffle/id/1".into(),
+                key.public(),
+            ));
+            let ping = ping::Behaviour::default();
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                gossipsub,
+                sync,
+                identify,
+                ping,
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(|e| Error::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+/// Commands from the gossip actor.
+pub(crate) enum SwarmCmd {
+    Subscribe(StoreId),
+    Publish {
+        store: StoreId,
+        raw: Arc<[u8]>,
+    },
+    PublishPresence(Vec<u8>),
+    Fetch {
+        peer: PeerId,
+        want: Vec<Want>,
+    },
+    Respond {
+        channel: ResponseChannel<SyncResponse>,
+        response: SyncResponse,
+    },
+    Leave {
+        payload: Vec<u8>,
+        incarnation: u64,
+        done: oneshot::Sender<()>,
+    },
+}
+
+struct PendingLeave {
+    waiting: HashSet<OutboundRequestId>,
+    done: oneshot::Sender<()>,
+    deadline: tokio::time::Instant,
+}
+
+pub(crate) struct SwarmTask {
+    pub swarm: Swarm<Behaviour>,
+    pub cmds: mpsc::UnboundedReceiver<SwarmCmd>,
+    pub actor: ActorRef<GossipMsg>,
+    pub counters: Arc<Counters>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
+    pub max_message: usize,
+    pub leave_timeout: Duration,
+}
+
+impl SwarmTask {
+    pub async fn run(mut self) {
+        let presence = IdentTopic::new(PRESENCE_TOPIC);
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&presence) {
+            tracing::error!(error = %e, "cannot subscribe to the presence topic");
+        }
+        let mut pending: HashMap<StoreId, Arc<[u8]>> = HashMap::new();
+        let mut leave: Option<PendingLeave> = None;
+        let mut redial = tokio::time::interval(REDIAL_EVERY);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let leave_deadline = leave.as_ref().map(|l| l.deadline);
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event, &mut leave),
+                cmd = self.cmds.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.on_cmd(cmd, &mut pending, &mut leave);
+                    // Drain what is already queued, then publish each store's newest slice
+                    // once: last write wins, so older pending versions need not go out.
+                    while let Ok(cmd) = self.cmds.try_recv() {
+                        self.on_cmd(cmd, &mut pending, &mut leave);
+                    }
+                    for (store, raw) in pending.drain() {
+                        self.publish(&store, &raw);
+                    }
+                }
+                _ = redial.tick() => {
+                    if self.swarm.connected_peers().next().is_none() {
+                        for addr in self.bootstrap.clone() {
+                            let _ = self.swarm.dial(addr);
+                        }
+                    }
+                }
+                _ = async { tokio::time::sleep_until(leave_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if leave_deadline.is_some() => {
+                    if let Some(l) = leave.take() {
+                        tracing::warn!(unanswered = l.waiting.len(), "leave not acknowledged by every peer before the deadline");
+                        let _ = l.done.send(());
+                    }
+                }
+            }
+        }
+        tracing::debug!("swarm task stopped");
+    }
+
+    fn publish(&mut self, store: &StoreId, raw: &[u8]) {
+        let topic = IdentTopic::new(store_topic(store));
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, raw.to_vec()) {
+            Ok(_) => inc(&self.counters.published),
+            // Nobody else has joined yet: they get it through the join exchange.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                tracing::trace!(%store, "no peers subscribed yet")
+            }
+            Err(e) => tracing::warn!(%store, error = %e, "publish failed; anti-entropy will retry"),
+        }
+    }
+
+    fn on_cmd(
+        &mut self,
+        cmd: SwarmCmd,
+        pending: &mut HashMap<StoreId, Arc<[u8]>>,
+        leave: &mut Option<PendingLeave>,
+    ) {
+        match cmd {
+            SwarmCmd::Subscribe(store) => {
+                let topic = IdentTopic::new(store_topic(&store));
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                    tracing::error!(%store, error = %e, "cannot subscribe to store topic");
+                }
+            }
+            SwarmCmd::Publish { store, raw } => {
+                pending.insert(store, raw);
+            }
+            SwarmCmd::PublishPresence(bytes) => {
+                let topic = IdentTopic::new(PRESENCE_TOPIC);
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    if !matches!(e, gossipsub::PublishError::NoPeersSubscribedToTopic) {
+                        tracing::debug!(error = %e, "presence publish failed");
+                    }
+                }
+            }
+            SwarmCmd::Fetch { peer, want } => {
+                let req = SyncRequest {
+                    v: PROTOCOL_VERSION,
+                    kind: "fetch".into(),
+                    want,
+                    incarnation: 0,
+                };
+                self.swarm.behaviour_mut().sync.send_request(&peer, req);
+            }
+            SwarmCmd::Respond { channel, response } => {
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+            }
+            SwarmCmd::Leave {
+                payload,
+                incarnation,
+                done,
+            } => {
+                let topic = IdentTopic::new(PRESENCE_TOPIC);
+                let _ = self.swarm.behaviour_mut().gossipsub.publish(topic, payload);
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                let mut waiting = HashSet::new();
+                for peer in peers {
+                    let req = SyncRequest {
+                        v: PROTOCOL_VERSION,
+                        kind: "leave".into(),
+                        want: Vec::new(),
+                        incarnation,
+                    };
+                    waiting.insert(self.swarm.behaviour_mut().sync.send_request(&peer, req));
+                }
+                if waiting.is_empty() {
+                    let _ = done.send(());
+                } else {
+                    *leave = Some(PendingLeave {
+                        waiting,
+                        done,
+                        deadline: tokio::time::Instant::now() + self.leave_timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    fn leave_answered(&mut self, id: &OutboundRequestId, leave: &mut Option<PendingLeave>) -> bool {
+        let Some(l) = leave.as_mut() else {
+            return false;
+        };
+        if !l.waiting.remove(id) {
+            return false;
+        }
+        if l.waiting.is_empty() {
+            if let Some(l) = leave.take() {
+                let _ = l.done.send(());
+            }
+        }
+        true
+    }
+
+    fn forward(&self, ev: NetEvent) {
+        if self.actor.cast(GossipMsg::Net(ev)).is_err() {
+            tracing::debug!("gossip actor gone; dropping network event");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>, leave: &mut Option<PendingLeave>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev, leave),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs.into_iter().take(16) {
+                    self.swarm.add_peer_address(peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if !self.swarm.is_connected(&peer) {
+                        tracing::debug!(%peer, %addr, "mdns discovered a peer; dialling");
+                        let _ = self.swarm.dial(
+                            libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                                .addresses(vec![addr])
+                                .build(),
+                        );
+                    }
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let mut addrs = self.listen_addrs.lock().unwrap_or_else(|p| p.into_inner());
+                if !addrs.contains(&address) {
+                    addrs.push(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let mut addrs = self.listen_addrs.lock().unwrap_or_else(|p| p.into_inner());
+                addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                tracing::debug!(peer = %peer_id, "connected");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                // Not a liveness signal on its own: presence timeouts decide removals.
+                tracing::debug!(peer = %peer_id, "last connection closed");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let acceptance = self.check_gossip(propagation_source, &message);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                if let Some(store) = topic.as_str().strip_prefix(STORE_TOPIC_PREFIX) {
+                    if let Ok(store) = StoreId::new(store) {
+                        self.forward(NetEvent::Subscribed {
+                            peer: peer_id,
+                            store,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn check_gossip(&mut self, via: PeerId, message: &gossipsub::Message) -> MessageAcceptance {
+        // Strict validation guarantees a verified source on every delivered message.
+        let Some(source) = message.source else {
+            return MessageAcceptance::Reject;
+        };
+        let topic = message.topic.as_str();
+        if topic == PRESENCE_TOPIC {
+            return match decode_presence_msg(&message.data, &source, self.max_message) {
+                Ok(msg) => {
+                    self.forward(NetEvent::Presence { via, msg });
+                    MessageAcceptance::Accept
+                }
+                Err(reason) => {
+                    self.counters.reject(reason, &source, "presence topic");
+                    MessageAcceptance::Reject
+                }
+            };
+        }
+        let Some(topic_store) = topic.strip_prefix(STORE_TOPIC_PREFIX) else {
+            return MessageAcceptance::Ignore;
+        };
+        inc(&self.counters.delivered);
+        match decode_slice(&message.data, self.max_message) {
+            Ok(slice) if slice.device.peer_id() != source => {
+                self.counters.reject(crate::wire::RejectReason::Forged, &source, topic);
+                MessageAcceptance::Reject
+            }
+            Ok(slice) if slice.store.as_str() != topic_store => {
+                self.counters.reject(crate::wire::RejectReason::WrongStore, &source, topic);
+                MessageAcceptance::Reject
+            }
+            Ok(slice) => {
+                self.forward(NetEvent::Slice { slice });
+                MessageAcceptance::Accept
+            }
+            Err(reason) => {
+                self.counters.reject(reason, &source, topic);
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    fn on_sync(
+        &mut self,
+        ev: request_response::Event<SyncRequest, SyncResponse>,
+        leave: &mut Option<PendingLeave>,
+    ) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                if request.kind == "leave" {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, SyncResponse {
+                            v: PROTOCOL_VERSION,
+                            slices: Vec::new(),
+                        });
+                    // The stream is authenticated: `peer` is the device that is leaving.
+                    self.forward(NetEvent::Presence {
+                        via: peer,
+                        msg: PresenceMsg::Leave(Leave {
+                            v: PROTOCOL_VERSION,
+                            kind: "leave".into(),
+                            device: peer.to_string(),
+                            incarnation: request.incarnation,
+                        }),
+                    });
+                } else {
+                    self.forward(NetEvent::Request {
+                        peer,
+                        request,
+                        channel,
+                    });
+                }
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if !self.leave_answered(&request_id, leave) {
+                    self.forward(NetEvent::Response { peer, response });
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if !self.leave_answered(&request_id, leave) {
+                    tracing::debug!(%peer, %error, "sync request failed; anti-entropy will retry");
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound sync request failed");
+            }
+            _ => {}
+        }
+    }
+}

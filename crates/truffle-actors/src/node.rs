@@ -1,0 +1,550 @@
+//! The mesh node: identity, transport, and the stores it has joined.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::Multiaddr;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorRef};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::gossip::swarm::{build_swarm, max_message_size, SwarmTask};
+use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
+use crate::ids::{DeviceId, Incarnation, StoreId};
+use crate::metrics::{Counters, Metrics};
+use crate::slice::now_millis;
+use crate::store::{sink_for, spawn_store, SliceStore, Store, StoreParams, Syncable, SyncableStore};
+
+/// Timings and limits of a node. Set through [`MeshNodeBuilder`].
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub presence_interval: Duration,
+    pub presence_timeout: Duration,
+    pub max_slice_size: usize,
+    pub max_response_bytes: usize,
+    pub gossip_heartbeat: Duration,
+    pub event_buffer: usize,
+    pub leave_timeout: Duration,
+    pub listen_timeout: Duration,
+    pub mdns: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            presence_interval: Duration::from_millis(500),
+            presence_timeout: Duration::from_secs(3),
+            max_slice_size: 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+            gossip_heartbeat: Duration::from_millis(500),
+            event_buffer: 1024,
+            leave_timeout: Duration::from_secs(2),
+            listen_timeout: Duration::from_secs(5),
+            mdns: true,
+        }
+    }
+}
+
+enum KeySource {
+    Generate,
+    Keypair(Keypair),
+    File(PathBuf),
+}
+
+/// Configures and starts a [`MeshNode`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use truffle_actors::MeshNode;
+///
+/// let node = MeshNode::builder()
+///     .name("laptop")
+///     .listen("/ip4/0.0.0.0/tcp/4001".parse()?)
+///     .bootstrap("/ip4/192.0.2.7/tcp/4001".parse()?)
+///     .mdns(false)
+///     .key_file("laptop.key")
+///     .presence_timeout(Duration::from_secs(5))
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct MeshNodeBuilder {
+    name: Option<String>,
+    listen: Vec<Multiaddr>,
+    bootstrap: Vec<Multiaddr>,
+    key: KeySource,
+    cfg: Config,
+}
+
+impl MeshNodeBuilder {
+    /// A human-readable name for logs (defaults to the device id).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Adds a listen address, e.g. `/ip4/0.0.0.0/tcp/0`. With none, the node listens on
+    /// `/ip4/0.0.0.0/tcp/0` (every interface, a free port).
+    pub fn listen(mut self, addr: Multiaddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Adds a peer to dial at start (and again whenever this node has no connection).
+    /// A `/p2p/<peer id>` suffix makes the dial check who answers.
+    pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
+        self.bootstrap.push(addr);
+        self
+    }
+
+    /// Turns mDNS discovery of peers on the local network on or off (default on).
+    pub fn mdns(mut self, on: bool) -> Self {
+        self.cfg.mdns = on;
+        self
+    }
+
+    /// Uses this identity (the device id is its peer id). Must be ed25519.
+    pub fn keypair(mut self, key: Keypair) -> Self {
+        self.key = KeySource::Keypair(key);
+        self
+    }
+
+    /// Keeps the identity in a file, created (mode 0600) if missing, so the device id
+    /// survives restarts. Without it every start is a new device.
+    pub fn key_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.key = KeySource::File(path.as_ref().to_owned());
+        self
+    }
+
+    /// How often this node announces itself and its versions (default 500 ms).
+    pub fn presence_interval(mut self, every: Duration) -> Self {
+        self.cfg.presence_interval = every;
+        self
+    }
+
+    /// How long without evidence before a device is removed here (default 3 s).
+    pub fn presence_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.presence_timeout = timeout;
+        self
+    }
+
+    /// Largest encoded slice data this node writes or accepts (default 1 MiB).
+    pub fn max_slice_size(mut self, bytes: usize) -> Self {
+        self.cfg.max_slice_size = bytes;
+        self
+    }
+
+    /// The gossipsub heartbeat (mesh maintenance; default 500 ms).
+    pub fn gossip_heartbeat(mut self, every: Duration) -> Self {
+        self.cfg.gossip_heartbeat = every;
+        self
+    }
+
+    /// Events a subscriber may fall behind before it gets `Lagged` (default 1024).
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.cfg.event_buffer = events;
+        self
+    }
+
+    /// How long [`MeshNode::shutdown`] waits for peers to acknowledge the leave (default 2 s).
+    pub fn leave_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.leave_timeout = timeout;
+        self
+    }
+
+    /// Starts the node: binds the listen addresses, dials the bootstrap peers and spawns
+    /// the actors. Returns once every listen address is bound.
+    pub async fn start(self) -> Result<MeshNode> {
+        let cfg = self.cfg;
+        if cfg.presence_interval.is_zero() || cfg.presence_timeout <= cfg.presence_interval {
+            return Err(Error::Config(format!(
+                "presence_timeout ({:?}) must be longer than presence_interval ({:?})",
+                cfg.presence_timeout, cfg.presence_interval
+            )));
+        }
+        if cfg.max_slice_size == 0 || cfg.max_slice_size > 256 * 1024 * 1024 {
+            return Err(Error::Config(format!(
+                "max_slice_size {} must be between 1 byte and 256 MiB",
+                cfg.max_slice_size
+            )));
+        }
+        let (key, incarnation) = match self.key {
+            KeySource::Generate => (Keypair::generate_ed25519(), now_millis()),
+            KeySource::Keypair(k) => (k, now_millis()),
+            KeySource::File(path) => load_or_create_key(&path)?,
+        };
+        if key.clone().try_into_ed25519().is_err() {
+            return Err(Error::Config(
+                "only ed25519 identities are supported (their public key is part of the device id)".into(),
+            ));
+        }
+        let device = DeviceId::from(key.public().to_peer_id());
+        let name = self.name.unwrap_or_else(|| device.to_string());
+        let listen = if self.listen.is_empty() {
+            vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")]
+        } else {
+            self.listen
+        };
+
+        let mut swarm = build_swarm(key.clone(), &cfg)?;
+        let mut pending = std::collections::HashSet::new();
+        for addr in &listen {
+            let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+            pending.insert((id, addr.clone()));
+        }
+        let mut bound = Vec::new();
+        let deadline = tokio::time::Instant::now() + cfg.listen_timeout;
+        while !pending.is_empty() {
+            let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .map_err(|_| Error::Listen {
+                    addr: format!("{:?}", pending.iter().map(|p| p.1.to_string()).collect::<Vec<_>>()),
+                    reason: "no address bound in time".into(),
+                })?;
+            match ev {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    pending.retain(|(id, _)| *id != listener_id);
+                    bound.push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    ..
+                } => {
+                    if let Some((_, addr)) = pending.iter().find(|(id, _)| *id == listener_id) {
+                        return Err(Error::Listen {
+                            addr: addr.to_string(),
+                            reason: format!("{reason:?}"),
+                        });
+                    }
+                }
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    if let Some((_, addr)) = pending.iter().find(|(id, _)| *id == listener_id) {
+                        return Err(Error::Listen {
+                            addr: addr.to_string(),
+                            reason: error.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        for addr in &self.bootstrap {
+            swarm.dial(addr.clone()).map_err(|e| Error::Dial {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+
+        let counters = Arc::new(Counters::default());
+        let listen_addrs = Arc::new(Mutex::new(bound));
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (gossip, _) = Actor::spawn(
+            None,
+            GossipActor,
+            GossipArgs {
+                me: device,
+                incarnation,
+                presence_interval: cfg.presence_interval,
+                presence_timeout: cfg.presence_timeout,
+                max_message: max_message_size(&cfg),
+                max_response: cfg.max_response_bytes,
+                counters: counters.clone(),
+                cmds: cmd_tx,
+                listen_addrs: listen_addrs.clone(),
+            },
+        )
+        .await
+        .map_err(|e| Error::NodeStopped(format!("gossip actor failed to start: {e}")))?;
+        let task = SwarmTask {
+            swarm,
+            cmds: cmd_rx,
+            actor: gossip.clone(),
+            counters: counters.clone(),
+            bootstrap: self.bootstrap,
+            listen_addrs: listen_addrs.clone(),
+            max_message: max_message_size(&cfg),
+            leave_timeout: cfg.leave_timeout,
+        };
+        let swarm_task = tokio::spawn(task.run());
+        tracing::info!(%device, %name, incarnation, "mesh node started");
+        Ok(MeshNode {
+            device,
+            name,
+            incarnation,
+            key,
+            cfg,
+            gossip,
+            counters,
+            listen_addrs,
+            stores: tokio::sync::Mutex::new(HashMap::new()),
+            swarm_task: Some(swarm_task),
+        })
+    }
+}
+
+/// Reads the identity from `path`, or creates it. The incarnation is kept beside it
+/// (`<path>.incarnation`) so that it grows across restarts even if the clock goes back.
+fn load_or_create_key(path: &Path) -> Result<(Keypair, Incarnation)> {
+    let err = |reason: String| Error::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let key = match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            err(format!(
+                "not a libp2p protobuf-encoded keypair ({e}); delete it to create a new identity"
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| err(format!("cannot encode new key: {e}")))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder: {e}")))?;
+            }
+            write_private(path, &bytes).map_err(|e| err(format!("cannot write: {e}")))?;
+            key
+        }
+        Err(e) => return Err(err(format!("cannot read: {e}"))),
+    };
+    let inc_path = PathBuf::from(format!("{}.incarnation", path.display()));
+    let last: Incarnation = std::fs::read_to_string(&inc_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let incarnation = now_millis().max(last + 1);
+    std::fs::write(&inc_path, incarnation.to_string())
+        .map_err(|e| err(format!("cannot write {}: {e}", inc_path.display())))?;
+    Ok((key, incarnation))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
+}
+
+struct Joined {
+    handle: Box<dyn Any + Send + Sync>,
+    actor: ActorCell,
+}
+
+/// A running node of the mesh. Join stores with [`store`](Self::store); leave with
+/// [`shutdown`](Self::shutdown). Dropping it without `shutdown` stops it abruptly, as a
+/// crash would: peers remove its slices after their presence timeout.
+pub struct MeshNode {
+    device: DeviceId,
+    name: String,
+    incarnation: Incarnation,
+    key: Keypair,
+    cfg: Config,
+    gossip: ActorRef<GossipMsg>,
+    counters: Arc<Counters>,
+    listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
+    stores: tokio::sync::Mutex<HashMap<StoreId, Joined>>,
+    swarm_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for MeshNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshNode")
+            .field("device", &self.device)
+            .field("name", &self.name)
+            .field("incarnation", &self.incarnation)
+            .finish()
+    }
+}
+
+impl MeshNode {
+    /// A builder with defaults: listen on all interfaces, mDNS on, a fresh identity.
+    pub fn builder() -> MeshNodeBuilder {
+        MeshNodeBuilder {
+            name: None,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            key: KeySource::Generate,
+            cfg: Config::default(),
+        }
+    }
+
+    /// This device's id (its libp2p peer id).
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The name given to the builder (or the device id).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This run's incarnation (see [`crate::Version`]).
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// The addresses this node listens on, each ending in `/p2p/<device id>`, ready to pass
+    /// to another node's [`MeshNodeBuilder::bootstrap`].
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let addrs = self.listen_addrs.lock().unwrap_or_else(|p| p.into_inner());
+        addrs
+            .iter()
+            .map(|a| a.clone().with(Protocol::P2p(self.device.peer_id())))
+            .collect()
+    }
+
+    /// A copy of the node's counters.
+    pub fn metrics(&self) -> Metrics {
+        self.counters.snapshot()
+    }
+
+    /// Joins the store of a [`Syncable`] type (what `#[derive(Syncable)]` gives you).
+    /// Calling it again for the same type returns another handle to the same store.
+    pub async fn store<T: Syncable>(&self) -> Result<Store<T>> {
+        let id = StoreId::new(T::STORE_ID)?;
+        {
+            let stores = self.stores.lock().await;
+            if let Some(j) = stores.get(&id) {
+                return j
+                    .handle
+                    .downcast_ref::<Store<T>>()
+                    .cloned()
+                    .ok_or(Error::StoreAlreadyJoined(id));
+            }
+        }
+        self.join(SliceStore::<T>::new()?).await
+    }
+
+    /// Joins a hand-written store. Fails if a store with the same id is already joined.
+    pub async fn join<S: SyncableStore>(&self, store: S) -> Result<Store<S::Data>> {
+        let id = store.store_id();
+        let mut stores = self.stores.lock().await;
+        if stores.contains_key(&id) {
+            return Err(Error::StoreAlreadyJoined(id));
+        }
+        let spawned = spawn_store(
+            store,
+            StoreParams {
+                device: self.device,
+                incarnation: self.incarnation,
+                key: self.key.clone(),
+                max_slice_size: self.cfg.max_slice_size,
+                event_buffer: self.cfg.event_buffer,
+                gossip: self.gossip.clone(),
+                counters: self.counters.clone(),
+            },
+        )
+        .await?;
+        let handle = spawned.handle;
+        let sink = sink_for(handle.actor.clone());
+        let joined = self
+            .gossip
+            .call(
+                |reply| GossipMsg::Join {
+                    store: id.clone(),
+                    sink,
+                    reply,
+                },
+                None,
+            )
+            .await;
+        match joined {
+            Ok(CallResult::Success(Ok(()))) => {}
+            Ok(CallResult::Success(Err(e))) => {
+                handle.actor.stop(None);
+                return Err(e);
+            }
+            _ => {
+                handle.actor.stop(None);
+                return Err(Error::NodeStopped("the gossip actor is not running".into()));
+            }
+        }
+        let (version, raw) = spawned.initial;
+        let _ = self.gossip.cast(GossipMsg::LocalSlice {
+            store: id.clone(),
+            version,
+            raw,
+        });
+        tracing::info!(store = %id, device = %self.device, "joined store");
+        stores.insert(
+            id,
+            Joined {
+                actor: handle.actor.get_cell(),
+                handle: Box::new(handle.clone()),
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Leaves the mesh gracefully: tells peers (signed leave, acknowledged directly by
+    /// connected peers, up to the leave timeout) so they drop this device's slices at once,
+    /// then stops the stores and the network.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.gossip.cast(GossipMsg::Leave { done }).is_ok() {
+            let _ = tokio::time::timeout(self.cfg.leave_timeout + Duration::from_secs(1), wait).await;
+        }
+        self.stop().await;
+        tracing::info!(device = %self.device, name = %self.name, "mesh node shut down");
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        let stores: Vec<ActorCell> = self
+            .stores
+            .lock()
+            .await
+            .drain()
+            .map(|(_, j)| j.actor)
+            .collect();
+        for actor in stores {
+            let _ = actor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        }
+        let _ = self
+            .gossip
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        if let Some(task) = self.swarm_task.take() {
+            // The command channel closed with the actor: the task ends and drops the swarm.
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                tracing::warn!("swarm task did not stop in time");
+            }
+        }
+    }
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        if let Some(task) = self.swarm_task.take() {
+            task.abort();
+            self.gossip.stop(None);
+            if let Ok(stores) = self.stores.try_lock() {
+                for j in stores.values() {
+                    j.actor.stop(None);
+                }
+            }
+        }
+    }
+}

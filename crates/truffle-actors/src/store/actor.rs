@@ -1,0 +1,283 @@
+//! The store actor: sole owner of one store's slices on this node.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use libp2p::identity::Keypair;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{broadcast, watch};
+
+use super::{RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
+use crate::error::Error;
+use crate::gossip::GossipMsg;
+use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+use crate::metrics::{inc, Counters};
+use crate::slice::{now_millis, DeviceSlice};
+use crate::wire::{encode_slice, RejectReason, VerifiedSlice};
+
+/// What the network side tells a store.
+#[derive(Debug)]
+pub(crate) enum StoreInput {
+    /// A remote slice the gossip actor admitted (signature and version checked).
+    Remote(VerifiedSlice),
+    /// A device is gone.
+    Remove {
+        device: DeviceId,
+        reason: RemovalReason,
+    },
+}
+
+/// A type-erased way for the gossip actor to reach a store actor of any data type.
+pub(crate) type StoreSink = Arc<dyn Fn(StoreInput) -> bool + Send + Sync>;
+
+type Updater<T> = Box<dyn FnOnce(&mut T) + Send>;
+
+pub(crate) enum StoreMsg<T> {
+    Update {
+        f: Updater<T>,
+        reply: RpcReplyPort<Result<Arc<DeviceSlice<T>>, Error>>,
+    },
+    Net(StoreInput),
+}
+
+/// Everything a store actor needs besides the store itself.
+pub(crate) struct StoreParams {
+    pub device: DeviceId,
+    pub incarnation: Incarnation,
+    pub key: Keypair,
+    pub max_slice_size: usize,
+    pub event_buffer: usize,
+    pub gossip: ActorRef<GossipMsg>,
+    pub counters: Arc<Counters>,
+}
+
+pub(crate) struct StoreArgs<S: SyncableStore> {
+    store: S,
+    id: StoreId,
+    device: DeviceId,
+    incarnation: Incarnation,
+    key: Keypair,
+    max_slice_size: usize,
+    gossip: ActorRef<GossipMsg>,
+    counters: Arc<Counters>,
+    events: broadcast::Sender<StoreEvent<S::Data>>,
+    view: watch::Sender<Arc<StoreSnapshot<S::Data>>>,
+}
+
+pub(crate) struct StoreState<S: SyncableStore> {
+    args: StoreArgs<S>,
+    counter: u64,
+}
+
+pub(crate) struct StoreActor<S>(std::marker::PhantomData<fn() -> S>);
+
+/// A freshly spawned store actor, with what the node needs to finish joining.
+pub(crate) struct SpawnedStore<T> {
+    pub handle: super::Store<T>,
+    /// The initial slice, to announce once the gossip actor knows the store.
+    pub initial: (Version, Arc<[u8]>),
+}
+
+/// Initialises `store` and spawns its actor.
+pub(crate) async fn spawn_store<S: SyncableStore>(
+    mut store: S,
+    p: StoreParams,
+) -> Result<SpawnedStore<S::Data>, Error> {
+    let id = store.store_id();
+    let version = Version::new(p.incarnation, 0);
+    let local = store.init(p.device, version, now_millis());
+    let (events, _) = broadcast::channel(p.event_buffer.max(1));
+    let (view, view_rx) = watch::channel(Arc::new(StoreSnapshot {
+        local: local.clone(),
+        remote: Default::default(),
+    }));
+    let args = StoreArgs {
+        store,
+        id: id.clone(),
+        device: p.device,
+        incarnation: p.incarnation,
+        key: p.key,
+        max_slice_size: p.max_slice_size,
+        gossip: p.gossip,
+        counters: p.counters,
+        events: events.clone(),
+        view,
+    };
+    let raw = encode_local(&args, &local)?;
+    let (actor, _) = Actor::spawn(None, StoreActor::<S>(Default::default()), args)
+        .await
+        .map_err(|e| Error::NodeStopped(format!("store actor for `{id}` failed to start: {e}")))?;
+    Ok(SpawnedStore {
+        handle: super::Store {
+            id,
+            actor,
+            events,
+            view: view_rx,
+        },
+        initial: (version, raw),
+    })
+}
+
+/// The sink through which the gossip actor feeds a store actor.
+pub(crate) fn sink_for<T: Send + Sync + 'static>(actor: ActorRef<StoreMsg<T>>) -> StoreSink {
+    Arc::new(move |input| actor.cast(StoreMsg::Net(input)).is_ok())
+}
+
+fn encode_local<S: SyncableStore>(
+    args: &StoreArgs<S>,
+    slice: &DeviceSlice<S::Data>,
+) -> Result<Arc<[u8]>, Error> {
+    let data = rmp_serde::to_vec_named(&slice.data).map_err(|e| Error::Encode {
+        store: args.id.clone(),
+        reason: e.to_string(),
+    })?;
+    if data.len() > args.max_slice_size {
+        return Err(Error::SliceTooLarge {
+            store: args.id.clone(),
+            size: data.len(),
+            max: args.max_slice_size,
+        });
+    }
+    encode_slice(
+        &args.key,
+        &args.id,
+        args.device,
+        slice.version,
+        slice.updated_at,
+        data,
+    )
+    .map(Arc::from)
+    .map_err(|reason| Error::Encode {
+        store: args.id.clone(),
+        reason,
+    })
+}
+
+impl<S: SyncableStore> StoreState<S> {
+    fn emit(&mut self, event: StoreEvent<S::Data>) {
+        self.args.store.on_event(&event);
+        // No receivers is fine: nobody is subscribed.
+        let _ = self.args.events.send(event);
+        let Some(local) = self.args.store.local_slice() else {
+            return;
+        };
+        self.args.view.send_replace(Arc::new(StoreSnapshot {
+            local,
+            remote: self.args.store.remote_slices(),
+        }));
+    }
+
+    fn update(&mut self, f: Updater<S::Data>) -> Result<Arc<DeviceSlice<S::Data>>, Error> {
+        let current = self
+            .args
+            .store
+            .local_slice()
+            .ok_or_else(|| Error::StoreClosed(self.args.id.clone()))?;
+        let mut data = current.data.clone();
+        if std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut data))).is_err() {
+            return Err(Error::UpdatePanicked(self.args.id.clone()));
+        }
+        let slice = DeviceSlice {
+            device_id: self.args.device,
+            data,
+            version: Version::new(self.args.incarnation, self.counter + 1),
+            updated_at: now_millis(),
+        };
+        let raw = encode_local(&self.args, &slice)?;
+        self.counter += 1;
+        let slice = Arc::new(slice);
+        self.args.store.set_local_slice(slice.clone());
+        let _ = self.args.gossip.cast(GossipMsg::LocalSlice {
+            store: self.args.id.clone(),
+            version: slice.version,
+            raw,
+        });
+        tracing::trace!(store = %self.args.id, version = %slice.version, "local write");
+        self.emit(StoreEvent::LocalChanged {
+            slice: slice.clone(),
+        });
+        Ok(slice)
+    }
+
+    fn remote(&mut self, v: VerifiedSlice) {
+        let data: S::Data = match rmp_serde::from_slice(&v.data) {
+            Ok(d) => d,
+            Err(e) => {
+                self.args.counters.reject(
+                    RejectReason::DataDecode,
+                    &v.device,
+                    &format!("store `{}`: {e}", self.args.id),
+                );
+                let _ = self.args.gossip.cast(GossipMsg::Unhold {
+                    store: self.args.id.clone(),
+                    device: v.device,
+                });
+                return;
+            }
+        };
+        let slice = Arc::new(DeviceSlice {
+            device_id: v.device,
+            data,
+            version: v.version,
+            updated_at: v.updated_at,
+        });
+        if self.args.store.apply_remote_slice(slice.clone()) {
+            inc(&self.args.counters.applied);
+            tracing::debug!(store = %self.args.id, device = %v.device, version = %v.version, "applied remote slice");
+            self.emit(StoreEvent::RemoteUpdated { slice });
+        } else {
+            self.args
+                .counters
+                .reject(RejectReason::Stale, &v.device, self.args.id.as_str());
+        }
+    }
+
+    fn remove(&mut self, device: DeviceId, reason: RemovalReason) {
+        if self.args.store.remove_remote_slice(&device, reason).is_some() {
+            tracing::info!(store = %self.args.id, %device, %reason, "removed remote slice");
+            self.emit(StoreEvent::RemoteRemoved {
+                device_id: device,
+                reason,
+            });
+        }
+    }
+}
+
+impl<S: SyncableStore> Actor for StoreActor<S> {
+    type Msg = StoreMsg<S::Data>;
+    type State = StoreState<S>;
+    type Arguments = StoreArgs<S>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: StoreArgs<S>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(StoreState { args, counter: 0 })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StoreMsg::Update { f, reply } => {
+                let _ = reply.send(state.update(f));
+            }
+            StoreMsg::Net(StoreInput::Remote(v)) => state.remote(v),
+            StoreMsg::Net(StoreInput::Remove { device, reason }) => state.remove(device, reason),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.store.clear_remote_slices();
+        Ok(())
+    }
+}

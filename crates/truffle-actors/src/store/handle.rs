@@ -1,0 +1,187 @@
+//! The typed handle an application holds for one store.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+use tokio::sync::{broadcast, watch};
+
+use super::actor::StoreMsg;
+use super::{StoreEvent, StoreSnapshot};
+use crate::error::Error;
+use crate::ids::{DeviceId, StoreId};
+use crate::slice::DeviceSlice;
+
+/// A handle to one joined store: typed, cheap to clone, usable from any task.
+///
+/// Reads ([`local`](Self::local), [`snapshot`](Self::snapshot)) are lock-free copies of the
+/// latest state the store actor published; writes go through the actor.
+///
+/// ```no_run
+/// # use serde::{Deserialize, Serialize};
+/// # use truffle_actors::prelude::*;
+/// #[derive(Syncable, Clone, Debug, Default, Serialize, Deserialize)]
+/// #[syncable(id = "status")]
+/// struct Status { text: String }
+///
+/// # async fn run(node: MeshNode) -> Result<(), truffle_actors::Error> {
+/// let status = node.store::<Status>().await?;
+/// status.update(|s| s.text = "busy".into()).await?;
+/// for slice in status.snapshot().iter() {
+///     println!("{}: {}", slice.device_id, slice.data.text);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Store<T> {
+    pub(crate) id: StoreId,
+    pub(crate) actor: ActorRef<StoreMsg<T>>,
+    pub(crate) events: broadcast::Sender<StoreEvent<T>>,
+    pub(crate) view: watch::Receiver<Arc<StoreSnapshot<T>>>,
+}
+
+impl<T> Clone for Store<T> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            actor: self.actor.clone(),
+            events: self.events.clone(),
+            view: self.view.clone(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Store<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("id", &self.id).finish()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Store<T> {
+    /// The store id.
+    pub fn id(&self) -> &StoreId {
+        &self.id
+    }
+
+    /// Changes this device's slice with `f` and publishes the new version to the mesh.
+    ///
+    /// `f` runs inside the store actor on a copy of the data; if the encoded result is over
+    /// the node's slice limit, or `f` panics, nothing changes and an error says why.
+    pub async fn update<F>(&self, f: F) -> Result<Arc<DeviceSlice<T>>, Error>
+    where
+        F: FnOnce(&mut T) + Send + 'static,
+    {
+        let f = Box::new(f);
+        match self
+            .actor
+            .call(|reply| StoreMsg::Update { f, reply }, None)
+            .await
+        {
+            Ok(CallResult::Success(r)) => r,
+            _ => Err(Error::StoreClosed(self.id.clone())),
+        }
+    }
+
+    /// Replaces this device's slice data.
+    pub async fn set(&self, data: T) -> Result<Arc<DeviceSlice<T>>, Error> {
+        self.update(move |d| *d = data).await
+    }
+
+    /// This device's slice.
+    pub fn local(&self) -> Arc<DeviceSlice<T>> {
+        self.view.borrow().local.clone()
+    }
+
+    /// Every live device's slice as this node holds it now.
+    pub fn snapshot(&self) -> Arc<StoreSnapshot<T>> {
+        self.view.borrow().clone()
+    }
+
+    /// One device's slice, if held.
+    pub fn get(&self, device: &DeviceId) -> Option<Arc<DeviceSlice<T>>> {
+        self.view.borrow().get(device).cloned()
+    }
+
+    /// Every change from now on, in order. Never drops silently: a subscriber that falls
+    /// more than the node's event buffer behind gets [`StoreEvent::Lagged`].
+    pub fn subscribe(&self) -> StoreEvents<T> {
+        StoreEvents::new(self.events.subscribe())
+    }
+
+    /// The latest snapshot, updated after every change: for UIs that redraw on change.
+    pub fn watch(&self) -> watch::Receiver<Arc<StoreSnapshot<T>>> {
+        self.view.clone()
+    }
+
+    /// Waits until `cond` holds for the snapshot, or `timeout` passes; returns the snapshot
+    /// that satisfied it, or the last one seen as the error.
+    pub async fn wait_until<F>(
+        &self,
+        timeout: Duration,
+        mut cond: F,
+    ) -> Result<Arc<StoreSnapshot<T>>, Arc<StoreSnapshot<T>>>
+    where
+        F: FnMut(&StoreSnapshot<T>) -> bool,
+    {
+        let mut view = self.view.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let snap = view.borrow_and_update().clone();
+            if cond(&snap) {
+                return Ok(snap);
+            }
+            match tokio::time::timeout_at(deadline, view.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    let last = view.borrow().clone();
+                    return if cond(&last) { Ok(last) } else { Err(last) };
+                }
+            }
+        }
+    }
+}
+
+type BoxedEvents<T> = Pin<Box<dyn Stream<Item = StoreEvent<T>> + Send>>;
+
+/// A subscriber's stream of [`StoreEvent`]s (see [`Store::subscribe`]).
+pub struct StoreEvents<T> {
+    inner: BoxedEvents<T>,
+}
+
+impl<T: Clone + Send + Sync + 'static> StoreEvents<T> {
+    fn new(rx: broadcast::Receiver<StoreEvent<T>>) -> Self {
+        let inner = futures::stream::unfold(rx, |mut rx| async move {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(missed)) => StoreEvent::Lagged { missed },
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((ev, rx))
+        });
+        Self {
+            inner: Box::pin(inner),
+        }
+    }
+
+    /// The next event; `None` once the store is closed.
+    pub async fn recv(&mut self) -> Option<StoreEvent<T>> {
+        self.inner.next().await
+    }
+}
+
+impl<T> Stream for StoreEvents<T> {
+    type Item = StoreEvent<T>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl<T> fmt::Debug for StoreEvents<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreEvents")
+    }
+}

@@ -1,0 +1,560 @@
+//! The wire format: MessagePack maps with named fields, so any language can read them.
+//!
+//! The book's "Wire protocol" chapter documents every field; keep the two in step.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+
+/// The protocol version carried in every message as `v`.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Prefix of a store's gossipsub topic: `truffle/v1/store/<store id>`.
+pub const STORE_TOPIC_PREFIX: &str = "truffle/v1/store/";
+/// The node-wide gossipsub topic for presence and leave messages.
+pub const PRESENCE_TOPIC: &str = "truffle/v1/presence";
+/// The request-response protocol id for direct full-state exchange and leave.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/truffle/sync/1");
+/// Bytes prepended to a slice body before signing it, so a slice signature can never be
+/// mistaken for a signature over anything else.
+pub const SLICE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/slice:";
+/// Most digest entries one presence message carries; stores past it are announced in
+/// later rounds (the digest rotates).
+pub const MAX_DIGEST_ENTRIES: usize = 256;
+/// Most listen addresses one presence message carries.
+pub const MAX_PRESENCE_ADDRS: usize = 8;
+
+/// The gossipsub topic of a store.
+pub fn store_topic(store: &StoreId) -> String {
+    format!("{STORE_TOPIC_PREFIX}{store}")
+}
+
+/// Why a message from the network was dropped. Each reason has its own counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Not MessagePack, or not the expected map.
+    Undecodable,
+    /// A protocol version this node does not speak.
+    UnknownVersion,
+    /// A message kind this node does not know on that topic or channel.
+    UnknownKind,
+    /// Larger than the configured limit.
+    Oversized,
+    /// The slice signature does not verify against the owner's key.
+    BadSignature,
+    /// The claimed device is not the verified sender.
+    Forged,
+    /// A slice for another store than the topic or request it came on.
+    WrongStore,
+    /// A field is out of range (bad store id, bad device id).
+    BadField,
+    /// Older than (or equal to) what this node already holds.
+    Stale,
+    /// From an incarnation of a device that already said it left.
+    AfterLeave,
+    /// The data did not decode as the store's type.
+    DataDecode,
+}
+
+impl RejectReason {
+    /// All reasons, in counter order.
+    pub const ALL: [RejectReason; 11] = [
+        RejectReason::Undecodable,
+        RejectReason::UnknownVersion,
+        RejectReason::UnknownKind,
+        RejectReason::Oversized,
+        RejectReason::BadSignature,
+        RejectReason::Forged,
+        RejectReason::WrongStore,
+        RejectReason::BadField,
+        RejectReason::Stale,
+        RejectReason::AfterLeave,
+        RejectReason::DataDecode,
+    ];
+
+    /// A stable snake_case name, used as the metric key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Undecodable => "undecodable",
+            RejectReason::UnknownVersion => "unknown_version",
+            RejectReason::UnknownKind => "unknown_kind",
+            RejectReason::Oversized => "oversized",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::Forged => "forged",
+            RejectReason::WrongStore => "wrong_store",
+            RejectReason::BadField => "bad_field",
+            RejectReason::Stale => "stale",
+            RejectReason::AfterLeave => "after_leave",
+            RejectReason::DataDecode => "data_decode",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Just enough of any message to route it: `v` and `kind`.
+#[derive(Deserialize)]
+struct Header {
+    v: u8,
+    #[serde(default)]
+    kind: String,
+}
+
+fn header(bytes: &[u8]) -> Result<Header, RejectReason> {
+    let h: Header = rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
+    if h.v != PROTOCOL_VERSION {
+        return Err(RejectReason::UnknownVersion);
+    }
+    Ok(h)
+}
+
+/// The signed part of a slice message.
+#[derive(Serialize, Deserialize)]
+struct SliceBody {
+    store: String,
+    device: String,
+    incarnation: u64,
+    version: u64,
+    updated_at: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+/// A slice as it travels: on store topics and inside sync responses.
+#[derive(Serialize, Deserialize)]
+struct SignedSliceMsg {
+    v: u8,
+    kind: String,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sig: Vec<u8>,
+}
+
+/// A slice whose owner signature has been checked.
+#[derive(Clone, Debug)]
+pub(crate) struct VerifiedSlice {
+    pub store: StoreId,
+    pub device: DeviceId,
+    pub version: Version,
+    pub updated_at: u64,
+    pub data: Arc<[u8]>,
+    /// The exact signed encoding, relayed as is to peers that ask for it.
+    pub raw: Arc<[u8]>,
+}
+
+/// Encodes and signs a slice. The signature covers `SLICE_SIGNING_CONTEXT ++ body`.
+pub(crate) fn encode_slice(
+    key: &Keypair,
+    store: &StoreId,
+    device: DeviceId,
+    version: Version,
+    updated_at: u64,
+    data: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let body = rmp_serde::to_vec_named(&SliceBody {
+        store: store.to_string(),
+        device: device.to_string(),
+        incarnation: version.incarnation,
+        version: version.counter,
+        updated_at,
+        data,
+    })
+    .map_err(|e| e.to_string())?;
+    let mut signed = Vec::with_capacity(SLICE_SIGNING_CONTEXT.len() + body.len());
+    signed.extend_from_slice(SLICE_SIGNING_CONTEXT);
+    signed.extend_from_slice(&body);
+    let sig = key.sign(&signed).map_err(|e| e.to_string())?;
+    rmp_serde::to_vec_named(&SignedSliceMsg {
+        v: PROTOCOL_VERSION,
+        kind: "slice".into(),
+        body,
+        sig,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The public key inside an identity-multihash peer id (ed25519 keys are inlined).
+pub(crate) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    PublicKey::try_decode_protobuf(mh.digest()).ok()
+}
+
+/// Decodes a slice message and checks it fully: version, size, fields, and the owner's
+/// signature. `max_bytes` bounds the whole encoded message.
+pub(crate) fn decode_slice(bytes: &[u8], max_bytes: usize) -> Result<VerifiedSlice, RejectReason> {
+    if bytes.len() > max_bytes {
+        return Err(RejectReason::Oversized);
+    }
+    let h = header(bytes)?;
+    if h.kind != "slice" {
+        return Err(RejectReason::UnknownKind);
+    }
+    let msg: SignedSliceMsg =
+        rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
+    let body: SliceBody =
+        rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
+    let store = StoreId::new(&body.store).map_err(|_| RejectReason::BadField)?;
+    let device: DeviceId = body.device.parse().map_err(|_| RejectReason::BadField)?;
+    let key = public_key_of(&device.peer_id()).ok_or(RejectReason::BadSignature)?;
+    let mut signed = Vec::with_capacity(SLICE_SIGNING_CONTEXT.len() + msg.body.len());
+    signed.extend_from_slice(SLICE_SIGNING_CONTEXT);
+    signed.extend_from_slice(&msg.body);
+    if !key.verify(&signed, &msg.sig) {
+        return Err(RejectReason::BadSignature);
+    }
+    Ok(VerifiedSlice {
+        store,
+        device,
+        version: Version::new(body.incarnation, body.version),
+        updated_at: body.updated_at,
+        data: Arc::from(body.data),
+        raw: Arc::from(bytes),
+    })
+}
+
+/// One store's own-slice version in a presence digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DigestEntry {
+    pub store: String,
+    pub incarnation: u64,
+    pub version: u64,
+}
+
+/// Periodic "I am alive, and these are my slice versions" on the presence topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Presence {
+    pub v: u8,
+    pub kind: String,
+    pub device: String,
+    pub incarnation: u64,
+    pub seq: u64,
+    /// Listen addresses (informative).
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// True when the digest lists only some of the device's stores (more than
+    /// [`MAX_DIGEST_ENTRIES`]); the rest follow in later rounds.
+    #[serde(default)]
+    pub partial: bool,
+    #[serde(default)]
+    pub digest: Vec<DigestEntry>,
+}
+
+/// "I am leaving": sent on graceful shutdown, on the presence topic and directly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Leave {
+    pub v: u8,
+    pub kind: String,
+    pub device: String,
+    pub incarnation: u64,
+}
+
+/// A decoded message from the presence topic.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PresenceMsg {
+    Presence(Presence),
+    Leave(Leave),
+}
+
+pub(crate) fn encode_presence(p: &Presence) -> Vec<u8> {
+    rmp_serde::to_vec_named(p).expect("presence encodes: only strings and integers")
+}
+
+pub(crate) fn encode_leave(l: &Leave) -> Vec<u8> {
+    rmp_serde::to_vec_named(l).expect("leave encodes: only strings and integers")
+}
+
+/// Decodes a presence-topic message and checks that its device is `source`.
+pub(crate) fn decode_presence_msg(
+    bytes: &[u8],
+    source: &PeerId,
+    max_bytes: usize,
+) -> Result<PresenceMsg, RejectReason> {
+    if bytes.len() > max_bytes {
+        return Err(RejectReason::Oversized);
+    }
+    let h = header(bytes)?;
+    let (msg, device) = match h.kind.as_str() {
+        "presence" => {
+            let mut p: Presence =
+                rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
+            if p.digest.len() > MAX_DIGEST_ENTRIES {
+                return Err(RejectReason::Oversized);
+            }
+            p.addrs.truncate(MAX_PRESENCE_ADDRS);
+            let d = p.device.clone();
+            (PresenceMsg::Presence(p), d)
+        }
+        "leave" => {
+            let l: Leave = rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
+            let d = l.device.clone();
+            (PresenceMsg::Leave(l), d)
+        }
+        _ => return Err(RejectReason::UnknownKind),
+    };
+    let device: PeerId = device.parse().map_err(|_| RejectReason::BadField)?;
+    if &device != source {
+        return Err(RejectReason::Forged);
+    }
+    Ok(msg)
+}
+
+/// What a sync request asks for: all slices a peer holds for `store`, or only `device`'s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Want {
+    pub store: String,
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+/// A direct request over [`SYNC_PROTOCOL`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SyncRequest {
+    pub v: u8,
+    /// `"fetch"` or `"leave"`.
+    pub kind: String,
+    #[serde(default)]
+    pub want: Vec<Want>,
+    #[serde(default)]
+    pub incarnation: Incarnation,
+}
+
+/// The answer to a [`SyncRequest`]: signed slice messages, relayed as their owners signed them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SyncResponse {
+    pub v: u8,
+    #[serde(default)]
+    pub slices: Vec<serde_bytes::ByteBuf>,
+}
+
+/// Length-prefixed MessagePack over a libp2p stream: a 4-byte big-endian length, then the
+/// body. Lengths over the limit are refused before anything is allocated.
+#[derive(Clone, Debug)]
+pub(crate) struct SyncCodec {
+    pub max_request: usize,
+    pub max_response: usize,
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("sync frame of {len} bytes is over the limit of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "sync frame over 4 GiB"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(body).await?;
+    io.close().await
+}
+
+fn invalid(e: impl fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl libp2p::request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let buf = read_frame(io, self.max_request).await?;
+        let h = header(&buf).map_err(invalid)?;
+        if h.kind != "fetch" && h.kind != "leave" {
+            return Err(invalid(RejectReason::UnknownKind));
+        }
+        rmp_serde::from_slice(&buf).map_err(invalid)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<SyncResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let buf = read_frame(io, self.max_response).await?;
+        header(&buf).map_err(invalid)?;
+        rmp_serde::from_slice(&buf).map_err(invalid)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: SyncRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let body = rmp_serde::to_vec_named(&req).map_err(invalid)?;
+        write_frame(io, &body).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: SyncResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let body = rmp_serde::to_vec_named(&res).map_err(invalid)?;
+        write_frame(io, &body).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> (Keypair, DeviceId) {
+        let k = Keypair::generate_ed25519();
+        let d = DeviceId::from(k.public().to_peer_id());
+        (k, d)
+    }
+
+    #[test]
+    fn slice_round_trips_and_verifies() {
+        let (k, d) = key();
+        let store = StoreId::new("todos").unwrap();
+        let bytes = encode_slice(&k, &store, d, Version::new(7, 3), 42, vec![1, 2, 3]).unwrap();
+        let s = decode_slice(&bytes, 1 << 20).unwrap();
+        assert_eq!(s.store, store);
+        assert_eq!(s.device, d);
+        assert_eq!(s.version, Version::new(7, 3));
+        assert_eq!(s.updated_at, 42);
+        assert_eq!(&*s.data, &[1, 2, 3]);
+        assert_eq!(&*s.raw, &bytes[..]);
+    }
+
+    #[test]
+    fn slice_is_a_named_msgpack_map() {
+        let (k, d) = key();
+        let store = StoreId::new("s").unwrap();
+        let bytes = encode_slice(&k, &store, d, Version::new(1, 1), 0, vec![]).unwrap();
+        // fixmap with 4 entries, first key "v"
+        assert_eq!(bytes[0], 0x84);
+        assert_eq!(&bytes[1..3], &[0xa1, b'v']);
+    }
+
+    #[test]
+    fn tampered_or_foreign_slices_fail_the_signature() {
+        let (k, d) = key();
+        let (_, other) = key();
+        let store = StoreId::new("todos").unwrap();
+        // signed by k but claiming to be `other`
+        let forged = encode_slice(&k, &store, other, Version::new(1, 1), 0, vec![]).unwrap();
+        assert_eq!(
+            decode_slice(&forged, 1 << 20).unwrap_err(),
+            RejectReason::BadSignature
+        );
+        // flip a byte of the body
+        let good = encode_slice(&k, &store, d, Version::new(1, 1), 0, vec![9; 16]).unwrap();
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 70] ^= 1;
+        assert!(decode_slice(&bad, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn junk_is_rejected_by_reason() {
+        assert_eq!(
+            decode_slice(b"\xc1garbage", 1 << 20).unwrap_err(),
+            RejectReason::Undecodable
+        );
+        let v2 = rmp_serde::to_vec_named(&Leave {
+            v: 2,
+            kind: "slice".into(),
+            device: String::new(),
+            incarnation: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            decode_slice(&v2, 1 << 20).unwrap_err(),
+            RejectReason::UnknownVersion
+        );
+        assert_eq!(
+            decode_slice(&[0u8; 100], 10).unwrap_err(),
+            RejectReason::Oversized
+        );
+    }
+
+    #[test]
+    fn presence_must_come_from_its_device() {
+        let (_, d) = key();
+        let (_, other) = key();
+        let p = Presence {
+            v: PROTOCOL_VERSION,
+            kind: "presence".into(),
+            device: d.to_string(),
+            incarnation: 5,
+            seq: 1,
+            addrs: vec![],
+            partial: false,
+            digest: vec![DigestEntry {
+                store: "todos".into(),
+                incarnation: 5,
+                version: 2,
+            }],
+        };
+        let bytes = encode_presence(&p);
+        assert_eq!(
+            decode_presence_msg(&bytes, &d.peer_id(), 1 << 16).unwrap(),
+            PresenceMsg::Presence(p)
+        );
+        assert_eq!(
+            decode_presence_msg(&bytes, &other.peer_id(), 1 << 16).unwrap_err(),
+            RejectReason::Forged
+        );
+        let l = Leave {
+            v: PROTOCOL_VERSION,
+            kind: "leave".into(),
+            device: d.to_string(),
+            incarnation: 5,
+        };
+        assert_eq!(
+            decode_presence_msg(&encode_leave(&l), &d.peer_id(), 1 << 16).unwrap(),
+            PresenceMsg::Leave(l)
+        );
+    }
+
+    #[test]
+    fn public_key_comes_out_of_an_ed25519_peer_id() {
+        let (k, d) = key();
+        assert_eq!(public_key_of(&d.peer_id()), Some(k.public()));
+    }
+}

@@ -1,0 +1,73 @@
+//! Helpers shared by the multi-node tests: real nodes over TCP on loopback.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use truffle_actors::prelude::*;
+use truffle_actors::MeshNodeBuilder;
+
+/// Generous: these run on a loaded 2-core machine. Conditions usually hold in milliseconds.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Syncable, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[syncable(id = "todos")]
+pub struct Todos {
+    pub items: Vec<String>,
+}
+
+#[derive(Syncable, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[syncable(id = "status")]
+pub struct Status {
+    pub text: String,
+    pub n: u64,
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A node builder for tests: loopback, no mDNS, short presence timings.
+pub fn builder(name: &str) -> MeshNodeBuilder {
+    MeshNode::builder()
+        .name(name)
+        .listen("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .mdns(false)
+}
+
+/// Starts `n` nodes, each bootstrapped to the first.
+pub async fn mesh(n: usize) -> Vec<MeshNode> {
+    init_tracing();
+    let first = builder("n0").start().await.expect("first node starts");
+    let addr = first.listen_addrs()[0].clone();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(
+            builder(&format!("n{i}"))
+                .bootstrap(addr.clone())
+                .start()
+                .await
+                .expect("node starts"),
+        );
+    }
+    nodes
+}
+
+/// Waits until `cond` holds on `store`, or fails the test with the last snapshot.
+pub async fn eventually<T, F>(what: &str, store: &Store<T>, cond: F) -> std::sync::Arc<StoreSnapshot<T>>
+where
+    T: Clone + Send + Sync + std::fmt::Debug + 'static,
+    F: FnMut(&StoreSnapshot<T>) -> bool,
+{
+    match store.wait_until(DEADLINE, cond).await {
+        Ok(s) => s,
+        Err(last) => panic!("timed out waiting for: {what}\nlast snapshot: {last:#?}"),
+    }
+}

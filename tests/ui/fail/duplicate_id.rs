@@ -1,0 +1,5 @@
+#[derive(truffle_actors::Syncable)]
+#[syncable(id = "todos", id = "todos-v2")]
+struct TodoState;
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(truffle_actors::Syncable)]
+struct TodoState {
+    items: Vec<String>,
+}
+
+fn main() {}

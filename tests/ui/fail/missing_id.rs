@@ -1,0 +1,7 @@
+#[derive(truffle_actors::Syncable)]
+#[syncable()]
+struct TodoState {
+    items: Vec<String>,
+}
+
+fn main() {}
