@@ -1,1 +1,235 @@
-fn main(){}
+//! Several nodes in one process on loopback, syncing a store, step by step.
+//!
+//! ```text
+//! cargo run --example demo -- [--nodes N]
+//! ```
+//!
+//! Every node writes its slice, then updates it; then one node leaves gracefully and one is
+//! dropped without a word. After each step the demo prints what every node sees and waits
+//! until all agree. It exits non-zero if a step does not converge within its deadline.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use truffle_actors::prelude::*;
+
+const STEP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What each device shares in the demo store.
+#[derive(Syncable, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[syncable(id = "demo-status")]
+struct Status {
+    text: String,
+    count: u64,
+}
+
+struct Demo {
+    nodes: Vec<Option<MeshNode>>,
+    stores: Vec<Option<Store<Status>>>,
+    names: BTreeMap<DeviceId, String>,
+    order: Vec<DeviceId>,
+}
+
+impl Demo {
+    fn live(&self) -> impl Iterator<Item = (usize, &Store<Status>)> {
+        self.stores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
+    }
+
+    /// Prints one row per live node: what it holds for every device.
+    fn table(&self, title: &str) {
+        println!("\n== {title}");
+        let width = 16;
+        print!("{:<10}|", "seen by");
+        for d in &self.order {
+            print!(" {:<width$}|", self.names[d]);
+        }
+        println!();
+        println!("{}", "-".repeat(11 + self.order.len() * (width + 2)));
+        for (i, store) in self.live() {
+            let snap = store.snapshot();
+            print!("{:<10}|", format!("node-{i}"));
+            for d in &self.order {
+                let cell = match snap.get(d) {
+                    Some(s) if s.data.text.is_empty() => format!("(empty) v{}", s.version.counter),
+                    Some(s) => format!("{} #{} v{}", s.data.text, s.data.count, s.version.counter),
+                    None => "-".to_string(),
+                };
+                print!(" {cell:<width$}|");
+            }
+            println!();
+        }
+    }
+
+    /// Waits until every live node's view satisfies `want`, then prints the table.
+    async fn converge<F>(&self, step: &str, want: F) -> Result<(), String>
+    where
+        F: Fn(&StoreSnapshot<Status>) -> bool + Clone,
+    {
+        let started = Instant::now();
+        for (i, store) in self.live() {
+            if store.wait_until(STEP_DEADLINE, want.clone()).await.is_err() {
+                self.table(&format!("{step}: NOT converged"));
+                return Err(format!(
+                    "step \"{step}\" did not converge within {STEP_DEADLINE:?}: node-{i} disagrees (see table)"
+                ));
+            }
+        }
+        self.table(&format!("{step}: all nodes agree after {} ms", started.elapsed().as_millis()));
+        Ok(())
+    }
+}
+
+fn parse_nodes() -> Result<usize, String> {
+    let mut nodes = 5;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--nodes" | "-n" => {
+                let v = args.next().ok_or("--nodes needs a number")?;
+                nodes = v
+                    .parse()
+                    .map_err(|_| format!("--nodes {v:?} is not a number"))?;
+            }
+            "-h" | "--help" => return Err("usage: demo [--nodes N]   (N from 3 to 64, default 5)".into()),
+            other => return Err(format!("unknown argument {other:?}; usage: demo [--nodes N]")),
+        }
+    }
+    if !(3..=64).contains(&nodes) {
+        return Err(format!("--nodes must be between 3 and 64 (one node leaves, one is dropped), got {nodes}"));
+    }
+    Ok(nodes)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let n = match parse_nodes() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(n).await {
+        Ok(()) => {
+            println!("\nevery step converged");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\ndemo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(n: usize) -> Result<(), String> {
+    println!("starting {n} nodes on 127.0.0.1 (mDNS off, each bootstrapped to node-0 and its predecessor)");
+    let mut demo = Demo {
+        nodes: Vec::new(),
+        stores: Vec::new(),
+        names: BTreeMap::new(),
+        order: Vec::new(),
+    };
+    let mut addrs: Vec<truffle_actors::Multiaddr> = Vec::new();
+    for i in 0..n {
+        let mut b = MeshNode::builder()
+            .name(format!("node-{i}"))
+            .listen("/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"))
+            .mdns(false);
+        for a in addrs.iter().take(1).chain(addrs.last()) {
+            b = b.bootstrap(a.clone());
+        }
+        let node = b.start().await.map_err(|e| format!("node-{i} did not start: {e}"))?;
+        addrs.push(node.listen_addrs()[0].clone());
+        let store = node
+            .store::<Status>()
+            .await
+            .map_err(|e| format!("node-{i} could not join the store: {e}"))?;
+        demo.names.insert(node.device_id(), format!("node-{i}"));
+        demo.order.push(node.device_id());
+        println!("  node-{i} = {} at {}", node.device_id(), addrs[i]);
+        demo.nodes.push(Some(node));
+        demo.stores.push(Some(store));
+    }
+
+    // Step 1: every node writes its own slice.
+    for (i, store) in demo.live() {
+        store
+            .set(Status {
+                text: format!("hello-{i}"),
+                count: 1,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let order = Arc::new(demo.order.clone());
+    let all_wrote = {
+        let order = order.clone();
+        move |s: &StoreSnapshot<Status>| {
+            order
+                .iter()
+                .all(|d| s.get(d).is_some_and(|x| x.data.count == 1))
+        }
+    };
+    demo.converge("1. every node wrote its slice", all_wrote).await?;
+
+    // Step 2: every node updates.
+    for (_, store) in demo.live() {
+        store
+            .update(|s| {
+                s.count += 1;
+                s.text = s.text.replace("hello", "updated");
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let all_updated = {
+        let order = order.clone();
+        move |s: &StoreSnapshot<Status>| {
+            order
+                .iter()
+                .all(|d| s.get(d).is_some_and(|x| x.data.count == 2))
+        }
+    };
+    demo.converge("2. every node updated", all_updated).await?;
+
+    // Step 3: one node leaves gracefully; peers drop it at once.
+    let leaver = n - 2;
+    let leaver_id = demo.order[leaver];
+    demo.stores[leaver] = None;
+    if let Some(node) = demo.nodes[leaver].take() {
+        node.shutdown().await.map_err(|e| e.to_string())?;
+    }
+    println!("\nnode-{leaver} left gracefully");
+    demo.converge(&format!("3. node-{leaver} left"), move |s| {
+        s.get(&leaver_id).is_none()
+    })
+    .await?;
+
+    // Step 4: one node is dropped without leaving; peers remove it after their timeout.
+    let dropped = n - 1;
+    let dropped_id = demo.order[dropped];
+    demo.stores[dropped] = None;
+    drop(demo.nodes[dropped].take());
+    println!("\nnode-{dropped} was dropped without leaving (waiting for the presence timeout)");
+    demo.converge(&format!("4. node-{dropped} timed out"), move |s| {
+        s.get(&dropped_id).is_none() && s.get(&leaver_id).is_none()
+    })
+    .await?;
+
+    for node in demo.nodes.into_iter().flatten() {
+        node.shutdown().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,1 +1,243 @@
-fn main(){}
+//! The seed's todo app, one process per device.
+//!
+//! ```text
+//! cargo run --example todo -- [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]...
+//!                             [--no-mdns] [--key-file PATH] [--json]
+//! ```
+//!
+//! Commands on stdin: `add <text>`, `done <n>`, `list`, `quit` (end of input = `quit`,
+//! which leaves the mesh gracefully and exits 0). With `--json`, stdout carries only JSON
+//! lines: one `ready` event, then a `state` event after every change, local or remote.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use truffle_actors::prelude::*;
+use truffle_actors::Multiaddr;
+
+// ANCHOR: types
+/// One device's todo list: its slice of the `todos` store.
+#[derive(Syncable, Clone, Debug, Default, Serialize, Deserialize)]
+#[syncable(id = "todos")]
+struct TodoState {
+    /// The device's display name, so peers can label its list.
+    name: String,
+    items: Vec<Todo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Todo {
+    text: String,
+    done: bool,
+}
+// ANCHOR_END: types
+
+const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--json]";
+
+struct Args {
+    name: String,
+    listen: Vec<Multiaddr>,
+    peers: Vec<Multiaddr>,
+    mdns: bool,
+    key_file: Option<String>,
+    json: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        name: String::new(),
+        listen: Vec::new(),
+        peers: Vec::new(),
+        mdns: true,
+        key_file: None,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |what: &str| {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs {what}\n{USAGE}"))
+        };
+        let addr = |s: String| {
+            s.parse::<Multiaddr>()
+                .map_err(|e| format!("{flag} {s:?} is not a multiaddr ({e}); for example /ip4/127.0.0.1/tcp/4001"))
+        };
+        match flag.as_str() {
+            "--name" => args.name = value("a name")?,
+            "--listen" => args.listen.push(addr(value("a multiaddr")?)?),
+            "--peer" => args.peers.push(addr(value("a multiaddr")?)?),
+            "--no-mdns" => args.mdns = false,
+            "--key-file" => args.key_file = Some(value("a path")?),
+            "--json" => args.json = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+/// The `state` JSON line: every device this node holds, itself included.
+fn state_json(snap: &StoreSnapshot<TodoState>) -> serde_json::Value {
+    let devices: BTreeMap<String, serde_json::Value> = snap
+        .iter()
+        .map(|s| {
+            (
+                s.device_id.to_string(),
+                json!({ "name": s.data.name, "items": s.data.items }),
+            )
+        })
+        .collect();
+    json!({ "event": "state", "devices": devices })
+}
+
+fn print_human(snap: &StoreSnapshot<TodoState>) {
+    for s in snap.iter() {
+        let me = if s.device_id == snap.local.device_id { " (me)" } else { "" };
+        println!("{}{me}:", if s.data.name.is_empty() { "?" } else { &s.data.name });
+        if s.data.items.is_empty() {
+            println!("    (nothing to do)");
+        }
+        for (i, t) in s.data.items.iter().enumerate() {
+            println!("  {}. [{}] {}", i + 1, if t.done { "x" } else { " " }, t.text);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    // ANCHOR: node
+    let mut builder = MeshNode::builder().mdns(args.mdns);
+    for addr in args.listen {
+        builder = builder.listen(addr);
+    }
+    for peer in args.peers {
+        builder = builder.bootstrap(peer);
+    }
+    if let Some(path) = &args.key_file {
+        builder = builder.key_file(path);
+    }
+    let node = builder.start().await?;
+    // ANCHOR_END: node
+    let name = if args.name.is_empty() {
+        node.device_id().to_string()
+    } else {
+        args.name
+    };
+
+    if args.json {
+        let listen: Vec<String> = node.listen_addrs().iter().map(|a| a.to_string()).collect();
+        println!(
+            "{}",
+            json!({ "event": "ready", "device_id": node.device_id().to_string(), "listen": listen })
+        );
+    } else {
+        println!("{name} is {}", node.device_id());
+        for a in node.listen_addrs() {
+            println!("  listening on {a}");
+        }
+        println!("commands: add <text> | done <n> | list | quit");
+    }
+
+    // ANCHOR: join
+    let todos = node.store::<TodoState>().await?;
+    // ANCHOR_END: join
+
+    // ANCHOR: events
+    let mut events = todos.subscribe();
+    let view = todos.clone();
+    let json_out = args.json;
+    let printer = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let snap = view.snapshot();
+            if json_out {
+                println!("{}", state_json(&snap));
+                continue;
+            }
+            match event {
+                StoreEvent::RemoteUpdated { slice } => {
+                    println!("~ {} updated their list", slice.data.name)
+                }
+                StoreEvent::RemoteRemoved { device_id, reason } => {
+                    println!("~ {device_id} is gone ({reason})")
+                }
+                _ => {}
+            }
+        }
+    });
+    // ANCHOR_END: events
+
+    todos.update(move |s| s.name = name).await?;
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("cannot read stdin ({e}); leaving");
+                break;
+            }
+        };
+        let line = line.trim();
+        let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.trim().to_string();
+        match cmd {
+            "" => {}
+            // ANCHOR: update
+            "add" if !rest.is_empty() => {
+                todos
+                    .update(move |s| s.items.push(Todo { text: rest, done: false }))
+                    .await?;
+            }
+            "done" => match rest.parse::<usize>() {
+                Ok(n) if n >= 1 && n <= todos.local().data.items.len() => {
+                    todos.update(move |s| s.items[n - 1].done = true).await?;
+                }
+                _ => eprintln!("done needs the number of one of your items (see `list`)"),
+            },
+            // ANCHOR_END: update
+            "list" => {
+                if args.json {
+                    println!("{}", state_json(&todos.snapshot()));
+                } else {
+                    print_human(&todos.snapshot());
+                }
+            }
+            "quit" | "exit" => break,
+            "add" => eprintln!("add needs some text: add <text>"),
+            other => eprintln!("unknown command {other:?}; commands: add <text> | done <n> | list | quit"),
+        }
+    }
+
+    // ANCHOR: shutdown
+    node.shutdown().await?;
+    // ANCHOR_END: shutdown
+    printer.abort();
+    Ok(())
+}
