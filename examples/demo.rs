@@ -80,7 +80,10 @@ impl Demo {
                 ));
             }
         }
-        self.table(&format!("{step}: all nodes agree after {} ms", started.elapsed().as_millis()));
+        self.table(&format!(
+            "{step}: all nodes agree after {} ms",
+            started.elapsed().as_millis()
+        ));
         Ok(())
     }
 }
@@ -96,12 +99,20 @@ fn parse_nodes() -> Result<usize, String> {
                     .parse()
                     .map_err(|_| format!("--nodes {v:?} is not a number"))?;
             }
-            "-h" | "--help" => return Err("usage: demo [--nodes N]   (N from 3 to 64, default 5)".into()),
-            other => return Err(format!("unknown argument {other:?}; usage: demo [--nodes N]")),
+            "-h" | "--help" => {
+                return Err("usage: demo [--nodes N]   (N from 3 to 64, default 5)".into())
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: demo [--nodes N]"
+                ))
+            }
         }
     }
     if !(3..=64).contains(&nodes) {
-        return Err(format!("--nodes must be between 3 and 64 (one node leaves, one is dropped), got {nodes}"));
+        return Err(format!(
+            "--nodes must be between 3 and 64 (one node leaves, one is dropped), got {nodes}"
+        ));
     }
     Ok(nodes)
 }
@@ -150,7 +161,10 @@ async fn run(n: usize) -> Result<(), String> {
         for a in addrs.iter().take(1).chain(addrs.last()) {
             b = b.bootstrap(a.clone());
         }
-        let node = b.start().await.map_err(|e| format!("node-{i} did not start: {e}"))?;
+        let node = b
+            .start()
+            .await
+            .map_err(|e| format!("node-{i} did not start: {e}"))?;
         addrs.push(node.listen_addrs()[0].clone());
         let store = node
             .store::<Status>()
@@ -182,7 +196,8 @@ async fn run(n: usize) -> Result<(), String> {
                 .all(|d| s.get(d).is_some_and(|x| x.data.count == 1))
         }
     };
-    demo.converge("1. every node wrote its slice", all_wrote).await?;
+    demo.converge("1. every node wrote its slice", all_wrote)
+        .await?;
 
     // Step 2: every node updates.
     for (_, store) in demo.live() {

@@ -62,8 +62,11 @@ fn parse_args() -> Result<Args, String> {
                 .ok_or_else(|| format!("{flag} needs {what}\n{USAGE}"))
         };
         let addr = |s: String| {
-            s.parse::<Multiaddr>()
-                .map_err(|e| format!("{flag} {s:?} is not a multiaddr ({e}); for example /ip4/127.0.0.1/tcp/4001"))
+            s.parse::<Multiaddr>().map_err(|e| {
+                format!(
+                    "{flag} {s:?} is not a multiaddr ({e}); for example /ip4/127.0.0.1/tcp/4001"
+                )
+            })
         };
         match flag.as_str() {
             "--name" => args.name = value("a name")?,
@@ -95,13 +98,29 @@ fn state_json(snap: &StoreSnapshot<TodoState>) -> serde_json::Value {
 
 fn print_human(snap: &StoreSnapshot<TodoState>) {
     for s in snap.iter() {
-        let me = if s.device_id == snap.local.device_id { " (me)" } else { "" };
-        println!("{}{me}:", if s.data.name.is_empty() { "?" } else { &s.data.name });
+        let me = if s.device_id == snap.local.device_id {
+            " (me)"
+        } else {
+            ""
+        };
+        println!(
+            "{}{me}:",
+            if s.data.name.is_empty() {
+                "?"
+            } else {
+                &s.data.name
+            }
+        );
         if s.data.items.is_empty() {
             println!("    (nothing to do)");
         }
         for (i, t) in s.data.items.iter().enumerate() {
-            println!("  {}. [{}] {}", i + 1, if t.done { "x" } else { " " }, t.text);
+            println!(
+                "  {}. [{}] {}",
+                i + 1,
+                if t.done { "x" } else { " " },
+                t.text
+            );
         }
     }
 }
@@ -212,7 +231,12 @@ async fn run(args: Args) -> Result<(), Error> {
             // ANCHOR: update
             "add" if !rest.is_empty() => {
                 todos
-                    .update(move |s| s.items.push(Todo { text: rest, done: false }))
+                    .update(move |s| {
+                        s.items.push(Todo {
+                            text: rest,
+                            done: false,
+                        })
+                    })
                     .await?;
             }
             "done" => match rest.parse::<usize>() {
@@ -231,7 +255,9 @@ async fn run(args: Args) -> Result<(), Error> {
             }
             "quit" | "exit" => break,
             "add" => eprintln!("add needs some text: add <text>"),
-            other => eprintln!("unknown command {other:?}; commands: add <text> | done <n> | list | quit"),
+            other => eprintln!(
+                "unknown command {other:?}; commands: add <text> | done <n> | list | quit"
+            ),
         }
     }
 

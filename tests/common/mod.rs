@@ -27,8 +27,7 @@ pub struct Status {
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -61,7 +60,11 @@ pub async fn mesh(n: usize) -> Vec<MeshNode> {
 }
 
 /// Waits until `cond` holds on `store`, or fails the test with the last snapshot.
-pub async fn eventually<T, F>(what: &str, store: &Store<T>, cond: F) -> std::sync::Arc<StoreSnapshot<T>>
+pub async fn eventually<T, F>(
+    what: &str,
+    store: &Store<T>,
+    cond: F,
+) -> std::sync::Arc<StoreSnapshot<T>>
 where
     T: Clone + Send + Sync + std::fmt::Debug + 'static,
     F: FnMut(&StoreSnapshot<T>) -> bool,
@@ -69,5 +72,53 @@ where
     match store.wait_until(DEADLINE, cond).await {
         Ok(s) => s,
         Err(last) => panic!("timed out waiting for: {what}\nlast snapshot: {last:#?}"),
+    }
+}
+
+/// Waits until `cond` holds for a node's metrics, or fails with the last value.
+pub async fn eventually_metrics<F>(
+    what: &str,
+    node: &MeshNode,
+    mut cond: F,
+) -> truffle_actors::Metrics
+where
+    F: FnMut(&truffle_actors::Metrics) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let m = node.metrics();
+        if cond(&m) {
+            return m;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for: {what}\nlast metrics: {m:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for the next event matching `pick` on `events`, or fails.
+pub async fn next_event<T, R, F>(
+    what: &str,
+    events: &mut truffle_actors::StoreEvents<T>,
+    mut pick: F,
+) -> R
+where
+    T: Clone + Send + Sync + 'static,
+    F: FnMut(StoreEvent<T>) -> Option<R>,
+{
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = events.recv().await {
+            if let Some(r) = pick(ev) {
+                return Some(r);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(r)) => r,
+        Ok(None) => panic!("event stream closed while waiting for: {what}"),
+        Err(_) => panic!("timed out waiting for event: {what}"),
     }
 }

@@ -46,7 +46,9 @@ pub enum Error {
     #[error("the update closure for store `{0}` panicked; nothing was changed")]
     UpdatePanicked(StoreId),
     /// This node already joined a store with this id.
-    #[error("store `{0}` is already joined on this node; clone the existing `Store` handle instead")]
+    #[error(
+        "store `{0}` is already joined on this node; clone the existing `Store` handle instead"
+    )]
     StoreAlreadyJoined(StoreId),
     /// The store's actor is gone (the node shut down or the store was closed).
     #[error("store `{0}` is closed (the node shut down); no further reads or writes are possible")]
@@ -55,7 +57,9 @@ pub enum Error {
     #[error("the mesh node is not running ({0}); start a new node")]
     NodeStopped(String),
     /// A listen address could not be bound.
-    #[error("cannot listen on {addr}: {reason} (is the port in use, or the address not on this host?)")]
+    #[error(
+        "cannot listen on {addr}: {reason} (is the port in use, or the address not on this host?)"
+    )]
     Listen {
         /// The address given to `listen`.
         addr: String,

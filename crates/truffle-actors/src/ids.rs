@@ -165,7 +165,9 @@ pub type Incarnation = u64;
 /// let after_restart = Version::new(1_700_000_100_000, 1);
 /// assert!(after_restart > before_restart);
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Version {
     /// The run of the node that wrote this version.
     pub incarnation: Incarnation,

@@ -58,6 +58,10 @@ mod slice;
 mod store;
 pub mod wire;
 
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub mod testing;
+
 pub use error::{Error, Result};
 pub use ids::{DeviceId, Incarnation, StoreId, Version, MAX_STORE_ID_LEN};
 pub use metrics::Metrics;

@@ -21,7 +21,9 @@ use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::metrics::{Counters, Metrics};
 use crate::slice::now_millis;
-use crate::store::{sink_for, spawn_store, SliceStore, Store, StoreParams, Syncable, SyncableStore};
+use crate::store::{
+    sink_for, spawn_store, SliceStore, Store, StoreParams, Syncable, SyncableStore,
+};
 
 /// Timings and limits of a node. Set through [`MeshNodeBuilder`].
 #[derive(Clone, Debug)]
@@ -184,7 +186,8 @@ impl MeshNodeBuilder {
         };
         if key.clone().try_into_ed25519().is_err() {
             return Err(Error::Config(
-                "only ed25519 identities are supported (their public key is part of the device id)".into(),
+                "only ed25519 identities are supported (their public key is part of the device id)"
+                    .into(),
             ));
         }
         let device = DeviceId::from(key.public().to_peer_id());
@@ -210,7 +213,10 @@ impl MeshNodeBuilder {
             let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
                 .await
                 .map_err(|_| Error::Listen {
-                    addr: format!("{:?}", pending.iter().map(|p| p.1.to_string()).collect::<Vec<_>>()),
+                    addr: format!(
+                        "{:?}",
+                        pending.iter().map(|p| p.1.to_string()).collect::<Vec<_>>()
+                    ),
                     reason: "no address bound in time".into(),
                 })?;
             match ev {
@@ -317,7 +323,8 @@ fn load_or_create_key(path: &Path) -> Result<(Keypair, Incarnation)> {
                 .to_protobuf_encoding()
                 .map_err(|e| err(format!("cannot encode new key: {e}")))?;
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder: {e}")))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| err(format!("cannot create folder: {e}")))?;
             }
             write_private(path, &bytes).map_err(|e| err(format!("cannot write: {e}")))?;
             key
@@ -498,13 +505,41 @@ impl MeshNode {
         Ok(handle)
     }
 
+    /// Test hook: publishes `bytes` as is on `store`'s topic (gossipsub still signs the
+    /// message as coming from this node).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_publish_raw(&self, store: &StoreId, bytes: Vec<u8>) {
+        let _ = self.gossip.cast(GossipMsg::RawPublish {
+            store: store.clone(),
+            bytes,
+        });
+    }
+
+    /// Test hook: handles `slices` as if `from` had sent them in answer to a sync request.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_inject_response(&self, from: DeviceId, slices: Vec<Vec<u8>>) {
+        let response = crate::wire::SyncResponse {
+            v: crate::wire::PROTOCOL_VERSION,
+            slices: slices.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+        };
+        let _ = self
+            .gossip
+            .cast(GossipMsg::Net(crate::gossip::NetEvent::Response {
+                peer: from.peer_id(),
+                response,
+            }));
+    }
+
     /// Leaves the mesh gracefully: tells peers (signed leave, acknowledged directly by
     /// connected peers, up to the leave timeout) so they drop this device's slices at once,
     /// then stops the stores and the network.
     pub async fn shutdown(mut self) -> Result<()> {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.gossip.cast(GossipMsg::Leave { done }).is_ok() {
-            let _ = tokio::time::timeout(self.cfg.leave_timeout + Duration::from_secs(1), wait).await;
+            let _ =
+                tokio::time::timeout(self.cfg.leave_timeout + Duration::from_secs(1), wait).await;
         }
         self.stop().await;
         tracing::info!(device = %self.device, name = %self.name, "mesh node shut down");
@@ -520,7 +555,9 @@ impl MeshNode {
             .map(|(_, j)| j.actor)
             .collect();
         for actor in stores {
-            let _ = actor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+            let _ = actor
+                .stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
         }
         let _ = self
             .gossip
@@ -528,7 +565,10 @@ impl MeshNode {
             .await;
         if let Some(task) = self.swarm_task.take() {
             // The command channel closed with the actor: the task ends and drops the swarm.
-            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("swarm task did not stop in time");
             }
         }

@@ -397,11 +397,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         rmp_serde::from_slice(&buf).map_err(invalid)
     }
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<SyncResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
     where
         T: AsyncRead + Unpin + Send,
     {

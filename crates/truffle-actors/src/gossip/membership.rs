@@ -202,7 +202,12 @@ impl Membership {
     }
 
     /// The device said it is leaving.
-    pub fn on_leave(&mut self, device: DeviceId, incarnation: Incarnation, now: Instant) -> Option<Removal> {
+    pub fn on_leave(
+        &mut self,
+        device: DeviceId,
+        incarnation: Incarnation,
+        now: Instant,
+    ) -> Option<Removal> {
         let d = self
             .devices
             .entry(device)
@@ -241,7 +246,11 @@ impl Membership {
     /// The store could not use a slice it was sent (for example its data did not decode):
     /// mark it not held so a later copy is not mistaken for a duplicate.
     pub fn unhold(&mut self, device: &DeviceId, store: &StoreId) {
-        if let Some(t) = self.devices.get_mut(device).and_then(|d| d.stores.get_mut(store)) {
+        if let Some(t) = self
+            .devices
+            .get_mut(device)
+            .and_then(|d| d.stores.get_mut(store))
+        {
             t.held = false;
         }
     }

@@ -47,7 +47,10 @@ pub(crate) enum NetEvent {
         channel: ResponseChannel<SyncResponse>,
     },
     /// A peer answered our fetch.
-    Response { peer: PeerId, response: SyncResponse },
+    Response {
+        peer: PeerId,
+        response: SyncResponse,
+    },
 }
 
 pub(crate) enum GossipMsg {
@@ -69,6 +72,12 @@ pub(crate) enum GossipMsg {
     Tick,
     Leave {
         done: oneshot::Sender<()>,
+    },
+    /// Test hook: publish arbitrary bytes on a store topic, bypassing every check.
+    #[cfg(feature = "test-hooks")]
+    RawPublish {
+        store: StoreId,
+        bytes: Vec<u8>,
     },
 }
 
@@ -111,9 +120,11 @@ impl GossipState {
             return;
         }
         let Some(sink) = self.stores.get(&v.store) else {
-            self.args
-                .counters
-                .reject(RejectReason::WrongStore, &v.device, "slice for a store not joined here");
+            self.args.counters.reject(
+                RejectReason::WrongStore,
+                &v.device,
+                "slice for a store not joined here",
+            );
             return;
         };
         match self.membership.admit(v.device, &v.store, v.version, now) {
@@ -193,7 +204,8 @@ impl GossipState {
         // Anti-entropy: fetch what the digest shows we are missing, from whoever relayed it.
         let mut want = Vec::new();
         for (store, version) in digest {
-            if !self.stores.contains_key(&store) || !self.membership.wants(&device, &store, version) {
+            if !self.stores.contains_key(&store) || !self.membership.wants(&device, &store, version)
+            {
                 continue;
             }
             let key = (device, store);
@@ -259,7 +271,11 @@ impl GossipState {
             // Rotate through the stores so each is announced every few rounds.
             let start = self.digest_cursor % n;
             self.digest_cursor = (start + MAX_DIGEST_ENTRIES) % n;
-            entries.cycle().skip(start).take(MAX_DIGEST_ENTRIES).collect()
+            entries
+                .cycle()
+                .skip(start)
+                .take(MAX_DIGEST_ENTRIES)
+                .collect()
         } else {
             entries.collect()
         };
@@ -267,7 +283,12 @@ impl GossipState {
             .args
             .listen_addrs
             .lock()
-            .map(|a| a.iter().take(crate::wire::MAX_PRESENCE_ADDRS).map(|a| a.to_string()).collect())
+            .map(|a| {
+                a.iter()
+                    .take(crate::wire::MAX_PRESENCE_ADDRS)
+                    .map(|a| a.to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         Presence {
             v: PROTOCOL_VERSION,
@@ -398,6 +419,13 @@ impl Actor for GossipActor {
                 state
                     .fetched
                     .retain(|_, t| now.duration_since(*t) < REFETCH_AFTER);
+            }
+            #[cfg(feature = "test-hooks")]
+            GossipMsg::RawPublish { store, bytes } => {
+                state.cmd(SwarmCmd::Publish {
+                    store,
+                    raw: Arc::from(bytes),
+                });
             }
             GossipMsg::Leave { done } => {
                 state.leaving = true;

@@ -218,7 +218,12 @@ impl SwarmTask {
 
     fn publish(&mut self, store: &StoreId, raw: &[u8]) {
         let topic = IdentTopic::new(store_topic(store));
-        match self.swarm.behaviour_mut().gossipsub.publish(topic, raw.to_vec()) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, raw.to_vec())
+        {
             Ok(_) => inc(&self.counters.published),
             // Nobody else has joined yet: they get it through the join exchange.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
@@ -262,7 +267,11 @@ impl SwarmTask {
                 self.swarm.behaviour_mut().sync.send_request(&peer, req);
             }
             SwarmCmd::Respond { channel, response } => {
-                let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response);
             }
             SwarmCmd::Leave {
                 payload,
@@ -316,7 +325,11 @@ impl SwarmTask {
         }
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>, leave: &mut Option<PendingLeave>) {
+    fn on_swarm_event(
+        &mut self,
+        event: SwarmEvent<BehaviourEvent>,
+        leave: &mut Option<PendingLeave>,
+    ) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev, leave),
@@ -420,11 +433,13 @@ impl SwarmTask {
         inc(&self.counters.delivered);
         match decode_slice(&message.data, self.max_message) {
             Ok(slice) if slice.device.peer_id() != source => {
-                self.counters.reject(crate::wire::RejectReason::Forged, &source, topic);
+                self.counters
+                    .reject(crate::wire::RejectReason::Forged, &source, topic);
                 MessageAcceptance::Reject
             }
             Ok(slice) if slice.store.as_str() != topic_store => {
-                self.counters.reject(crate::wire::RejectReason::WrongStore, &source, topic);
+                self.counters
+                    .reject(crate::wire::RejectReason::WrongStore, &source, topic);
                 MessageAcceptance::Reject
             }
             Ok(slice) => {
@@ -453,14 +468,13 @@ impl SwarmTask {
                 ..
             } => {
                 if request.kind == "leave" {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, SyncResponse {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(
+                        channel,
+                        SyncResponse {
                             v: PROTOCOL_VERSION,
                             slices: Vec::new(),
-                        });
+                        },
+                    );
                     // The stream is authenticated: `peer` is the device that is leaving.
                     self.forward(NetEvent::Presence {
                         via: peer,
@@ -487,20 +501,16 @@ impl SwarmTask {
                         response,
                     },
                 ..
-            } => {
-                if !self.leave_answered(&request_id, leave) {
-                    self.forward(NetEvent::Response { peer, response });
-                }
+            } if !self.leave_answered(&request_id, leave) => {
+                self.forward(NetEvent::Response { peer, response });
             }
             request_response::Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
-            } => {
-                if !self.leave_answered(&request_id, leave) {
-                    tracing::debug!(%peer, %error, "sync request failed; anti-entropy will retry");
-                }
+            } if !self.leave_answered(&request_id, leave) => {
+                tracing::debug!(%peer, %error, "sync request failed; anti-entropy will retry");
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");

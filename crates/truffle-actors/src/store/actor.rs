@@ -156,15 +156,15 @@ fn encode_local<S: SyncableStore>(
 impl<S: SyncableStore> StoreState<S> {
     fn emit(&mut self, event: StoreEvent<S::Data>) {
         self.args.store.on_event(&event);
+        // The snapshot first, so a subscriber that reads it on an event sees the change.
+        if let Some(local) = self.args.store.local_slice() {
+            self.args.view.send_replace(Arc::new(StoreSnapshot {
+                local,
+                remote: self.args.store.remote_slices(),
+            }));
+        }
         // No receivers is fine: nobody is subscribed.
         let _ = self.args.events.send(event);
-        let Some(local) = self.args.store.local_slice() else {
-            return;
-        };
-        self.args.view.send_replace(Arc::new(StoreSnapshot {
-            local,
-            remote: self.args.store.remote_slices(),
-        }));
     }
 
     fn update(&mut self, f: Updater<S::Data>) -> Result<Arc<DeviceSlice<S::Data>>, Error> {
@@ -233,7 +233,12 @@ impl<S: SyncableStore> StoreState<S> {
     }
 
     fn remove(&mut self, device: DeviceId, reason: RemovalReason) {
-        if self.args.store.remove_remote_slice(&device, reason).is_some() {
+        if self
+            .args
+            .store
+            .remove_remote_slice(&device, reason)
+            .is_some()
+        {
             tracing::info!(store = %self.args.id, %device, %reason, "removed remote slice");
             self.emit(StoreEvent::RemoteRemoved {
                 device_id: device,

@@ -166,8 +166,12 @@ pub trait SyncableStore: Send + 'static {
     fn store_id(&self) -> StoreId;
 
     /// Creates this device's initial slice (version `(incarnation, 0)`) and returns it.
-    fn init(&mut self, device_id: DeviceId, version: Version, updated_at: u64)
-        -> Arc<DeviceSlice<Self::Data>>;
+    fn init(
+        &mut self,
+        device_id: DeviceId,
+        version: Version,
+        updated_at: u64,
+    ) -> Arc<DeviceSlice<Self::Data>>;
 
     /// This device's slice, once initialised.
     fn local_slice(&self) -> Option<Arc<DeviceSlice<Self::Data>>>;
@@ -233,7 +237,12 @@ where
         self.id.clone()
     }
 
-    fn init(&mut self, device_id: DeviceId, version: Version, updated_at: u64) -> Arc<DeviceSlice<T>> {
+    fn init(
+        &mut self,
+        device_id: DeviceId,
+        version: Version,
+        updated_at: u64,
+    ) -> Arc<DeviceSlice<T>> {
         let slice = Arc::new(DeviceSlice {
             device_id,
             data: T::default(),
@@ -262,7 +271,11 @@ where
         }
     }
 
-    fn remove_remote_slice(&mut self, device_id: &DeviceId, _: RemovalReason) -> Option<Arc<DeviceSlice<T>>> {
+    fn remove_remote_slice(
+        &mut self,
+        device_id: &DeviceId,
+        _: RemovalReason,
+    ) -> Option<Arc<DeviceSlice<T>>> {
         self.remote.remove(device_id)
     }
 

@@ -39,8 +39,12 @@ fn remove_and_clear() {
     let mut s = SliceStore::<u64>::with_id(StoreId::new("t").unwrap()).unwrap();
     s.apply_remote_slice(slice(dev(1), 1, 1));
     s.apply_remote_slice(slice(dev(2), 1, 1));
-    assert!(s.remove_remote_slice(&dev(1), RemovalReason::Left).is_some());
-    assert!(s.remove_remote_slice(&dev(1), RemovalReason::Left).is_none());
+    assert!(s
+        .remove_remote_slice(&dev(1), RemovalReason::Left)
+        .is_some());
+    assert!(s
+        .remove_remote_slice(&dev(1), RemovalReason::Left)
+        .is_none());
     s.clear_remote_slices();
     assert!(s.remote_slices().is_empty());
 }
