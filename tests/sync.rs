@@ -531,3 +531,92 @@ async fn a_restarted_node_with_the_same_key_is_accepted_again() {
     .await;
     shutdown_all(vec![observer, third]).await;
 }
+
+/// Same store id as [`Todos`], different type.
+#[derive(Syncable, Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[syncable(id = "todos")]
+struct OtherTodos {
+    count: u32,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_errors_are_clear_and_change_nothing() {
+    init_tracing();
+    let node = builder("small").max_slice_size(64).start().await.unwrap();
+    let s = node.store::<Todos>().await.unwrap();
+    s.set(Todos {
+        items: vec!["fits".into()],
+    })
+    .await
+    .unwrap();
+
+    // Over the limit: an error naming size and limit, and no change.
+    let err = s
+        .set(Todos {
+            items: vec!["x".repeat(100)],
+        })
+        .await
+        .unwrap_err();
+    match &err {
+        Error::SliceTooLarge { size, max, store } => {
+            assert_eq!(*max, 64);
+            assert!(*size > 64);
+            assert_eq!(store.as_str(), "todos");
+        }
+        other => panic!("expected SliceTooLarge, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("over the limit of 64 bytes"),
+        "{err}"
+    );
+    let local = s.local();
+    assert_eq!(local.data.items, ["fits"]);
+    assert_eq!(local.version.counter, 1);
+
+    // A panicking update closure is an error, not a dead store.
+    let err = s.update(|_| panic!("boom")).await.unwrap_err();
+    assert!(matches!(err, Error::UpdatePanicked(_)), "{err:?}");
+    s.update(|t| t.items.push("still works".into()))
+        .await
+        .unwrap();
+    assert_eq!(s.local().version.counter, 2);
+
+    // Joining the same type again gives the same store; another type with the id is refused.
+    let again = node.store::<Todos>().await.unwrap();
+    assert_eq!(again.local().version.counter, 2);
+    let err = node.store::<OtherTodos>().await.unwrap_err();
+    assert!(matches!(err, Error::StoreAlreadyJoined(_)), "{err:?}");
+
+    node.shutdown().await.unwrap();
+    // After shutdown, writes fail clearly.
+    let err = s.set(Todos::default()).await.unwrap_err();
+    assert!(matches!(err, Error::StoreClosed(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_and_addresses_are_reported() {
+    let err = builder("x")
+        .presence_interval(Duration::from_secs(5))
+        .presence_timeout(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+
+    // An address that is not on this host (binding fails locally; nothing is sent).
+    let err = MeshNode::builder()
+        .listen("/ip4/192.0.2.1/tcp/0".parse().unwrap())
+        .mdns(false)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Listen { .. }), "{err:?}");
+    assert!(err.to_string().contains("192.0.2.1"), "{err}");
+
+    // A key file that is not a key.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, b"not a key").unwrap();
+    let err = builder("x").key_file(&bad).start().await.unwrap_err();
+    assert!(matches!(err, Error::KeyFile { .. }), "{err:?}");
+}
