@@ -50,6 +50,7 @@
 //! running a mesh.
 
 mod error;
+mod faults;
 mod gossip;
 mod ids;
 mod metrics;

@@ -16,13 +16,14 @@ use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::faults::FaultHandle;
 use crate::gossip::swarm::{build_swarm, max_message_size, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::metrics::{Counters, Metrics};
 use crate::slice::now_millis;
 use crate::store::{
-    sink_for, spawn_store, SliceStore, Store, StoreParams, Syncable, SyncableStore,
+    sink_for, spawn_store, Outbox, SliceStore, Store, StoreParams, Syncable, SyncableStore,
 };
 
 /// Timings and limits of a node. Set through [`MeshNodeBuilder`].
@@ -43,7 +44,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             presence_interval: Duration::from_millis(500),
-            presence_timeout: Duration::from_secs(3),
+            presence_timeout: Duration::from_millis(2500),
             max_slice_size: 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             gossip_heartbeat: Duration::from_millis(500),
@@ -133,7 +134,8 @@ impl MeshNodeBuilder {
         self
     }
 
-    /// How long without evidence before a device is removed here (default 3 s).
+    /// How long without evidence before a device is removed here (default 2.5 s). A device
+    /// that vanishes is removed within this timeout plus one presence interval.
     pub fn presence_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.presence_timeout = timeout;
         self
@@ -258,6 +260,7 @@ impl MeshNodeBuilder {
         }
 
         let counters = Arc::new(Counters::default());
+        let faults = FaultHandle::default();
         let listen_addrs = Arc::new(Mutex::new(bound));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (gossip, _) = Actor::spawn(
@@ -286,6 +289,7 @@ impl MeshNodeBuilder {
             listen_addrs: listen_addrs.clone(),
             max_message: max_message_size(&cfg),
             leave_timeout: cfg.leave_timeout,
+            faults: faults.clone(),
         };
         let swarm_task = tokio::spawn(task.run());
         tracing::info!(%device, %name, incarnation, "mesh node started");
@@ -300,6 +304,7 @@ impl MeshNodeBuilder {
             listen_addrs,
             stores: tokio::sync::Mutex::new(HashMap::new()),
             swarm_task: Some(swarm_task),
+            faults,
         })
     }
 }
@@ -373,6 +378,8 @@ pub struct MeshNode {
     listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     stores: tokio::sync::Mutex<HashMap<StoreId, Joined>>,
     swarm_task: Option<tokio::task::JoinHandle<()>>,
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    faults: FaultHandle,
 }
 
 impl std::fmt::Debug for MeshNode {
@@ -451,9 +458,11 @@ impl MeshNode {
         if stores.contains_key(&id) {
             return Err(Error::StoreAlreadyJoined(id));
         }
+        let outbox = Outbox::default();
         let spawned = spawn_store(
             store,
             StoreParams {
+                outbox: outbox.clone(),
                 device: self.device,
                 incarnation: self.incarnation,
                 key: self.key.clone(),
@@ -472,6 +481,7 @@ impl MeshNode {
                 |reply| GossipMsg::Join {
                     store: id.clone(),
                     sink,
+                    outbox: outbox.clone(),
                     reply,
                 },
                 None,
@@ -489,11 +499,9 @@ impl MeshNode {
             }
         }
         let (version, raw) = spawned.initial;
-        let _ = self.gossip.cast(GossipMsg::LocalSlice {
-            store: id.clone(),
-            version,
-            raw,
-        });
+        if outbox.put(version, raw) {
+            let _ = self.gossip.cast(GossipMsg::Flush(id.clone()));
+        }
         tracing::info!(store = %id, device = %self.device, "joined store");
         stores.insert(
             id,
@@ -514,6 +522,25 @@ impl MeshNode {
             store: store.clone(),
             bytes,
         });
+    }
+
+    /// Test hook: drops this fraction (0.0–1.0) of inbound gossip messages, chosen by a
+    /// generator seeded with `seed`.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_set_inbound_loss(&self, fraction: f64, seed: u64) {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        f.drop_fraction = fraction;
+        f.seed(seed);
+    }
+
+    /// Test hook: drops everything these devices send or relay to this node (one side of an
+    /// emulated partition; block both ways for a full cut). An empty list heals.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_block(&self, devices: &[DeviceId]) {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        f.blocked = devices.iter().map(|d| d.peer_id()).collect();
     }
 
     /// Test hook: handles `slices` as if `from` had sent them in answer to a sync request.

@@ -23,6 +23,9 @@ struct DeviceState {
     last_seen: Instant,
     /// Highest `(incarnation, presence seq)` heard.
     presence: (Incarnation, u64),
+    /// Highest incarnation seen in a presence or a slice: the device's current run.
+    /// Slices of earlier runs are stale even in stores the new run has not written yet.
+    incarnation: Incarnation,
     /// Incarnations up to this one said goodbye.
     left: Option<Incarnation>,
     stores: HashMap<StoreId, Track>,
@@ -34,6 +37,7 @@ impl DeviceState {
             online: false,
             last_seen: now,
             presence: (0, 0),
+            incarnation: 0,
             left: None,
             stores: HashMap::new(),
         }
@@ -129,17 +133,17 @@ impl Membership {
         if d.has_left(incarnation) || (incarnation, seq) <= d.presence {
             return PresenceOutcome::default();
         }
-        let restarted = incarnation > d.presence.0 && d.presence.0 != 0;
         d.presence = (incarnation, seq);
+        d.incarnation = d.incarnation.max(incarnation);
         d.last_seen = now;
         let came_online = !d.online;
         d.online = true;
         let mut drop_stale_incarnation = Vec::new();
-        if restarted && complete {
+        if complete {
+            // Slices of an earlier run that the current run does not have: gone for good.
+            let current = d.incarnation;
             for (store, t) in d.stores.iter_mut() {
-                if t.held
-                    && t.seen.incarnation < incarnation
-                    && !digest.iter().any(|(s, _)| s == store)
+                if t.held && t.seen.incarnation < current && !digest.iter().any(|(s, _)| s == store)
                 {
                     t.held = false;
                     drop_stale_incarnation.push(store.clone());
@@ -159,7 +163,7 @@ impl Membership {
         let Some(d) = self.devices.get(device) else {
             return true;
         };
-        if d.has_left(version.incarnation) {
+        if d.has_left(version.incarnation) || version.incarnation < d.incarnation {
             return false;
         }
         match d.stores.get(store) {
@@ -183,6 +187,10 @@ impl Membership {
         if d.has_left(version.incarnation) {
             return Admit::AfterLeave;
         }
+        if version.incarnation < d.incarnation {
+            return Admit::Stale;
+        }
+        d.incarnation = version.incarnation;
         let online = d.online;
         let t = d.stores.entry(store.clone()).or_default();
         if version > t.seen {
@@ -313,6 +321,21 @@ mod tests {
         assert!(m.wants(&d, &st, Version::new(1, 3)));
         assert_eq!(m.admit(d, &st, Version::new(1, 3), t0), Admit::Apply);
         assert!(!m.wants(&d, &st, Version::new(1, 3)));
+    }
+
+    #[test]
+    fn an_old_run_cannot_come_back_through_a_relay() {
+        let mut m = Membership::new(Duration::from_secs(3));
+        let (d, t0) = (dev(), Instant::now());
+        // This node first hears of the device through a relayed slice of its old run…
+        assert_eq!(m.admit(d, &s("a"), Version::new(1, 4), t0), Admit::Apply);
+        // …then the device's current run speaks, without store "a".
+        let out = m.on_presence(d, 2, 1, &[(s("b"), Version::new(2, 0))], true, t0);
+        assert_eq!(out.drop_stale_incarnation, vec![s("a")]);
+        // Copies of the old run are stale from now on, in every store.
+        assert_eq!(m.admit(d, &s("a"), Version::new(1, 5), t0), Admit::Stale);
+        assert!(!m.wants(&d, &s("c"), Version::new(1, 9)));
+        assert_eq!(m.admit(d, &s("b"), Version::new(2, 0), t0), Admit::Apply);
     }
 
     #[test]

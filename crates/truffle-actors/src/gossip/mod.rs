@@ -20,7 +20,7 @@ use self::swarm::SwarmCmd;
 use crate::error::Error;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
-use crate::store::{RemovalReason, StoreInput, StoreSink};
+use crate::store::{Outbox, RemovalReason, StoreInput, StoreSink};
 use crate::wire::{
     decode_slice, encode_leave, encode_presence, DigestEntry, Leave, Presence, PresenceMsg,
     RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want, MAX_DIGEST_ENTRIES,
@@ -57,13 +57,11 @@ pub(crate) enum GossipMsg {
     Join {
         store: StoreId,
         sink: StoreSink,
+        outbox: Outbox,
         reply: RpcReplyPort<Result<(), Error>>,
     },
-    LocalSlice {
-        store: StoreId,
-        version: Version,
-        raw: Arc<[u8]>,
-    },
+    /// The store's outbox holds a new local slice.
+    Flush(StoreId),
     Unhold {
         store: StoreId,
         device: DeviceId,
@@ -96,6 +94,7 @@ pub(crate) struct GossipArgs {
 pub(crate) struct GossipState {
     args: GossipArgs,
     stores: HashMap<StoreId, StoreSink>,
+    outboxes: HashMap<StoreId, Outbox>,
     /// This node's own slice versions, for the presence digest.
     own: BTreeMap<StoreId, Version>,
     /// Signed slices held, own included, exactly as their owners signed them.
@@ -318,6 +317,7 @@ impl Actor for GossipActor {
         Ok(GossipState {
             args,
             stores: HashMap::new(),
+            outboxes: HashMap::new(),
             own: BTreeMap::new(),
             held: HashMap::new(),
             membership: Membership::new(timeout),
@@ -337,20 +337,25 @@ impl Actor for GossipActor {
     ) -> Result<(), ActorProcessingErr> {
         let now = Instant::now();
         match msg {
-            GossipMsg::Join { store, sink, reply } => {
+            GossipMsg::Join {
+                store,
+                sink,
+                outbox,
+                reply,
+            } => {
                 if state.stores.contains_key(&store) {
                     let _ = reply.send(Err(Error::StoreAlreadyJoined(store)));
                 } else {
                     state.stores.insert(store.clone(), sink);
+                    state.outboxes.insert(store.clone(), outbox);
                     state.cmd(SwarmCmd::Subscribe(store));
                     let _ = reply.send(Ok(()));
                 }
             }
-            GossipMsg::LocalSlice {
-                store,
-                version,
-                raw,
-            } => {
+            GossipMsg::Flush(store) => {
+                let Some((version, raw)) = state.outboxes.get(&store).and_then(Outbox::take) else {
+                    return Ok(());
+                };
                 state.own.insert(store.clone(), version);
                 state
                     .held

@@ -17,6 +17,7 @@ use libp2p::gossipsub::{
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use ractor::ActorRef;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{GossipMsg, NetEvent};
 use crate::error::Error;
+use crate::faults::{drop_inbound, FaultHandle};
 use crate::ids::StoreId;
 use crate::metrics::{inc, Counters};
 use crate::node::Config;
@@ -40,8 +42,8 @@ type Gossipsub =
 const MAX_REMOTE_TOPICS: usize = 10_000;
 /// Extra room in the transmit limit for the envelope around a maximal slice.
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
-/// How often bootstrap peers are re-dialled while this node has no connection at all.
-const REDIAL_EVERY: Duration = Duration::from_secs(2);
+/// How often bootstrap peers are re-dialled while not connected.
+const REDIAL_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -170,6 +172,7 @@ pub(crate) struct SwarmTask {
     pub listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     pub max_message: usize,
     pub leave_timeout: Duration,
+    pub faults: FaultHandle,
 }
 
 impl SwarmTask {
@@ -198,13 +201,7 @@ impl SwarmTask {
                         self.publish(&store, &raw);
                     }
                 }
-                _ = redial.tick() => {
-                    if self.swarm.connected_peers().next().is_none() {
-                        for addr in self.bootstrap.clone() {
-                            let _ = self.swarm.dial(addr);
-                        }
-                    }
-                }
+                _ = redial.tick() => self.redial(),
                 _ = async { tokio::time::sleep_until(leave_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if leave_deadline.is_some() => {
                     if let Some(l) = leave.take() {
                         tracing::warn!(unanswered = l.waiting.len(), "leave not acknowledged by every peer before the deadline");
@@ -214,6 +211,32 @@ impl SwarmTask {
             }
         }
         tracing::debug!("swarm task stopped");
+    }
+
+    /// Re-dials bootstrap peers we are not connected to (after a restart, a partition, a
+    /// network change). Addresses with `/p2p/<id>` are re-dialled whenever that peer is not
+    /// connected and not being dialled; bare addresses only while we have no connection.
+    fn redial(&mut self) {
+        let none_connected = self.swarm.connected_peers().next().is_none();
+        for addr in self.bootstrap.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            let result = match peer {
+                Some(peer) if !self.swarm.is_connected(&peer) => self.swarm.dial(
+                    DialOpts::peer_id(peer)
+                        .addresses(vec![addr.clone()])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                ),
+                None if none_connected => self.swarm.dial(addr.clone()),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::trace!(%addr, error = %e, "redial not started");
+            }
+        }
     }
 
     fn publish(&mut self, store: &StoreId, raw: &[u8]) {
@@ -346,11 +369,9 @@ impl SwarmTask {
                 for (peer, addr) in found {
                     if !self.swarm.is_connected(&peer) {
                         tracing::debug!(%peer, %addr, "mdns discovered a peer; dialling");
-                        let _ = self.swarm.dial(
-                            libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                                .addresses(vec![addr])
-                                .build(),
-                        );
+                        let _ = self
+                            .swarm
+                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
                     }
                 }
             }
@@ -395,7 +416,9 @@ impl SwarmTask {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
-            gossipsub::Event::Subscribed { peer_id, topic } => {
+            gossipsub::Event::Subscribed { peer_id, topic }
+                if !drop_inbound(&self.faults, &[peer_id]) =>
+            {
                 if let Some(store) = topic.as_str().strip_prefix(STORE_TOPIC_PREFIX) {
                     if let Ok(store) = StoreId::new(store) {
                         self.forward(NetEvent::Subscribed {
@@ -414,6 +437,9 @@ impl SwarmTask {
         let Some(source) = message.source else {
             return MessageAcceptance::Reject;
         };
+        if drop_inbound(&self.faults, &[via, source]) {
+            return MessageAcceptance::Ignore;
+        }
         let topic = message.topic.as_str();
         if topic == PRESENCE_TOPIC {
             return match decode_presence_msg(&message.data, &source, self.max_message) {
@@ -458,6 +484,16 @@ impl SwarmTask {
         ev: request_response::Event<SyncRequest, SyncResponse>,
         leave: &mut Option<PendingLeave>,
     ) {
+        if let request_response::Event::Message { peer, .. } = &ev {
+            if self
+                .faults
+                .lock()
+                .map(|f| f.blocked.contains(peer))
+                .unwrap_or(false)
+            {
+                return;
+            }
+        }
         match ev {
             request_response::Event::Message {
                 peer,

@@ -30,6 +30,26 @@ pub(crate) enum StoreInput {
 /// A type-erased way for the gossip actor to reach a store actor of any data type.
 pub(crate) type StoreSink = Arc<dyn Fn(StoreInput) -> bool + Send + Sync>;
 
+/// The newest local slice not yet taken by the gossip actor. Writes overwrite it (last
+/// write wins), and only the write that fills an empty slot sends a `Flush`, so however
+/// fast the application writes, at most one message per store waits in the gossip
+/// actor's mailbox.
+#[derive(Clone, Default)]
+pub(crate) struct Outbox(Arc<std::sync::Mutex<Option<(Version, Arc<[u8]>)>>>);
+
+impl Outbox {
+    /// Stores the newest slice; true if the slot was empty (the caller must flush).
+    pub fn put(&self, version: Version, raw: Arc<[u8]>) -> bool {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.replace((version, raw)).is_none()
+    }
+
+    /// Takes the newest slice, if any.
+    pub fn take(&self) -> Option<(Version, Arc<[u8]>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 type Updater<T> = Box<dyn FnOnce(&mut T) + Send>;
 
 pub(crate) enum StoreMsg<T> {
@@ -49,6 +69,7 @@ pub(crate) struct StoreParams {
     pub event_buffer: usize,
     pub gossip: ActorRef<GossipMsg>,
     pub counters: Arc<Counters>,
+    pub outbox: Outbox,
 }
 
 pub(crate) struct StoreArgs<S: SyncableStore> {
@@ -60,6 +81,7 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
     max_slice_size: usize,
     gossip: ActorRef<GossipMsg>,
     counters: Arc<Counters>,
+    outbox: Outbox,
     events: broadcast::Sender<StoreEvent<S::Data>>,
     view: watch::Sender<Arc<StoreSnapshot<S::Data>>>,
 }
@@ -100,6 +122,7 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         max_slice_size: p.max_slice_size,
         gossip: p.gossip,
         counters: p.counters,
+        outbox: p.outbox,
         events: events.clone(),
         view,
     };
@@ -187,11 +210,12 @@ impl<S: SyncableStore> StoreState<S> {
         self.counter += 1;
         let slice = Arc::new(slice);
         self.args.store.set_local_slice(slice.clone());
-        let _ = self.args.gossip.cast(GossipMsg::LocalSlice {
-            store: self.args.id.clone(),
-            version: slice.version,
-            raw,
-        });
+        if self.args.outbox.put(slice.version, raw) {
+            let _ = self
+                .args
+                .gossip
+                .cast(GossipMsg::Flush(self.args.id.clone()));
+        }
         tracing::trace!(store = %self.args.id, version = %slice.version, "local write");
         self.emit(StoreEvent::LocalChanged {
             slice: slice.clone(),

@@ -1,0 +1,51 @@
+//! Fault injection for tests (inbound loss and emulated partitions). Inert unless a test
+//! sets it through the `test-hooks` feature's `MeshNode::test_*` methods.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use libp2p::PeerId;
+
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// Fraction of inbound gossip messages to drop, 0.0 to 1.0.
+    pub drop_fraction: f64,
+    /// Peers whose messages (sent or relayed) are dropped: one side of a partition.
+    pub blocked: HashSet<PeerId>,
+    rng: u64,
+}
+
+pub(crate) type FaultHandle = Arc<Mutex<Faults>>;
+
+impl Faults {
+    /// Whether to drop a message that involves `peers` (forwarder, origin).
+    pub fn drop_inbound(&mut self, peers: &[PeerId]) -> bool {
+        if peers.iter().any(|p| self.blocked.contains(p)) {
+            return true;
+        }
+        if self.drop_fraction <= 0.0 {
+            return false;
+        }
+        // xorshift64*: fast and good enough to pick messages to lose.
+        if self.rng == 0 {
+            self.rng = 0x9E37_79B9_7F4A_7C15;
+        }
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        (x as f64 / (1u64 << 53) as f64) < self.drop_fraction
+    }
+
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    pub fn seed(&mut self, seed: u64) {
+        self.rng = seed | 1;
+    }
+}
+
+pub(crate) fn drop_inbound(faults: &FaultHandle, peers: &[PeerId]) -> bool {
+    faults
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drop_inbound(peers)
+}
