@@ -65,8 +65,10 @@ impl Counters {
             }
             due
         };
-        // Stale copies are routine in gossip (several paths deliver one version).
-        if loud && reason != RejectReason::Stale {
+        // Stale copies are routine in gossip (several paths deliver one version), and so
+        // are a leaving device's last messages arriving after its leave.
+        let routine = matches!(reason, RejectReason::Stale | RejectReason::AfterLeave);
+        if loud && !routine {
             tracing::warn!(%reason, %from, context, total = n, "dropped a message from the network");
         } else {
             tracing::debug!(%reason, %from, context, total = n, "dropped a message from the network");

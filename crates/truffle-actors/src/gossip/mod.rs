@@ -67,7 +67,11 @@ pub(crate) enum GossipMsg {
         device: DeviceId,
     },
     Net(NetEvent),
+    /// Time to announce presence.
     Tick,
+    /// Time to check for silent devices (runs more often than `Tick`, so detection is
+    /// at most a tenth of the timeout late).
+    Expire,
     Leave {
         done: oneshot::Sender<()>,
     },
@@ -105,6 +109,7 @@ pub(crate) struct GossipState {
     fetched: HashMap<(DeviceId, StoreId), Instant>,
     leaving: bool,
     ticker: Option<tokio::task::JoinHandle<()>>,
+    expirer: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub(crate) struct GossipActor;
@@ -313,6 +318,9 @@ impl Actor for GossipActor {
         args: GossipArgs,
     ) -> Result<GossipState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.presence_interval, || GossipMsg::Tick);
+        let check =
+            (args.presence_timeout / 10).clamp(Duration::from_millis(20), args.presence_interval);
+        let expirer = myself.send_interval(check, || GossipMsg::Expire);
         let timeout = args.presence_timeout;
         Ok(GossipState {
             args,
@@ -326,6 +334,7 @@ impl Actor for GossipActor {
             fetched: HashMap::new(),
             leaving: false,
             ticker: Some(ticker),
+            expirer: Some(expirer),
         })
     }
 
@@ -418,6 +427,8 @@ impl Actor for GossipActor {
                     let p = state.presence();
                     state.cmd(SwarmCmd::PublishPresence(encode_presence(&p)));
                 }
+            }
+            GossipMsg::Expire => {
                 for r in state.membership.expire(now) {
                     state.remove(r);
                 }
@@ -460,7 +471,10 @@ impl Actor for GossipActor {
         _myself: ActorRef<GossipMsg>,
         state: &mut GossipState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
+        for t in [state.ticker.take(), state.expirer.take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         Ok(())

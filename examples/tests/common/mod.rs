@@ -1,0 +1,174 @@
+//! Drives the todo example's `--json` interface from tests: one `Device` per process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Device {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<(Instant, Value)>,
+    pub id: String,
+    pub listen: Vec<String>,
+}
+
+impl Device {
+    pub fn start(name: &str, key_file: &Path, peers: &[String]) -> Device {
+        Self::start_with(
+            Command::new(env!("CARGO_BIN_EXE_truffle-todo")),
+            name,
+            key_file,
+            "/ip4/127.0.0.1/tcp/0",
+            peers,
+        )
+    }
+
+    /// Starts the todo binary through `cmd` (the binary itself, or a wrapper such as
+    /// `ip netns exec NS <binary>`).
+    pub fn start_with(
+        mut cmd: Command,
+        name: &str,
+        key_file: &Path,
+        listen: &str,
+        peers: &[String],
+    ) -> Device {
+        cmd.args(["--name", name, "--json", "--no-mdns"])
+            .args(["--listen", listen])
+            .arg("--key-file")
+            .arg(key_file);
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn todo");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut d = Device {
+            child,
+            stdin,
+            lines,
+            id: String::new(),
+            listen: Vec::new(),
+        };
+        let ready = d.wait_for("ready", |v| v["event"] == "ready");
+        d.id = ready["device_id"].as_str().expect("device_id").to_string();
+        d.listen = ready["listen"]
+            .as_array()
+            .expect("listen")
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            d.listen
+                .iter()
+                .all(|a| a.ends_with(&format!("/p2p/{}", d.id))),
+            "listen addresses carry /p2p/<device id>: {:?}",
+            d.listen
+        );
+        d
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Like [`wait_for`](Self::wait_for) with an explicit deadline; `None` when it passes.
+    /// Returns the matching line and when it was read.
+    pub fn wait_until(
+        &self,
+        deadline: Instant,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Option<(Instant, Value)> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, v)) if pred(&v) => return Some((at, v)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn wait_for(&self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        let mut last = Value::Null;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((_, v)) if pred(&v) => return v,
+                Ok((_, v)) => last = v,
+                Err(_) => panic!("timed out waiting for {what}; last line: {last}"),
+            }
+        }
+    }
+
+    /// Waits for a state line in which `device` shows exactly `items` (texts).
+    pub fn wait_items(&self, device: &str, items: &[&str]) -> Value {
+        self.wait_for(&format!("{device} with items {items:?}"), |v| {
+            v["event"] == "state"
+                && v["devices"][device]["items"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .map(|i| i["text"].as_str().unwrap_or(""))
+                        .eq(items.iter().copied())
+                })
+        })
+    }
+
+    /// SIGKILL: no leave, no cleanup.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn wait_gone(&self, device: &str) -> Value {
+        self.wait_for(&format!("{device} removed"), |v| {
+            v["event"] == "state" && v["devices"].get(device).is_none()
+        })
+    }
+
+    /// Closes stdin (EOF = quit) and waits for a clean exit.
+    pub fn quit(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "todo exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "todo did not exit after EOF");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

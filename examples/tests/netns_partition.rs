@@ -1,0 +1,250 @@
+//! A real network partition between todo processes in Linux network namespaces that this
+//! test creates: five hosts on two bridges joined by one link; taking that link down
+//! splits them 2 | 3, bringing it up heals.
+//!
+//! Needs root and `ip` (iproute2). Without them it prints why it is skipped.
+//! Repeat for timing figures: `TRUFFLE_NETNS_RUNS=5 cargo test -p truffle-examples --test netns_partition -- --nocapture`
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Device;
+use serde_json::Value;
+
+const NODES: usize = 5;
+/// Nodes 0 and 1 sit on bridge A, nodes 2, 3 and 4 on bridge B.
+const SIDE_A: usize = 2;
+const HEAL_DEADLINE: Duration = Duration::from_secs(5);
+
+fn skip_reason() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .is_some_and(|euid| euid == "0");
+    if !root {
+        return Some("not running as root (network namespaces need CAP_NET_ADMIN)".into());
+    }
+    match Command::new("ip").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("the `ip` command (iproute2) is not available".into()),
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The namespaces of one run; deleted (with their links) on drop.
+struct Net {
+    prefix: String,
+}
+
+impl Net {
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn create(run: usize) -> Net {
+        let net = Net {
+            prefix: format!("trf{}r{run}", std::process::id()),
+        };
+        let br = net.ns("br");
+        ip(&["netns", "add", &br]);
+        ip(&["-n", &br, "link", "set", "lo", "up"]);
+        for b in ["bra", "brb"] {
+            ip(&["-n", &br, "link", "add", b, "type", "bridge"]);
+            ip(&["-n", &br, "link", "set", b, "up"]);
+        }
+        // The link between the two bridges: the partition switch.
+        ip(&[
+            "-n", &br, "link", "add", "la", "type", "veth", "peer", "name", "lb",
+        ]);
+        ip(&["-n", &br, "link", "set", "la", "master", "bra"]);
+        ip(&["-n", &br, "link", "set", "lb", "master", "brb"]);
+        for i in 0..NODES {
+            let ns = net.ns(&format!("n{i}"));
+            let port = format!("p{i}");
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", "name", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &br,
+            ]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.99.0.{}/24", i + 1),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let bridge = if i < SIDE_A { "bra" } else { "brb" };
+            ip(&["-n", &br, "link", "set", &port, "master", bridge]);
+            ip(&["-n", &br, "link", "set", &port, "up"]);
+        }
+        net.set_link(true);
+        net
+    }
+
+    fn set_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        for end in ["la", "lb"] {
+            ip(&["-n", &self.ns("br"), "link", "set", end, state]);
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for name in (0..NODES)
+            .map(|i| format!("n{i}"))
+            .chain(["br".to_string()])
+        {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(&name)])
+                .status();
+        }
+    }
+}
+
+fn items_of(state: &Value, device: &str) -> Option<Vec<String>> {
+    state["devices"].get(device).map(|d| {
+        d["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["text"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// One partition-and-heal run; returns each node's heal-to-convergence time.
+fn run_once(run: usize, dir: &std::path::Path) -> Vec<Duration> {
+    let net = Net::create(run);
+    let mut nodes: Vec<Device> = Vec::new();
+    for i in 0..NODES {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &net.ns(&format!("n{i}"))])
+            .arg(env!("CARGO_BIN_EXE_truffle-todo"));
+        let key: PathBuf = dir.join(format!("r{run}n{i}.key"));
+        let peers: Vec<String> = nodes.iter().map(|d| d.listen[0].clone()).collect();
+        let listen = format!("/ip4/10.99.0.{}/tcp/4001", i + 1);
+        nodes.push(Device::start_with(
+            cmd,
+            &format!("n{i}"),
+            &key,
+            &listen,
+            &peers,
+        ));
+    }
+    let ids: Vec<String> = nodes.iter().map(|d| d.id.clone()).collect();
+
+    // Everyone writes and sees everyone.
+    for (i, d) in nodes.iter_mut().enumerate() {
+        d.send(&format!("add before n{i}"));
+    }
+    for d in &nodes {
+        d.wait_for("all five before the partition", |v| {
+            v["event"] == "state"
+                && ids
+                    .iter()
+                    .enumerate()
+                    .all(|(i, id)| items_of(v, id).is_some_and(|it| it == [format!("before n{i}")]))
+        });
+    }
+
+    // Split 2 | 3 and wait until each side has removed the other (the cut is real).
+    net.set_link(false);
+    for (i, d) in nodes.iter().enumerate() {
+        let other: Vec<&String> = ids
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| (*j < SIDE_A) != (i < SIDE_A))
+            .map(|(_, id)| id)
+            .collect();
+        d.wait_for("the other side removed", |v| {
+            v["event"] == "state"
+                && other
+                    .iter()
+                    .all(|id| v["devices"].get(id.as_str()).is_none())
+        });
+    }
+    // Both sides write while cut off.
+    for (i, d) in nodes.iter_mut().enumerate() {
+        d.send(&format!("add during n{i}"));
+    }
+    for (i, d) in nodes.iter().enumerate() {
+        let mine = ids[i].clone();
+        d.wait_for("own write during the partition", |v| {
+            items_of(v, &mine).is_some_and(|it| it.len() == 2)
+        });
+    }
+
+    // Heal, write nothing, and time convergence.
+    net.set_link(true);
+    let healed = Instant::now();
+    let want = |i: usize| vec![format!("before n{i}"), format!("during n{i}")];
+    let mut times = Vec::new();
+    for (k, d) in nodes.iter().enumerate() {
+        let done = d.wait_until(healed + HEAL_DEADLINE, |v| {
+            v["event"] == "state"
+                && ids
+                    .iter()
+                    .enumerate()
+                    .all(|(i, id)| items_of(v, id).is_some_and(|it| it == want(i)))
+        });
+        let Some((at, _)) = done else {
+            panic!("run {run}: n{k} did not converge within {HEAL_DEADLINE:?} of the heal");
+        };
+        times.push(at.duration_since(healed));
+    }
+    for d in nodes {
+        d.quit();
+    }
+    times
+}
+
+#[test]
+fn partition_2_3_heals_and_converges_within_5s() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIPPED partition_2_3_heals_and_converges_within_5s: {why}");
+        return;
+    }
+    let runs: usize = std::env::var("TRUFFLE_NETNS_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    for run in 0..runs {
+        let times = run_once(run, dir.path());
+        let worst = times.iter().max().unwrap();
+        eprintln!(
+            "run {run}: heal to convergence per node (ms): {:?}, worst {} ms",
+            times.iter().map(|t| t.as_millis()).collect::<Vec<_>>(),
+            worst.as_millis()
+        );
+        all.push(*worst);
+    }
+    all.sort();
+    eprintln!(
+        "heal-to-convergence over {runs} run(s) (slowest node per run): median {} ms, worst {} ms",
+        all[all.len() / 2].as_millis(),
+        all.last().unwrap().as_millis()
+    );
+}
