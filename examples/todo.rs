@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --example todo -- [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]...
-//!                             [--no-mdns] [--key-file PATH] [--json]
+//!                             [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json]
 //! ```
 //!
 //! Commands on stdin: `add <text>`, `done <n>`, `list`, `quit` (end of input = `quit`,
@@ -35,7 +35,7 @@ struct Todo {
 }
 // ANCHOR_END: types
 
-const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--json]";
+const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json]";
 
 struct Args {
     name: String,
@@ -43,6 +43,7 @@ struct Args {
     peers: Vec<Multiaddr>,
     mdns: bool,
     key_file: Option<String>,
+    psk_file: Option<String>,
     json: bool,
 }
 
@@ -53,6 +54,7 @@ fn parse_args() -> Result<Args, String> {
         peers: Vec::new(),
         mdns: true,
         key_file: None,
+        psk_file: None,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -74,6 +76,7 @@ fn parse_args() -> Result<Args, String> {
             "--peer" => args.peers.push(addr(value("a multiaddr")?)?),
             "--no-mdns" => args.mdns = false,
             "--key-file" => args.key_file = Some(value("a path")?),
+            "--psk-file" => args.psk_file = Some(value("a path")?),
             "--json" => args.json = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -160,6 +163,10 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     if let Some(path) = &args.key_file {
         builder = builder.key_file(path);
+    }
+    if let Some(path) = &args.psk_file {
+        // A private mesh: only nodes with the same swarm.key can connect.
+        builder = builder.psk_file(path);
     }
     let node = builder.start().await?;
     // ANCHOR_END: node

@@ -82,6 +82,14 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The pre-shared key file could not be read or parsed.
+    #[error("pre-shared key file {path}: {reason}")]
+    Psk {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// The node configuration is inconsistent.
     #[error("invalid node configuration: {0}")]
     Config(String),

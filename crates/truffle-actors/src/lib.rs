@@ -78,7 +78,7 @@ pub use wire::RejectReason;
 pub use truffle_derive::Syncable;
 
 /// Re-exported so users can name addresses and keys without a direct libp2p dependency.
-pub use libp2p::{identity, multiaddr, Multiaddr};
+pub use libp2p::{identity, multiaddr, pnet::PreSharedKey, Multiaddr};
 
 /// Everything an application usually needs: `use truffle_actors::prelude::*;`.
 pub mod prelude {

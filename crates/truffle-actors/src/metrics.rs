@@ -26,6 +26,9 @@ pub struct Metrics {
     pub peers_online: u64,
     /// Remote devices removed (left, timed out or restarted) since start.
     pub devices_removed: u64,
+    /// Connections (dialled or accepted) that failed before they were established,
+    /// refused dials excluded. With a pre-shared key, a key mismatch shows up here.
+    pub connection_failures: u64,
 }
 
 impl Metrics {
@@ -47,6 +50,7 @@ pub(crate) struct Counters {
     pub applied: AtomicU64,
     pub peers_online: AtomicU64,
     pub devices_removed: AtomicU64,
+    pub connection_failures: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     last_warn: Mutex<[Option<Instant>; RejectReason::ALL.len()]>,
 }
@@ -86,6 +90,7 @@ impl Counters {
                 .collect(),
             peers_online: self.peers_online.load(Relaxed),
             devices_removed: self.devices_removed.load(Relaxed),
+            connection_failures: self.connection_failures.load(Relaxed),
         }
     }
 }

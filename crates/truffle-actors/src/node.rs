@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
+use libp2p::pnet::PreSharedKey;
 use libp2p::swarm::SwarmEvent;
 use libp2p::Multiaddr;
 use ractor::rpc::CallResult;
@@ -37,7 +38,9 @@ pub(crate) struct Config {
     pub event_buffer: usize,
     pub leave_timeout: Duration,
     pub listen_timeout: Duration,
+    pub connect_timeout: Duration,
     pub mdns: bool,
+    pub psk: Option<PreSharedKey>,
 }
 
 impl Default for Config {
@@ -51,7 +54,9 @@ impl Default for Config {
             event_buffer: 1024,
             leave_timeout: Duration::from_secs(2),
             listen_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
             mdns: true,
+            psk: None,
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct MeshNodeBuilder {
     listen: Vec<Multiaddr>,
     bootstrap: Vec<Multiaddr>,
     key: KeySource,
+    psk_file: Option<PathBuf>,
     cfg: Config,
 }
 
@@ -165,10 +171,39 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// Makes the mesh private: only nodes with this pre-shared key can connect at all
+    /// (libp2p `pnet`, XSalsa20 under the key, below noise). See [`psk_file`](Self::psk_file).
+    pub fn psk(mut self, key: PreSharedKey) -> Self {
+        self.cfg.psk = Some(key);
+        self
+    }
+
+    /// Reads the pre-shared key from a file in the IPFS `swarm.key` format:
+    ///
+    /// ```text
+    /// /key/swarm/psk/1.0.0/
+    /// /base16/
+    /// <64 hex digits>
+    /// ```
+    pub fn psk_file(mut self, path: impl AsRef<Path>) -> Self {
+        self.psk_file = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// How long a connection may take to be established, handshakes included (default 10 s).
+    /// With a mismatched pre-shared key, a dial fails only after this long.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.connect_timeout = timeout;
+        self
+    }
+
     /// Starts the node: binds the listen addresses, dials the bootstrap peers and spawns
     /// the actors. Returns once every listen address is bound.
     pub async fn start(self) -> Result<MeshNode> {
-        let cfg = self.cfg;
+        let mut cfg = self.cfg;
+        if let Some(path) = &self.psk_file {
+            cfg.psk = Some(read_psk(path)?);
+        }
         if cfg.presence_interval.is_zero() || cfg.presence_timeout <= cfg.presence_interval {
             return Err(Error::Config(format!(
                 "presence_timeout ({:?}) must be longer than presence_interval ({:?})",
@@ -290,9 +325,16 @@ impl MeshNodeBuilder {
             max_message: max_message_size(&cfg),
             leave_timeout: cfg.leave_timeout,
             faults: faults.clone(),
+            psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
+            last_handshake_warning: None,
         };
         let swarm_task = tokio::spawn(task.run());
-        tracing::info!(%device, %name, incarnation, "mesh node started");
+        match cfg.psk {
+            Some(k) => {
+                tracing::info!(%device, %name, incarnation, psk_fingerprint = %k.fingerprint(), "mesh node started (private mesh)")
+            }
+            None => tracing::info!(%device, %name, incarnation, "mesh node started"),
+        }
         Ok(MeshNode {
             device,
             name,
@@ -345,6 +387,20 @@ fn load_or_create_key(path: &Path) -> Result<(Keypair, Incarnation)> {
     std::fs::write(&inc_path, incarnation.to_string())
         .map_err(|e| err(format!("cannot write {}: {e}", inc_path.display())))?;
     Ok((key, incarnation))
+}
+
+/// Reads a pre-shared key in the `swarm.key` format.
+fn read_psk(path: &Path) -> Result<PreSharedKey> {
+    let err = |reason: String| Error::Psk {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    text.parse::<PreSharedKey>().map_err(|e| {
+        err(format!(
+            "not a swarm.key file ({e}); expected the lines `/key/swarm/psk/1.0.0/`, `/base16/` and 64 hex digits"
+        ))
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -400,6 +456,7 @@ impl MeshNode {
             listen: Vec::new(),
             bootstrap: Vec::new(),
             key: KeySource::Generate,
+            psk_file: None,
             cfg: Config::default(),
         }
     }

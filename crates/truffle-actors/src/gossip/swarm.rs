@@ -9,12 +9,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::Either;
 use futures::StreamExt;
+use libp2p::core::upgrade::Version;
+use libp2p::core::Transport as _;
 use libp2p::gossipsub::{
     self, AllowAllSubscriptionFilter, IdentTopic, IdentityTransform, MaxCountSubscriptionFilter,
     MessageAcceptance, MessageAuthenticity, MessageId, ValidationMode,
 };
 use libp2p::identity::Keypair;
+use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -71,12 +75,30 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
     let heartbeat = cfg.gossip_heartbeat;
     let mdns_on = cfg.mdns;
     let max_response = cfg.max_response_bytes;
+    let psk = cfg.psk;
+    let connect_timeout = cfg.connect_timeout;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                // TCP, then (with a pre-shared key) the pnet handshake, then noise and yamux.
+                let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+                let private = tcp.and_then(move |socket, _| async move {
+                    match psk {
+                        Some(psk) => PnetConfig::new(psk)
+                            .handshake(socket)
+                            .await
+                            .map(Either::Left)
+                            .map_err(std::io::Error::other),
+                        None => Ok(Either::Right(socket)),
+                    }
+                });
+                Ok(private
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .timeout(connect_timeout))
+            },
         )
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| {
@@ -173,6 +195,9 @@ pub(crate) struct SwarmTask {
     pub max_message: usize,
     pub leave_timeout: Duration,
     pub faults: FaultHandle,
+    /// Fingerprint of the pre-shared key, when the mesh is private.
+    pub psk_fingerprint: Option<String>,
+    pub last_handshake_warning: Option<std::time::Instant>,
 }
 
 impl SwarmTask {
@@ -397,9 +422,61 @@ impl SwarmTask {
                 tracing::debug!(peer = %peer_id, "last connection closed");
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                inc(&self.counters.connection_failures);
+                self.connection_failed(
+                    &format!(
+                        "dial to {}",
+                        peer_id
+                            .map(|p| p.to_string())
+                            .unwrap_or_else(|| "a peer".into())
+                    ),
+                    &error.to_string(),
+                );
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                inc(&self.counters.connection_failures);
+                self.connection_failed(
+                    &format!("incoming connection from {send_back_addr}"),
+                    &error.to_string(),
+                );
             }
             _ => {}
+        }
+    }
+
+    /// A connection that fails its handshake is the only sign of a key mismatch (libp2p
+    /// reports no specific error): say so plainly, at most every few seconds.
+    fn connection_failed(&mut self, what: &str, error: &str) {
+        let refused = error.contains("Connection refused") || error.contains("os error 111");
+        if refused {
+            tracing::debug!(what, error, "connection failed");
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .last_handshake_warning
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
+        {
+            tracing::debug!(what, error, "connection failed");
+            return;
+        }
+        self.last_handshake_warning = Some(now);
+        match &self.psk_fingerprint {
+            Some(fp) => tracing::warn!(
+                what,
+                error,
+                psk_fingerprint = %fp,
+                "connection failed during the handshake: this mesh is private; the other node must use the same pre-shared key (compare fingerprints)"
+            ),
+            None => tracing::warn!(
+                what,
+                error,
+                "connection failed: if the other node uses a pre-shared key (private mesh), this node needs the same key"
+            ),
         }
     }
 
