@@ -156,7 +156,11 @@ impl Cluster {
 }
 
 async fn run_schedule(seed: u64) -> Result<(), String> {
-    let mut rng = Rng(seed | 1);
+    // splitmix64 of the seed: neighbouring seeds give unrelated schedules.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let mut rng = Rng((z ^ (z >> 31)) | 1);
     let mut c = Cluster {
         dir: tempfile::tempdir().unwrap(),
         nodes: (0..SCHEDULE_NODES).map(|_| None).collect(),

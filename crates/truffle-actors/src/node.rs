@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
-use crate::gossip::swarm::{build_swarm, max_message_size, SwarmTask};
+use crate::gossip::swarm::{build_swarm, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::metrics::{Counters, Metrics};
@@ -306,7 +306,7 @@ impl MeshNodeBuilder {
                 incarnation,
                 presence_interval: cfg.presence_interval,
                 presence_timeout: cfg.presence_timeout,
-                max_message: max_message_size(&cfg),
+                max_slice: cfg.max_slice_size,
                 max_response: cfg.max_response_bytes,
                 counters: counters.clone(),
                 cmds: cmd_tx,
@@ -322,7 +322,7 @@ impl MeshNodeBuilder {
             counters: counters.clone(),
             bootstrap: self.bootstrap,
             listen_addrs: listen_addrs.clone(),
-            max_message: max_message_size(&cfg),
+            max_slice: cfg.max_slice_size,
             leave_timeout: cfg.leave_timeout,
             faults: faults.clone(),
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),

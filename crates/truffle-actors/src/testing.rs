@@ -16,3 +16,39 @@ pub fn signed_slice<T: serde::Serialize>(
     let data = rmp_serde::to_vec_named(data).expect("test data encodes");
     crate::wire::encode_slice(key, store, device, version, 0, data).expect("test slice encodes")
 }
+
+/// Runs every decoder that sees network bytes over `bytes`: the slice and presence-topic
+/// decoders and the sync codec's request and response readers. For fuzzing and property
+/// tests: it must never panic, whatever the input.
+pub fn decode_everything(bytes: &[u8]) {
+    use libp2p::request_response::Codec as _;
+
+    let source =
+        libp2p::PeerId::from_bytes(&[0, 2, 8, 1]).unwrap_or_else(|_| libp2p::PeerId::random());
+    let _ = crate::wire::decode_slice(bytes, 1 << 20);
+    let _ = crate::wire::decode_presence_msg(bytes, &source, 1 << 20);
+    let mut codec = crate::wire::SyncCodec {
+        max_request: 1 << 20,
+        max_response: 1 << 20,
+    };
+    let protocol = crate::wire::SYNC_PROTOCOL;
+    futures::executor::block_on(async {
+        let _ = codec
+            .read_request(&protocol, &mut futures::io::Cursor::new(bytes))
+            .await;
+        let _ = codec
+            .read_response(&protocol, &mut futures::io::Cursor::new(bytes))
+            .await;
+    });
+    // The same bytes as the body of a well-framed message.
+    let mut framed = (bytes.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    futures::executor::block_on(async {
+        let _ = codec
+            .read_request(&protocol, &mut futures::io::Cursor::new(&framed))
+            .await;
+        let _ = codec
+            .read_response(&protocol, &mut futures::io::Cursor::new(&framed))
+            .await;
+    });
+}

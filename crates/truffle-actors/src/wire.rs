@@ -27,6 +27,11 @@ pub const SLICE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/slice:";
 /// Most digest entries one presence message carries; stores past it are announced in
 /// later rounds (the digest rotates).
 pub const MAX_DIGEST_ENTRIES: usize = 256;
+/// Largest presence or leave message accepted, in bytes (a full digest of
+/// [`MAX_DIGEST_ENTRIES`] entries with 128-byte store ids fits well within it).
+pub const MAX_PRESENCE_BYTES: usize = 64 * 1024;
+/// Bytes a slice message may carry beyond its data: field names, ids, signature.
+pub const SLICE_OVERHEAD: usize = 4 * 1024;
 /// Most listen addresses one presence message carries.
 pub const MAX_PRESENCE_ADDRS: usize = 8;
 
@@ -199,9 +204,10 @@ pub(crate) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
 }
 
 /// Decodes a slice message and checks it fully: version, size, fields, and the owner's
-/// signature. `max_bytes` bounds the whole encoded message.
-pub(crate) fn decode_slice(bytes: &[u8], max_bytes: usize) -> Result<VerifiedSlice, RejectReason> {
-    if bytes.len() > max_bytes {
+/// signature. `max_data` bounds the slice data; the whole message may add
+/// [`SLICE_OVERHEAD`].
+pub(crate) fn decode_slice(bytes: &[u8], max_data: usize) -> Result<VerifiedSlice, RejectReason> {
+    if bytes.len() > max_data.saturating_add(SLICE_OVERHEAD) {
         return Err(RejectReason::Oversized);
     }
     let h = header(bytes)?;
@@ -212,6 +218,9 @@ pub(crate) fn decode_slice(bytes: &[u8], max_bytes: usize) -> Result<VerifiedSli
         rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
     let body: SliceBody =
         rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
+    if body.data.len() > max_data {
+        return Err(RejectReason::Oversized);
+    }
     let store = StoreId::new(&body.store).map_err(|_| RejectReason::BadField)?;
     let device: DeviceId = body.device.parse().map_err(|_| RejectReason::BadField)?;
     let key = public_key_of(&device.peer_id()).ok_or(RejectReason::BadSignature)?;
@@ -319,37 +328,47 @@ pub(crate) fn decode_presence_msg(
 
 /// What a sync request asks for: all slices a peer holds for `store`, or only `device`'s.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Want {
+pub struct Want {
+    /// The store id.
     pub store: String,
+    /// One device (peer id, base58), or every device held when absent.
     #[serde(default)]
     pub device: Option<String>,
 }
 
 /// A direct request over [`SYNC_PROTOCOL`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SyncRequest {
+pub struct SyncRequest {
+    /// [`PROTOCOL_VERSION`].
     pub v: u8,
     /// `"fetch"` or `"leave"`.
     pub kind: String,
+    /// For `fetch`: what to send back.
     #[serde(default)]
     pub want: Vec<Want>,
+    /// For `leave`: the incarnation that is leaving.
     #[serde(default)]
     pub incarnation: Incarnation,
 }
 
 /// The answer to a [`SyncRequest`]: signed slice messages, relayed as their owners signed them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SyncResponse {
+pub struct SyncResponse {
+    /// [`PROTOCOL_VERSION`].
     pub v: u8,
+    /// Slice messages exactly as their owners encoded and signed them.
     #[serde(default)]
     pub slices: Vec<serde_bytes::ByteBuf>,
 }
 
-/// Length-prefixed MessagePack over a libp2p stream: a 4-byte big-endian length, then the
-/// body. Lengths over the limit are refused before anything is allocated.
+/// The `request_response` codec of [`SYNC_PROTOCOL`]: length-prefixed MessagePack over a
+/// libp2p stream, a 4-byte big-endian length then the body. Lengths over the limit are
+/// refused before anything is allocated.
 #[derive(Clone, Debug)]
-pub(crate) struct SyncCodec {
+pub struct SyncCodec {
+    /// Largest request body read, in bytes.
     pub max_request: usize,
+    /// Largest response body read, in bytes.
     pub max_response: usize,
 }
 
@@ -504,9 +523,14 @@ mod tests {
             RejectReason::UnknownVersion
         );
         assert_eq!(
-            decode_slice(&[0u8; 100], 10).unwrap_err(),
+            decode_slice(&vec![0u8; 10 + SLICE_OVERHEAD + 1], 10).unwrap_err(),
             RejectReason::Oversized
         );
+        let (k, d) = key();
+        let store = StoreId::new("s").unwrap();
+        let big = encode_slice(&k, &store, d, Version::new(1, 1), 0, vec![0; 11]).unwrap();
+        assert_eq!(decode_slice(&big, 10).unwrap_err(), RejectReason::Oversized);
+        assert!(decode_slice(&big, 11).is_ok());
     }
 
     #[test]

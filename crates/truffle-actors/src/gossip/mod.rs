@@ -88,7 +88,8 @@ pub(crate) struct GossipArgs {
     pub incarnation: Incarnation,
     pub presence_interval: Duration,
     pub presence_timeout: Duration,
-    pub max_message: usize,
+    /// Largest slice data accepted.
+    pub max_slice: usize,
     pub max_response: usize,
     pub counters: Arc<Counters>,
     pub cmds: mpsc::UnboundedSender<SwarmCmd>,
@@ -416,7 +417,7 @@ impl Actor for GossipActor {
             GossipMsg::Net(NetEvent::Response { peer, response }) => {
                 for raw in response.slices.into_iter().take(MAX_WANTS) {
                     inc(&state.args.counters.delivered);
-                    match decode_slice(&raw, state.args.max_message) {
+                    match decode_slice(&raw, state.args.max_slice) {
                         Ok(v) => state.ingest(v, now),
                         Err(reason) => state.args.counters.reject(reason, &peer, "sync response"),
                     }

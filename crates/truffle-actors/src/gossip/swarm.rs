@@ -15,7 +15,8 @@ use libp2p::core::upgrade::Version;
 use libp2p::core::Transport as _;
 use libp2p::gossipsub::{
     self, AllowAllSubscriptionFilter, IdentTopic, IdentityTransform, MaxCountSubscriptionFilter,
-    MessageAcceptance, MessageAuthenticity, MessageId, ValidationMode,
+    MessageAcceptance, MessageAuthenticity, MessageId, PeerScoreParams, PeerScoreThresholds,
+    TopicScoreParams, ValidationMode,
 };
 use libp2p::identity::Keypair;
 use libp2p::pnet::PnetConfig;
@@ -35,7 +36,8 @@ use crate::metrics::{inc, Counters};
 use crate::node::Config;
 use crate::wire::{
     decode_presence_msg, decode_slice, store_topic, Leave, PresenceMsg, SyncCodec, SyncRequest,
-    SyncResponse, Want, PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
+    SyncResponse, Want, MAX_PRESENCE_BYTES, PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX,
+    SYNC_PROTOCOL,
 };
 
 type Gossipsub =
@@ -58,9 +60,35 @@ pub(crate) struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
-/// The largest gossip message this node sends or accepts.
-pub(crate) fn max_message_size(cfg: &Config) -> usize {
+/// The largest gossip frame gossipsub accepts: a maximal slice plus ample room, so that
+/// slightly oversized messages still reach Truffle's own checks and are counted.
+pub(crate) fn max_transmit_size(cfg: &Config) -> usize {
     cfg.max_slice_size + ENVELOPE_OVERHEAD
+}
+
+/// Peer scoring that only punishes misbehaviour: invalid messages (which Truffle reports
+/// as `Reject`) quickly push a peer under the graylist threshold, after which gossipsub
+/// ignores it. Penalties for quiet peers (P3) and shared IPs (P6, everyone on loopback or
+/// behind one NAT) are off: an idle honest mesh must never score itself out.
+fn score_params() -> PeerScoreParams {
+    PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..PeerScoreParams::default()
+    }
+}
+
+pub(crate) fn topic_score_params() -> TopicScoreParams {
+    TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..TopicScoreParams::default()
+    }
 }
 
 /// The gossipsub message id: the source peer id in base58 followed by the decimal sequence
@@ -71,7 +99,7 @@ fn message_id(m: &gossipsub::Message) -> MessageId {
 }
 
 pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Error> {
-    let max_msg = max_message_size(cfg);
+    let max_msg = max_transmit_size(cfg);
     let heartbeat = cfg.gossip_heartbeat;
     let mdns_on = cfg.mdns;
     let max_response = cfg.max_response_bytes;
@@ -116,11 +144,12 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
                 max_subscribed_topics: MAX_REMOTE_TOPICS,
                 max_subscriptions_per_request: MAX_REMOTE_TOPICS,
             };
-            let gossipsub = Gossipsub::new_with_subscription_filter(
+            let mut gossipsub = Gossipsub::new_with_subscription_filter(
                 MessageAuthenticity::Signed(key.clone()),
                 gs_config,
                 filter,
             )?;
+            gossipsub.with_peer_score(score_params(), PeerScoreThresholds::default())?;
             let sync = request_response::Behaviour::with_codec(
                 SyncCodec {
                     max_request: 1024 * 1024,
@@ -192,7 +221,8 @@ pub(crate) struct SwarmTask {
     pub counters: Arc<Counters>,
     pub bootstrap: Vec<Multiaddr>,
     pub listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
-    pub max_message: usize,
+    /// Largest slice data accepted.
+    pub max_slice: usize,
     pub leave_timeout: Duration,
     pub faults: FaultHandle,
     /// Fingerprint of the pre-shared key, when the mesh is private.
@@ -203,6 +233,11 @@ pub(crate) struct SwarmTask {
 impl SwarmTask {
     pub async fn run(mut self) {
         let presence = IdentTopic::new(PRESENCE_TOPIC);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_topic_params(presence.clone(), topic_score_params());
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&presence) {
             tracing::error!(error = %e, "cannot subscribe to the presence topic");
         }
@@ -290,7 +325,9 @@ impl SwarmTask {
         match cmd {
             SwarmCmd::Subscribe(store) => {
                 let topic = IdentTopic::new(store_topic(&store));
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                let _ = gs.set_topic_params(topic.clone(), topic_score_params());
+                if let Err(e) = gs.subscribe(&topic) {
                     tracing::error!(%store, error = %e, "cannot subscribe to store topic");
                 }
             }
@@ -519,7 +556,7 @@ impl SwarmTask {
         }
         let topic = message.topic.as_str();
         if topic == PRESENCE_TOPIC {
-            return match decode_presence_msg(&message.data, &source, self.max_message) {
+            return match decode_presence_msg(&message.data, &source, MAX_PRESENCE_BYTES) {
                 Ok(msg) => {
                     self.forward(NetEvent::Presence { via, msg });
                     MessageAcceptance::Accept
@@ -534,7 +571,7 @@ impl SwarmTask {
             return MessageAcceptance::Ignore;
         };
         inc(&self.counters.delivered);
-        match decode_slice(&message.data, self.max_message) {
+        match decode_slice(&message.data, self.max_slice) {
             Ok(slice) if slice.device.peer_id() != source => {
                 self.counters
                     .reject(crate::wire::RejectReason::Forged, &source, topic);
