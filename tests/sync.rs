@@ -620,3 +620,51 @@ async fn bad_configuration_and_addresses_are_reported() {
     let err = builder("x").key_file(&bad).start().await.unwrap_err();
     assert!(matches!(err, Error::KeyFile { .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_store_after_peers_did_fetches_from_them_at_once() {
+    init_tracing();
+    // Presence so slow that only the join exchange can deliver within the test deadline.
+    let slow = |b: truffle_actors::MeshNodeBuilder| {
+        b.presence_interval(Duration::from_secs(60))
+            .presence_timeout(Duration::from_secs(180))
+    };
+    let a = slow(builder("a")).start().await.unwrap();
+    let b = slow(builder("b"))
+        .bootstrap(a.listen_addrs()[0].clone())
+        .start()
+        .await
+        .unwrap();
+    let (sa, sb) = (
+        a.store::<Status>().await.unwrap(),
+        b.store::<Status>().await.unwrap(),
+    );
+    let ia = a.device_id();
+
+    // A joins `todos` and writes; then a status write, which B sees only after A's
+    // subscription to `todos` (same connection, sent in order).
+    let ta = a.store::<Todos>().await.unwrap();
+    ta.set(Todos {
+        items: vec!["from a".into()],
+    })
+    .await
+    .unwrap();
+    sa.set(Status {
+        text: "joined todos".into(),
+        n: 1,
+    })
+    .await
+    .unwrap();
+    eventually("b sees a's status", &sb, |s| {
+        s.get(&ia).is_some_and(|x| x.data.n == 1)
+    })
+    .await;
+
+    // B joins `todos` after A's subscription reached it.
+    let tb = b.store::<Todos>().await.unwrap();
+    eventually("b fetches a's todos on joining", &tb, |s| {
+        s.get(&ia).is_some_and(|x| x.data.items == ["from a"])
+    })
+    .await;
+    shutdown_all(vec![a, b]).await;
+}

@@ -122,6 +122,10 @@ impl MeshNodeBuilder {
     }
 
     /// Uses this identity (the device id is its peer id). Must be ed25519.
+    ///
+    /// The incarnation is then the start time and is not saved: if the clock goes back
+    /// between runs, peers take the new run's slices as stale until they forget the old
+    /// one. [`key_file`](Self::key_file) saves the incarnation and forces it to grow.
     pub fn keypair(mut self, key: Keypair) -> Self {
         self.key = KeySource::Keypair(key);
         self

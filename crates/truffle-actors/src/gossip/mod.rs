@@ -250,10 +250,11 @@ impl GossipState {
                     .collect(),
             };
             for raw in pick {
-                if bytes + raw.len() > self.args.max_response {
+                // Each entry costs its bytes plus a msgpack bin header (at most 5 bytes).
+                if bytes + raw.len() + 5 > self.args.max_response {
                     break 'wants;
                 }
-                bytes += raw.len();
+                bytes += raw.len() + 5;
                 slices.push(serde_bytes::ByteBuf::from(raw.to_vec()));
             }
         }

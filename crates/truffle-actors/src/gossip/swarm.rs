@@ -153,7 +153,8 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
             let sync = request_response::Behaviour::with_codec(
                 SyncCodec {
                     max_request: 1024 * 1024,
-                    max_response,
+                    // Room for the response map around the slices the answerer counted.
+                    max_response: max_response + 1024,
                 },
                 [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
@@ -329,6 +330,22 @@ impl SwarmTask {
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
                 if let Err(e) = gs.subscribe(&topic) {
                     tracing::error!(%store, error = %e, "cannot subscribe to store topic");
+                }
+                // Peers that joined this store before we did announced it already: their
+                // `Subscribed` events are behind us, so exchange slices with them now.
+                let hash = topic.hash();
+                let already: Vec<PeerId> = gs
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(p, _)| *p)
+                    .collect();
+                for peer in already {
+                    if !drop_inbound(&self.faults, &[peer]) {
+                        self.forward(NetEvent::Subscribed {
+                            peer,
+                            store: store.clone(),
+                        });
+                    }
                 }
             }
             SwarmCmd::Publish { store, raw } => {

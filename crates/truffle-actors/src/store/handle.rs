@@ -167,7 +167,8 @@ impl<T: Clone + Send + Sync + 'static> StoreEvents<T> {
         }
     }
 
-    /// The next event; `None` once the store is closed.
+    /// The next event. `None` only once the store actor and every [`Store`] handle are
+    /// gone; a subscriber that should stop earlier (at shutdown, say) drops the stream.
     pub async fn recv(&mut self) -> Option<StoreEvent<T>> {
         self.inner.next().await
     }
