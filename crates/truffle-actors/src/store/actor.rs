@@ -35,7 +35,10 @@ pub(crate) type StoreSink = Arc<dyn Fn(StoreInput) -> bool + Send + Sync>;
 /// fast the application writes, at most one message per store waits in the gossip
 /// actor's mailbox.
 #[derive(Clone, Default)]
-pub(crate) struct Outbox(Arc<std::sync::Mutex<Option<(Version, Arc<[u8]>)>>>);
+pub(crate) struct Outbox(Arc<std::sync::Mutex<Option<Pending>>>);
+
+/// A local slice waiting to be published: its version and signed encoding.
+type Pending = (Version, Arc<[u8]>);
 
 impl Outbox {
     /// Stores the newest slice; true if the slot was empty (the caller must flush).
