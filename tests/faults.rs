@@ -296,3 +296,51 @@ async fn randomized_fault_schedules_converge() {
         "schedules failed; replay with TRUFFLE_SCHEDULE_SEED=<seed> TRUFFLE_SCHEDULE_RUNS=1: {failed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_false_removals_in_an_idle_mesh_under_cpu_load() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    // The observation window is the test: nothing may be removed during it.
+    // Longer on demand: TRUFFLE_IDLE_SECS=120.
+    let secs: u64 = std::env::var("TRUFFLE_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let nodes = mesh(5).await;
+    let mut stores = Vec::new();
+    for n in &nodes {
+        stores.push(n.store::<Status>().await.unwrap());
+    }
+    for s in &stores {
+        eventually("all five see each other", s, |snap| snap.len() == 5).await;
+    }
+    // Two spinning threads: on a 2-core machine the nodes now compete for the CPU.
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in spinners {
+        t.join().unwrap();
+    }
+    let removed: u64 = nodes.iter().map(|n| n.metrics().devices_removed).sum();
+    eprintln!("idle {secs} s under CPU load at default timings: {removed} removals");
+    assert_eq!(removed, 0, "live devices were removed (false removals)");
+    for s in &stores {
+        assert_eq!(s.snapshot().len(), 5);
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

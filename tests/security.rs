@@ -280,8 +280,7 @@ fn unknown_version_message() -> Vec<u8> {
     .unwrap()
 }
 
-/// Publishes from the rogue until `at` counted `reason` `n` times (a peer that has just
-/// been penalised is ignored for a while, so single messages may not be looked at).
+/// Publishes from the rogue until `at` counted `reason` `n` times.
 async fn rogue_until(
     rogue: &rogue::Rogue,
     topic: &str,
@@ -290,25 +289,12 @@ async fn rogue_until(
     reason: truffle_actors::RejectReason,
     n: u64,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        rogue
+    send_until_rejected(at, reason, n, || {
+        let _ = rogue
             .cmds
-            .send(rogue::Cmd::Publish(topic.to_string(), bytes.to_vec()))
-            .unwrap();
-        let until = tokio::time::Instant::now() + Duration::from_millis(500);
-        while tokio::time::Instant::now() < until {
-            if at.metrics().rejected(reason) >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{reason} never counted: {:#?}",
-            at.metrics()
-        );
-    }
+            .send(rogue::Cmd::Publish(topic.to_string(), bytes.to_vec()));
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,8 +327,7 @@ async fn an_older_version_never_overwrites_a_newer_one() {
     shutdown_all(vec![writer, reader]).await;
 }
 
-/// Publishes `bytes` from `from` until `at` has counted `n` rejections for `reason`: a
-/// publish made before the direct connection's subscription is known may not reach `at`.
+/// Publishes `bytes` from `from` until `at` has counted `n` rejections for `reason`.
 async fn publish_until(
     from: &MeshNode,
     store: &StoreId,
@@ -337,22 +336,10 @@ async fn publish_until(
     reason: RejectReason,
     n: u64,
 ) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        from.test_publish_raw(store, bytes.to_vec());
-        let until = tokio::time::Instant::now() + Duration::from_millis(500);
-        while tokio::time::Instant::now() < until {
-            if at.metrics().rejected(reason) >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{reason} never counted at the receiver: {:#?}",
-            at.metrics()
-        );
-    }
+    send_until_rejected(at, reason, n, || {
+        from.test_publish_raw(store, bytes.to_vec())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,3 +122,30 @@ where
         Err(_) => panic!("timed out waiting for event: {what}"),
     }
 }
+
+/// Calls `send` every 500 ms until `at` has counted `n` rejections for `reason`. A single
+/// message may never be looked at: sent before a subscription is known, or while the
+/// sender is graylisted for earlier misbehaviour.
+pub async fn send_until_rejected(
+    at: &MeshNode,
+    reason: truffle_actors::RejectReason,
+    n: u64,
+    mut send: impl FnMut(),
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        send();
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while tokio::time::Instant::now() < until {
+            if at.metrics().rejected(reason) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{reason} never counted at the receiver: {:#?}",
+            at.metrics()
+        );
+    }
+}
