@@ -108,8 +108,9 @@ impl MeshNodeBuilder {
         self
     }
 
-    /// Adds a peer to dial at start (and again whenever this node has no connection).
-    /// A `/p2p/<peer id>` suffix makes the dial check who answers.
+    /// Adds a peer to dial at start. With a `/p2p/<peer id>` suffix the dial checks who
+    /// answers, and the peer is re-dialled every second while not connected; a bare
+    /// address is re-dialled only while this node has no connection at all.
     pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
         self.bootstrap.push(addr);
         self
@@ -124,8 +125,9 @@ impl MeshNodeBuilder {
     /// Uses this identity (the device id is its peer id). Must be ed25519.
     ///
     /// The incarnation is then the start time and is not saved: if the clock goes back
-    /// between runs, peers take the new run's slices as stale until they forget the old
-    /// one. [`key_file`](Self::key_file) saves the incarnation and forces it to grow.
+    /// between runs, peers that remember the old run take the new run's slices as stale
+    /// (until they restart, or forget the device after it has been silent for a while).
+    /// [`key_file`](Self::key_file) saves the incarnation and forces it to grow.
     pub fn keypair(mut self, key: Keypair) -> Self {
         self.key = KeySource::Keypair(key);
         self
@@ -144,8 +146,9 @@ impl MeshNodeBuilder {
         self
     }
 
-    /// How long without evidence before a device is removed here (default 2.5 s). A device
-    /// that vanishes is removed within this timeout plus one presence interval.
+    /// How long without evidence before a device is removed here (default 2.5 s). Silence
+    /// is checked every tenth of the timeout, so a device that vanishes is removed at most
+    /// `timeout + timeout / 10` after the last message this node heard from it.
     pub fn presence_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.presence_timeout = timeout;
         self

@@ -234,6 +234,23 @@ impl Membership {
         })
     }
 
+    /// Forgets devices that have been offline, holding nothing, for `after`: bookkeeping
+    /// must not grow with every identity that ever said hello. (The price: a device
+    /// forgotten this way is treated like a new one if an old copy of its slice turns up,
+    /// which takes a relay that kept it for that long.)
+    pub fn forget_silent(&mut self, now: Instant, after: Duration) {
+        self.devices.retain(|_, d| {
+            d.online
+                || d.stores.values().any(|t| t.held)
+                || now.saturating_duration_since(d.last_seen) < after
+        });
+    }
+
+    #[cfg(test)]
+    pub fn known(&self) -> usize {
+        self.devices.len()
+    }
+
     /// Devices with no evidence for longer than the timeout.
     pub fn expire(&mut self, now: Instant) -> Vec<Removal> {
         let mut out = Vec::new();
@@ -336,6 +353,21 @@ mod tests {
         assert_eq!(m.admit(d, &s("a"), Version::new(1, 5), t0), Admit::Stale);
         assert!(!m.wants(&d, &s("c"), Version::new(1, 9)));
         assert_eq!(m.admit(d, &s("b"), Version::new(2, 0), t0), Admit::Apply);
+    }
+
+    #[test]
+    fn silent_devices_are_forgotten_after_a_while() {
+        let timeout = Duration::from_secs(1);
+        let mut m = Membership::new(timeout);
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            m.on_presence(dev(), 1, 1, &[], true, t0);
+        }
+        let live = dev();
+        m.on_presence(live, 1, 1, &[], true, t0 + timeout * 20);
+        m.expire(t0 + timeout * 20);
+        m.forget_silent(t0 + timeout * 20, timeout * 10);
+        assert_eq!(m.known(), 1);
     }
 
     #[test]

@@ -29,6 +29,9 @@ use crate::wire::{
 
 /// Most wants honoured from one sync request, and slices accepted from one response.
 const MAX_WANTS: usize = 4096;
+/// Devices silent (and holding nothing here) for 10 × the presence timeout, and at least
+/// this long, are forgotten.
+const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
 /// A fetch for the same device and store is not repeated sooner than this.
 const REFETCH_AFTER: Duration = Duration::from_secs(2);
 
@@ -431,6 +434,8 @@ impl Actor for GossipActor {
                 }
             }
             GossipMsg::Expire => {
+                let forget_after = (state.args.presence_timeout * 10).max(FORGET_AFTER_MIN);
+                state.membership.forget_silent(now, forget_after);
                 for r in state.membership.expire(now) {
                     state.remove(r);
                 }
