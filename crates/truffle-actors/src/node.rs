@@ -310,6 +310,7 @@ impl MeshNodeBuilder {
             GossipActor,
             GossipArgs {
                 me: device,
+                key: key.clone(),
                 incarnation,
                 presence_interval: cfg.presence_interval,
                 presence_timeout: cfg.presence_timeout,
@@ -346,7 +347,6 @@ impl MeshNodeBuilder {
             device,
             name,
             incarnation,
-            key,
             cfg,
             gossip,
             counters,
@@ -434,7 +434,6 @@ pub struct MeshNode {
     device: DeviceId,
     name: String,
     incarnation: Incarnation,
-    key: Keypair,
     cfg: Config,
     gossip: ActorRef<GossipMsg>,
     counters: Arc<Counters>,
@@ -529,7 +528,6 @@ impl MeshNode {
                 outbox: outbox.clone(),
                 device: self.device,
                 incarnation: self.incarnation,
-                key: self.key.clone(),
                 max_slice_size: self.cfg.max_slice_size,
                 event_buffer: self.cfg.event_buffer,
                 gossip: self.gossip.clone(),
@@ -562,8 +560,7 @@ impl MeshNode {
                 return Err(Error::NodeStopped("the gossip actor is not running".into()));
             }
         }
-        let (version, raw) = spawned.initial;
-        if outbox.put(version, raw) {
+        if outbox.put(spawned.initial) {
             let _ = self.gossip.cast(GossipMsg::Flush(id.clone()));
         }
         tracing::info!(store = %id, device = %self.device, "joined store");

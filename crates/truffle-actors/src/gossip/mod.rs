@@ -22,8 +22,8 @@ use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::store::{Outbox, RemovalReason, StoreInput, StoreSink};
 use crate::wire::{
-    decode_slice, encode_leave, encode_presence, DigestEntry, Leave, Presence, PresenceMsg,
-    RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want, MAX_DIGEST_ENTRIES,
+    decode_slice, encode_leave, encode_presence, encode_slice, DigestEntry, Leave, Presence,
+    PresenceMsg, RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want, MAX_DIGEST_ENTRIES,
     PROTOCOL_VERSION,
 };
 
@@ -88,6 +88,8 @@ pub(crate) enum GossipMsg {
 
 pub(crate) struct GossipArgs {
     pub me: DeviceId,
+    /// Signs this node's slices as they are published.
+    pub key: libp2p::identity::Keypair,
     pub incarnation: Incarnation,
     pub presence_interval: Duration,
     pub presence_timeout: Duration,
@@ -367,8 +369,23 @@ impl Actor for GossipActor {
                 }
             }
             GossipMsg::Flush(store) => {
-                let Some((version, raw)) = state.outboxes.get(&store).and_then(Outbox::take) else {
+                let Some(p) = state.outboxes.get(&store).and_then(Outbox::take) else {
                     return Ok(());
+                };
+                let version = p.version;
+                let raw: Arc<[u8]> = match encode_slice(
+                    &state.args.key,
+                    &store,
+                    state.args.me,
+                    version,
+                    p.updated_at,
+                    p.data,
+                ) {
+                    Ok(raw) => raw.into(),
+                    Err(e) => {
+                        tracing::error!(%store, error = %e, "cannot sign local slice; not published");
+                        return Ok(());
+                    }
                 };
                 state.own.insert(store.clone(), version);
                 state

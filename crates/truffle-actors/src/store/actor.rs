@@ -3,7 +3,6 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use libp2p::identity::Keypair;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{broadcast, watch};
 
@@ -13,7 +12,7 @@ use crate::gossip::GossipMsg;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::slice::{now_millis, DeviceSlice};
-use crate::wire::{encode_slice, RejectReason, VerifiedSlice};
+use crate::wire::{RejectReason, VerifiedSlice};
 
 /// What the network side tells a store.
 #[derive(Debug)]
@@ -37,18 +36,24 @@ pub(crate) type StoreSink = Arc<dyn Fn(StoreInput) -> bool + Send + Sync>;
 #[derive(Clone, Default)]
 pub(crate) struct Outbox(Arc<std::sync::Mutex<Option<Pending>>>);
 
-/// A local slice waiting to be published: its version and signed encoding.
-type Pending = (Version, Arc<[u8]>);
+/// A local slice waiting to be published, encoded but not yet signed: signing is the
+/// expensive part, so it happens only for the versions that actually go out.
+pub(crate) struct Pending {
+    pub version: Version,
+    pub updated_at: u64,
+    /// The data as MessagePack (already checked against the size limit).
+    pub data: Vec<u8>,
+}
 
 impl Outbox {
     /// Stores the newest slice; true if the slot was empty (the caller must flush).
-    pub fn put(&self, version: Version, raw: Arc<[u8]>) -> bool {
+    pub fn put(&self, pending: Pending) -> bool {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        slot.replace((version, raw)).is_none()
+        slot.replace(pending).is_none()
     }
 
     /// Takes the newest slice, if any.
-    pub fn take(&self) -> Option<(Version, Arc<[u8]>)> {
+    pub fn take(&self) -> Option<Pending> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -67,7 +72,6 @@ pub(crate) enum StoreMsg<T> {
 pub(crate) struct StoreParams {
     pub device: DeviceId,
     pub incarnation: Incarnation,
-    pub key: Keypair,
     pub max_slice_size: usize,
     pub event_buffer: usize,
     pub gossip: ActorRef<GossipMsg>,
@@ -80,7 +84,6 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
     id: StoreId,
     device: DeviceId,
     incarnation: Incarnation,
-    key: Keypair,
     max_slice_size: usize,
     gossip: ActorRef<GossipMsg>,
     counters: Arc<Counters>,
@@ -100,7 +103,7 @@ pub(crate) struct StoreActor<S>(std::marker::PhantomData<fn() -> S>);
 pub(crate) struct SpawnedStore<T> {
     pub handle: super::Store<T>,
     /// The initial slice, to announce once the gossip actor knows the store.
-    pub initial: (Version, Arc<[u8]>),
+    pub initial: Pending,
 }
 
 /// Initialises `store` and spawns its actor.
@@ -121,7 +124,6 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         id: id.clone(),
         device: p.device,
         incarnation: p.incarnation,
-        key: p.key,
         max_slice_size: p.max_slice_size,
         gossip: p.gossip,
         counters: p.counters,
@@ -129,7 +131,11 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         events: events.clone(),
         view,
     };
-    let raw = encode_local(&args, &local)?;
+    let initial = Pending {
+        version: local.version,
+        updated_at: local.updated_at,
+        data: encode_data(&args, &local)?,
+    };
     let (actor, _) = Actor::spawn(None, StoreActor::<S>(Default::default()), args)
         .await
         .map_err(|e| Error::NodeStopped(format!("store actor for `{id}` failed to start: {e}")))?;
@@ -140,7 +146,7 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
             events,
             view: view_rx,
         },
-        initial: (version, raw),
+        initial,
     })
 }
 
@@ -149,10 +155,11 @@ pub(crate) fn sink_for<T: Send + Sync + 'static>(actor: ActorRef<StoreMsg<T>>) -
     Arc::new(move |input| actor.cast(StoreMsg::Net(input)).is_ok())
 }
 
-fn encode_local<S: SyncableStore>(
+/// The slice data as MessagePack, refused if over the size limit.
+fn encode_data<S: SyncableStore>(
     args: &StoreArgs<S>,
     slice: &DeviceSlice<S::Data>,
-) -> Result<Arc<[u8]>, Error> {
+) -> Result<Vec<u8>, Error> {
     let data = rmp_serde::to_vec_named(&slice.data).map_err(|e| Error::Encode {
         store: args.id.clone(),
         reason: e.to_string(),
@@ -164,19 +171,7 @@ fn encode_local<S: SyncableStore>(
             max: args.max_slice_size,
         });
     }
-    encode_slice(
-        &args.key,
-        &args.id,
-        args.device,
-        slice.version,
-        slice.updated_at,
-        data,
-    )
-    .map(Arc::from)
-    .map_err(|reason| Error::Encode {
-        store: args.id.clone(),
-        reason,
-    })
+    Ok(data)
 }
 
 impl<S: SyncableStore> StoreState<S> {
@@ -209,11 +204,16 @@ impl<S: SyncableStore> StoreState<S> {
             version: Version::new(self.args.incarnation, self.counter + 1),
             updated_at: now_millis(),
         };
-        let raw = encode_local(&self.args, &slice)?;
+        let data = encode_data(&self.args, &slice)?;
         self.counter += 1;
         let slice = Arc::new(slice);
         self.args.store.set_local_slice(slice.clone());
-        if self.args.outbox.put(slice.version, raw) {
+        let pending = Pending {
+            version: slice.version,
+            updated_at: slice.updated_at,
+            data,
+        };
+        if self.args.outbox.put(pending) {
             let _ = self
                 .args
                 .gossip
