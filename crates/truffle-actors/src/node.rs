@@ -335,6 +335,7 @@ impl MeshNodeBuilder {
             faults: faults.clone(),
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
             last_handshake_warning: None,
+            unpublished: HashMap::new(),
         };
         let swarm_task = tokio::spawn(task.run());
         match cfg.psk {

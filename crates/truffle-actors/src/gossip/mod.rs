@@ -33,7 +33,7 @@ const MAX_WANTS: usize = 4096;
 /// this long, are forgotten.
 const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
 /// A fetch for the same device and store is not repeated sooner than this.
-const REFETCH_AFTER: Duration = Duration::from_secs(2);
+const REFETCH_AFTER: Duration = Duration::from_secs(1);
 
 /// Events from the swarm task.
 pub(crate) enum NetEvent {
@@ -114,8 +114,31 @@ pub(crate) struct GossipState {
     digest_cursor: usize,
     fetched: HashMap<(DeviceId, StoreId), Instant>,
     leaving: bool,
-    ticker: Option<tokio::task::JoinHandle<()>>,
+    ticker: Option<tokio::task::JoinHandle<Result<(), ractor::MessagingErr<GossipMsg>>>>,
     expirer: Option<tokio::task::JoinHandle<()>>,
+    jitter: Jitter,
+}
+
+/// A small generator for timer jitter, seeded from the device id and the clock.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(me: &DeviceId) -> Self {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        me.hash(&mut h);
+        Instant::now().hash(&mut h);
+        Self(h.finish() | 1)
+    }
+
+    /// `base` scaled by a random factor in [0.8, 1.2): the mean stays `base`.
+    fn around(&mut self, base: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        base.mul_f64(0.8 + 0.4 * unit)
+    }
 }
 
 pub(crate) struct GossipActor;
@@ -324,7 +347,11 @@ impl Actor for GossipActor {
         myself: ActorRef<GossipMsg>,
         args: GossipArgs,
     ) -> Result<GossipState, ActorProcessingErr> {
-        let ticker = myself.send_interval(args.presence_interval, || GossipMsg::Tick);
+        // Presence ticks are jittered (see `next_tick`) so that nodes started together do
+        // not all announce in the same instant, every interval, forever.
+        let mut rng = Jitter::new(&args.me);
+        let first = rng.around(args.presence_interval);
+        let ticker = myself.send_after(first, || GossipMsg::Tick);
         let check =
             (args.presence_timeout / 10).clamp(Duration::from_millis(20), args.presence_interval);
         let expirer = myself.send_interval(check, || GossipMsg::Expire);
@@ -342,12 +369,13 @@ impl Actor for GossipActor {
             leaving: false,
             ticker: Some(ticker),
             expirer: Some(expirer),
+            jitter: rng,
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<GossipMsg>,
+        myself: ActorRef<GossipMsg>,
         msg: GossipMsg,
         state: &mut GossipState,
     ) -> Result<(), ActorProcessingErr> {
@@ -445,6 +473,8 @@ impl Actor for GossipActor {
                 }
             }
             GossipMsg::Tick => {
+                let next = state.jitter.around(state.args.presence_interval);
+                state.ticker = Some(myself.send_after(next, || GossipMsg::Tick));
                 if !state.leaving {
                     let p = state.presence();
                     state.cmd(SwarmCmd::PublishPresence(encode_presence(&p)));
@@ -495,10 +525,10 @@ impl Actor for GossipActor {
         _myself: ActorRef<GossipMsg>,
         state: &mut GossipState,
     ) -> Result<(), ActorProcessingErr> {
-        for t in [state.ticker.take(), state.expirer.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        if let Some(t) = state.expirer.take() {
             t.abort();
         }
         Ok(())

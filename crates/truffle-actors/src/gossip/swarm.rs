@@ -229,6 +229,8 @@ pub(crate) struct SwarmTask {
     /// Fingerprint of the pre-shared key, when the mesh is private.
     pub psk_fingerprint: Option<String>,
     pub last_handshake_warning: Option<std::time::Instant>,
+    /// Own slices whose last publish found no subscribed peer.
+    pub unpublished: HashMap<StoreId, Arc<[u8]>>,
 }
 
 impl SwarmTask {
@@ -552,6 +554,9 @@ impl SwarmTask {
             {
                 if let Some(store) = topic.as_str().strip_prefix(STORE_TOPIC_PREFIX) {
                     if let Ok(store) = StoreId::new(store) {
+                        if let Some(raw) = self.unpublished.get(&store).cloned() {
+                            self.publish(&store, &raw);
+                        }
                         self.forward(NetEvent::Subscribed {
                             peer: peer_id,
                             store,
