@@ -302,7 +302,7 @@ impl SwarmTask {
         }
     }
 
-    fn publish(&mut self, store: &StoreId, raw: &[u8]) {
+    fn publish(&mut self, store: &StoreId, raw: &Arc<[u8]>) {
         let topic = IdentTopic::new(store_topic(store));
         match self
             .swarm
@@ -310,10 +310,15 @@ impl SwarmTask {
             .gossipsub
             .publish(topic, raw.to_vec())
         {
-            Ok(_) => inc(&self.counters.published),
-            // Nobody else has joined yet: they get it through the join exchange.
+            Ok(_) => {
+                inc(&self.counters.published);
+                self.unpublished.remove(store);
+            }
+            // Nobody has joined yet: publish again as soon as someone does, so the slice
+            // spreads through the mesh, not only to the neighbours that fetch it.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                tracing::trace!(%store, "no peers subscribed yet")
+                tracing::trace!(%store, "no peers subscribed yet");
+                self.unpublished.insert(store.clone(), raw.clone());
             }
             Err(e) => tracing::warn!(%store, error = %e, "publish failed; anti-entropy will retry"),
         }
