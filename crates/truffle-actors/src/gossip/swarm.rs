@@ -70,9 +70,15 @@ pub(crate) fn max_transmit_size(cfg: &Config) -> usize {
 /// as `Reject`) quickly push a peer under the graylist threshold, after which gossipsub
 /// ignores it. Penalties for quiet peers (P3) and shared IPs (P6, everyone on loopback or
 /// behind one NAT) are off: an idle honest mesh must never score itself out.
+///
+/// The behaviour penalty (P7: broken IWANT promises, GRAFT during backoff) is off too: a
+/// score is kept for an hour after a peer disconnects, so a device that crashed or left
+/// with promises outstanding would come back — same peer id, new run — already
+/// graylisted, and its fresh slices would be ignored.
 fn score_params() -> PeerScoreParams {
     PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
         ..PeerScoreParams::default()
     }
 }
