@@ -336,6 +336,7 @@ impl MeshNodeBuilder {
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
             last_handshake_warning: None,
             unpublished: HashMap::new(),
+            reconnect: Default::default(),
         };
         let swarm_task = tokio::spawn(task.run());
         match cfg.psk {

@@ -237,6 +237,8 @@ pub(crate) struct SwarmTask {
     pub last_handshake_warning: Option<std::time::Instant>,
     /// Own slices whose last publish found no subscribed peer.
     pub unpublished: HashMap<StoreId, Arc<[u8]>>,
+    /// Peers disconnected on purpose, to dial again at the next redial tick.
+    pub reconnect: HashSet<PeerId>,
 }
 
 impl SwarmTask {
@@ -286,6 +288,15 @@ impl SwarmTask {
     /// network change). Addresses with `/p2p/<id>` are re-dialled whenever that peer is not
     /// connected and not being dialled; bare addresses only while we have no connection.
     fn redial(&mut self) {
+        for peer in std::mem::take(&mut self.reconnect) {
+            if !self.swarm.is_connected(&peer) {
+                let _ = self.swarm.dial(
+                    DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                );
+            }
+        }
         let none_connected = self.swarm.connected_peers().next().is_none();
         for addr in self.bootstrap.clone() {
             let peer = addr.iter().find_map(|p| match p {
@@ -487,6 +498,16 @@ impl SwarmTask {
             } => {
                 // Not a liveness signal on its own: presence timeouts decide removals.
                 tracing::debug!(peer = %peer_id, "last connection closed");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                // One connection to the peer closed while another stays: typically a device
+                // that restarted with the same identity, whose old connection goes down after
+                // the new one came up. gossipsub 0.50 keeps the old connection's send queue
+                // for the peer then, and gossip to and from it stalls until every connection
+                // is gone (rust-libp2p #5097). So drop them all and connect afresh.
+                tracing::debug!(peer = %peer_id, "a connection closed while another stays; reconnecting afresh");
+                let _ = self.swarm.disconnect_peer_id(peer_id);
+                self.reconnect.insert(peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 inc(&self.counters.connection_failures);
