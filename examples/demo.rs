@@ -88,6 +88,19 @@ impl Demo {
     }
 }
 
+/// The condition "every device in `order` shows `count`", for [`Demo::converge`].
+fn all_at(
+    order: &Arc<Vec<DeviceId>>,
+    count: u64,
+) -> impl Fn(&StoreSnapshot<Status>) -> bool + Clone {
+    let order = order.clone();
+    move |s| {
+        order
+            .iter()
+            .all(|d| s.get(d).is_some_and(|x| x.data.count == count))
+    }
+}
+
 fn parse_nodes() -> Result<usize, String> {
     let mut nodes = 5;
     let mut args = std::env::args().skip(1);
@@ -188,15 +201,7 @@ async fn run(n: usize) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     let order = Arc::new(demo.order.clone());
-    let all_wrote = {
-        let order = order.clone();
-        move |s: &StoreSnapshot<Status>| {
-            order
-                .iter()
-                .all(|d| s.get(d).is_some_and(|x| x.data.count == 1))
-        }
-    };
-    demo.converge("1. every node wrote its slice", all_wrote)
+    demo.converge("1. every node wrote its slice", all_at(&order, 1))
         .await?;
 
     // Step 2: every node updates.
@@ -209,15 +214,8 @@ async fn run(n: usize) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    let all_updated = {
-        let order = order.clone();
-        move |s: &StoreSnapshot<Status>| {
-            order
-                .iter()
-                .all(|d| s.get(d).is_some_and(|x| x.data.count == 2))
-        }
-    };
-    demo.converge("2. every node updated", all_updated).await?;
+    demo.converge("2. every node updated", all_at(&order, 2))
+        .await?;
 
     // Step 3: one node leaves gracefully; peers drop it at once.
     let leaver = n - 2;

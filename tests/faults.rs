@@ -45,6 +45,9 @@ async fn nodes_converge_with_30_percent_inbound_gossip_loss() {
         })
         .await;
     }
+    // The loss was real: without it this test would prove nothing about anti-entropy.
+    let dropped: u64 = nodes.iter().map(|n| n.test_dropped_inbound()).sum();
+    assert!(dropped > 0, "the fault hook dropped nothing");
     for n in nodes {
         n.shutdown().await.unwrap();
     }
@@ -220,6 +223,8 @@ async fn run_schedule(seed: u64) -> Result<(), String> {
                 log.push(format!("loss {loss}"));
             }
         }
+        // The pause is part of the schedule (how long each fault lasts), not a wait for a
+        // condition: convergence is awaited with a deadline below.
         tokio::time::sleep(Duration::from_millis(50 + rng.below(400))).await;
     }
     // Heal everything, then every live node must hold exactly every live node's latest slice.

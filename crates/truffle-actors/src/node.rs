@@ -597,6 +597,16 @@ impl MeshNode {
         f.seed(seed);
     }
 
+    /// Test hook: how many inbound gossip messages the fault hooks have dropped.
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_dropped_inbound(&self) -> u64 {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dropped
+    }
+
     /// Test hook: drops everything these devices send or relay to this node (one side of an
     /// emulated partition; block both ways for a full cut). An empty list heals.
     #[cfg(feature = "test-hooks")]

@@ -97,6 +97,9 @@ pub(crate) struct Removal {
 pub(crate) struct Membership {
     timeout: Duration,
     devices: HashMap<DeviceId, DeviceState>,
+    /// How many devices are online, kept in step with every `online` change so that the
+    /// gauge costs nothing per message.
+    online: usize,
 }
 
 impl Membership {
@@ -104,11 +107,12 @@ impl Membership {
         Self {
             timeout,
             devices: HashMap::new(),
+            online: 0,
         }
     }
 
     pub fn online_count(&self) -> usize {
-        self.devices.values().filter(|d| d.online).count()
+        self.online
     }
 
     #[cfg(test)]
@@ -138,6 +142,7 @@ impl Membership {
         d.last_seen = now;
         let came_online = !d.online;
         d.online = true;
+        self.online += usize::from(came_online);
         let mut drop_stale_incarnation = Vec::new();
         if complete {
             // Slices of an earlier run that the current run does not have: gone for good.
@@ -197,6 +202,7 @@ impl Membership {
             // A version never seen before can only come from the device itself: evidence.
             t.seen = version;
             t.held = true;
+            self.online += usize::from(!d.online);
             d.online = true;
             d.last_seen = now;
             Admit::Apply
@@ -226,6 +232,7 @@ impl Membership {
         d.left = Some(incarnation);
         let was_online = d.online;
         d.online = false;
+        self.online -= usize::from(was_online);
         let stores = d.drop_held();
         (was_online || !stores.is_empty()).then_some(Removal {
             device,
@@ -257,6 +264,7 @@ impl Membership {
         for (id, d) in self.devices.iter_mut() {
             if d.online && now.saturating_duration_since(d.last_seen) > self.timeout {
                 d.online = false;
+                self.online -= 1;
                 out.push(Removal {
                     device: *id,
                     reason: RemovalReason::Timeout,
@@ -353,6 +361,26 @@ mod tests {
         assert_eq!(m.admit(d, &s("a"), Version::new(1, 5), t0), Admit::Stale);
         assert!(!m.wants(&d, &s("c"), Version::new(1, 9)));
         assert_eq!(m.admit(d, &s("b"), Version::new(2, 0), t0), Admit::Apply);
+    }
+
+    #[test]
+    fn the_online_count_follows_every_change() {
+        let mut m = Membership::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        let recount = |m: &Membership| m.devices.values().filter(|d| d.online).count();
+        let (a, b, c) = (dev(), dev(), dev());
+        m.on_presence(a, 1, 1, &[], true, t0);
+        m.on_presence(a, 1, 2, &[], true, t0);
+        m.admit(b, &s("x"), Version::new(1, 1), t0);
+        m.admit(b, &s("x"), Version::new(1, 2), t0);
+        assert_eq!((m.online_count(), recount(&m)), (2, 2));
+        m.on_leave(b, 1, t0);
+        m.on_leave(c, 1, t0);
+        assert_eq!((m.online_count(), recount(&m)), (1, 1));
+        m.expire(t0 + Duration::from_secs(5));
+        assert_eq!((m.online_count(), recount(&m)), (0, 0));
+        m.on_presence(a, 1, 3, &[], true, t0 + Duration::from_secs(5));
+        assert_eq!((m.online_count(), recount(&m)), (1, 1));
     }
 
     #[test]

@@ -512,6 +512,7 @@ impl Actor for GossipActor {
                 });
             }
         }
+        // A counter kept by membership, not a recount: cheap on every message.
         state
             .args
             .counters

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{GossipMsg, NetEvent};
 use crate::error::Error;
-use crate::faults::{drop_inbound, FaultHandle};
+use crate::faults::{blocked, drop_inbound, FaultHandle};
 use crate::ids::StoreId;
 use crate::metrics::{inc, Counters};
 use crate::node::Config;
@@ -653,12 +653,7 @@ impl SwarmTask {
         leave: &mut Option<PendingLeave>,
     ) {
         if let request_response::Event::Message { peer, .. } = &ev {
-            if self
-                .faults
-                .lock()
-                .map(|f| f.blocked.contains(peer))
-                .unwrap_or(false)
-            {
+            if blocked(&self.faults, peer) {
                 return;
             }
         }
