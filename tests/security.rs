@@ -114,10 +114,10 @@ mod rogue {
     use std::time::Duration;
 
     use futures::StreamExt;
-    use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+    use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-    use libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr, PeerId};
+    use libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr};
     use tokio::sync::mpsc;
     use truffle_actors::wire::{SyncCodec, SyncResponse, SYNC_PROTOCOL};
 
@@ -136,8 +136,8 @@ mod rogue {
     }
 
     pub enum Seen {
-        /// A gossip message: topic, source, data.
-        Message(String, Option<PeerId>, Vec<u8>),
+        /// A gossip message: topic, data.
+        Message(String, Vec<u8>),
         /// A sync request was answered.
         Answered,
         /// The flood ended; how many publishes gossipsub accepted.
@@ -161,18 +161,25 @@ mod rogue {
             )
             .unwrap()
             .with_behaviour(|key| {
+                // Speaks Truffle's gossip dialect (anonymous messages), so that everything
+                // it sends reaches Truffle's own checks. Its own message ids never repeat,
+                // so that it can send the same bytes again (gossipsub would refuse a
+                // duplicate publish).
+                let next_id = std::sync::atomic::AtomicU64::new(0);
                 let cfg = gossipsub::ConfigBuilder::default()
-                    .validation_mode(ValidationMode::Strict)
+                    .validation_mode(ValidationMode::Anonymous)
+                    .message_id_fn(move |_| {
+                        let n = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        MessageId::from(n.to_be_bytes().to_vec())
+                    })
                     .max_transmit_size(4 * 1024 * 1024)
                     .heartbeat_interval(Duration::from_millis(200))
                     .build()
                     .unwrap();
+                let _ = key;
                 Behaviour {
-                    gossipsub: gossipsub::Behaviour::new(
-                        MessageAuthenticity::Signed(key.clone()),
-                        cfg,
-                    )
-                    .unwrap(),
+                    gossipsub: gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)
+                        .unwrap(),
                     sync: request_response::Behaviour::with_codec(
                         SyncCodec {
                             max_request: 1 << 20,
@@ -209,7 +216,7 @@ mod rogue {
                 tokio::select! {
                     ev = swarm.select_next_some() => match ev {
                         SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
-                            let _ = seen_tx.send(Seen::Message(message.topic.to_string(), message.source, message.data));
+                            let _ = seen_tx.send(Seen::Message(message.topic.to_string(), message.data));
                         }
                         SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
                             message: request_response::Message::Request { request, channel, .. }, ..
@@ -258,6 +265,46 @@ mod rogue {
         });
         Rogue { key, cmds, seen }
     }
+}
+
+/// The slice envelope's fields, for tests that take a captured message apart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope {
+    v: u8,
+    kind: String,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    sig: Vec<u8>,
+}
+
+/// The device a slice message names, if `data` is one.
+fn envelope_device(data: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        device: String,
+    }
+    let e: Envelope = rmp_serde::from_slice(data).ok()?;
+    (e.kind == "slice").then_some(())?;
+    rmp_serde::from_slice::<Body>(&e.body)
+        .ok()
+        .map(|b| b.device)
+}
+
+/// The same signed slice in an envelope with an extra field (ignored by readers).
+fn re_enveloped(data: &[u8]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Relayed {
+        #[serde(flatten)]
+        e: Envelope,
+        relayed_by: &'static str,
+    }
+    let e: Envelope = rmp_serde::from_slice(data).unwrap();
+    rmp_serde::to_vec_named(&Relayed {
+        e,
+        relayed_by: "rogue",
+    })
+    .unwrap()
 }
 
 /// A `v`-99 message shaped like a slice.
@@ -329,8 +376,8 @@ async fn a_rogue_peer_gets_nothing_accepted_and_cannot_starve_honest_updates() {
         w.update(|t| t.items.push("real".into())).await.unwrap();
         let got = tokio::time::timeout(Duration::from_millis(500), async {
             while let Some(seen) = rogue.seen.recv().await {
-                if let rogue::Seen::Message(topic, Some(src), data) = seen {
-                    if topic == TOPIC && src == wid.peer_id() {
+                if let rogue::Seen::Message(topic, data) = seen {
+                    if topic == TOPIC && envelope_device(&data) == Some(wid.to_string()) {
                         return Some(data);
                     }
                 }
@@ -359,7 +406,16 @@ async fn a_rogue_peer_gets_nothing_accepted_and_cannot_starve_honest_updates() {
             items: vec!["forged".into()],
         },
     );
+    // Valid messages first: invalid ones lower the rogue's gossipsub score, and three in a
+    // row put it below the graylist threshold for a while (its messages are then ignored).
     let cases: Vec<(&str, Vec<u8>, RejectReason)> = vec![
+        // The writer's genuine (older) message, in an envelope with one more field: a
+        // copy that gossipsub's duplicate filter does not recognise, checked in full.
+        (
+            "replayed capture",
+            re_enveloped(&captured),
+            RejectReason::Stale,
+        ),
         (
             "garbage",
             b"\xc1\xc1 not msgpack".to_vec(),
@@ -375,7 +431,6 @@ async fn a_rogue_peer_gets_nothing_accepted_and_cannot_starve_honest_updates() {
             forged.clone(),
             RejectReason::BadSignature,
         ),
-        ("replayed capture", captured.clone(), RejectReason::Forged),
         (
             "unknown version",
             unknown_version_message(),
@@ -383,7 +438,8 @@ async fn a_rogue_peer_gets_nothing_accepted_and_cannot_starve_honest_updates() {
         ),
     ];
     for (what, bytes, reason) in &cases {
-        rogue_until(&rogue, TOPIC, bytes, &observer, *reason, 1).await;
+        let n = observer.metrics().rejected(*reason) + 1;
+        rogue_until(&rogue, TOPIC, bytes, &observer, *reason, n).await;
         eprintln!(
             "rogue {what}: counted as {reason} = {}",
             observer.metrics().rejected(*reason)
@@ -401,39 +457,16 @@ async fn a_rogue_peer_gets_nothing_accepted_and_cannot_starve_honest_updates() {
         .unwrap();
     let bad_sig_before = observer.metrics().rejected(RejectReason::BadSignature);
     let stale_before = observer.metrics().stale();
-    #[derive(serde::Serialize)]
-    struct Presence {
-        v: u8,
-        kind: &'static str,
-        device: String,
-        incarnation: u64,
-        seq: u64,
-        digest: Vec<Entry>,
-    }
-    #[derive(serde::Serialize)]
-    struct Entry {
-        store: &'static str,
-        incarnation: u64,
-        version: u64,
-    }
-    let rogue_id = rogue.key.public().to_peer_id().to_string();
     let mut seq = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         seq += 1;
-        let p = rmp_serde::to_vec_named(&Presence {
-            v: 1,
-            kind: "presence",
-            device: rogue_id.clone(),
-            incarnation: 1,
+        let p = truffle_actors::testing::signed_presence(
+            &rogue.key,
+            1,
             seq,
-            digest: vec![Entry {
-                store: "todos",
-                incarnation: 1,
-                version: seq,
-            }],
-        })
-        .unwrap();
+            &[(&store, Version::new(1, seq))],
+        );
         rogue
             .cmds
             .send(rogue::Cmd::Publish("truffle/v1/presence".into(), p))

@@ -397,9 +397,11 @@ async fn a_slice_published_under_another_devices_id_is_rejected() {
         1,
     )
     .await;
-    // 2. A correctly signed slice of the victim, but published by the rogue.
-    let stolen = signed_slice(&victim_key, &store, vid, high, &fake);
-    publish_until(&rogue, &store, &stolen, &honest, RejectReason::Forged, 1).await;
+    // 2. A correctly signed slice of the victim, but an old one, relayed by the rogue
+    //    (as if captured earlier): relaying is allowed, replaying changes nothing.
+    let old = signed_slice(&victim_key, &store, vid, Version::new(1, 5), &fake);
+    let n = honest.metrics().rejected(RejectReason::Stale) + 1;
+    publish_until(&rogue, &store, &old, &honest, RejectReason::Stale, n).await;
     // 3. The same forgery relayed in a direct answer fails the signature check.
     honest.test_inject_response(rid, vec![rogue_key_forgery]);
     eventually_metrics("forged relay counted", &honest, |m| {

@@ -337,6 +337,7 @@ impl MeshNodeBuilder {
             last_handshake_warning: None,
             unpublished: HashMap::new(),
             reconnect: Default::default(),
+            keys: Default::default(),
         };
         let swarm_task = tokio::spawn(task.run());
         match cfg.psk {

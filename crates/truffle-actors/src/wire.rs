@@ -24,6 +24,10 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/truffle/sync/1")
 /// Bytes prepended to a slice body before signing it, so a slice signature can never be
 /// mistaken for a signature over anything else.
 pub const SLICE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/slice:";
+/// Bytes prepended to a presence body before signing it.
+pub const PRESENCE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/presence:";
+/// Bytes prepended to a leave body before signing it.
+pub const LEAVE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/leave:";
 /// Most digest entries one presence message carries; stores past it are announced in
 /// later rounds (the digest rotates).
 pub const MAX_DIGEST_ENTRIES: usize = 256;
@@ -52,9 +56,11 @@ pub enum RejectReason {
     UnknownKind,
     /// Larger than the configured limit.
     Oversized,
-    /// The slice signature does not verify against the owner's key.
+    /// The signature does not verify against the key of the device the message names.
     BadSignature,
-    /// The claimed device is not the verified sender.
+    /// The claimed device is not the sender. Not produced since messages carry their
+    /// owner's signature and may be relayed by anyone (a relayed copy is checked like any
+    /// other); the counter stays so that metric keys are stable.
     Forged,
     /// A slice for another store than the topic or request it came on.
     WrongStore,
@@ -140,9 +146,11 @@ struct SliceBody {
     data: Vec<u8>,
 }
 
-/// A slice as it travels: on store topics and inside sync responses.
+/// Every gossiped message as it travels: a body signed by the device it names. Slices
+/// travel so on store topics and inside sync responses; presence and leave on the presence
+/// topic.
 #[derive(Serialize, Deserialize)]
-struct SignedSliceMsg {
+struct SignedMsg {
     v: u8,
     kind: String,
     #[serde(with = "serde_bytes")]
@@ -163,6 +171,40 @@ pub(crate) struct VerifiedSlice {
     pub raw: Arc<[u8]>,
 }
 
+/// Signs `context ++ body` and wraps both in a [`SignedMsg`] of `kind`.
+fn seal(key: &Keypair, kind: &str, context: &[u8], body: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut signed = Vec::with_capacity(context.len() + body.len());
+    signed.extend_from_slice(context);
+    signed.extend_from_slice(&body);
+    let sig = key.sign(&signed).map_err(|e| e.to_string())?;
+    rmp_serde::to_vec_named(&SignedMsg {
+        v: PROTOCOL_VERSION,
+        kind: kind.into(),
+        body,
+        sig,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Checks `sig` over `context ++ body` with `device`'s key.
+fn verify(
+    keys: &mut KeyCache,
+    device: &PeerId,
+    context: &[u8],
+    body: &[u8],
+    sig: &[u8],
+) -> Result<(), RejectReason> {
+    let key = keys.get(device).ok_or(RejectReason::BadSignature)?;
+    let mut signed = Vec::with_capacity(context.len() + body.len());
+    signed.extend_from_slice(context);
+    signed.extend_from_slice(body);
+    if key.verify(&signed, sig) {
+        Ok(())
+    } else {
+        Err(RejectReason::BadSignature)
+    }
+}
+
 /// Encodes and signs a slice. The signature covers `SLICE_SIGNING_CONTEXT ++ body`.
 pub(crate) fn encode_slice(
     key: &Keypair,
@@ -181,17 +223,7 @@ pub(crate) fn encode_slice(
         data,
     })
     .map_err(|e| e.to_string())?;
-    let mut signed = Vec::with_capacity(SLICE_SIGNING_CONTEXT.len() + body.len());
-    signed.extend_from_slice(SLICE_SIGNING_CONTEXT);
-    signed.extend_from_slice(&body);
-    let sig = key.sign(&signed).map_err(|e| e.to_string())?;
-    rmp_serde::to_vec_named(&SignedSliceMsg {
-        v: PROTOCOL_VERSION,
-        kind: "slice".into(),
-        body,
-        sig,
-    })
-    .map_err(|e| e.to_string())
+    seal(key, "slice", SLICE_SIGNING_CONTEXT, body)
 }
 
 /// The public key inside an identity-multihash peer id (ed25519 keys are inlined).
@@ -203,10 +235,39 @@ pub(crate) fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     PublicKey::try_decode_protobuf(mh.digest()).ok()
 }
 
+/// Public keys already taken out of peer ids. Decoding a key decompresses a curve point,
+/// about a third of the cost of the signature check itself, and the same few devices sign
+/// nearly every message a node sees. Bounded: emptied when full.
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    keys: std::collections::HashMap<PeerId, Option<PublicKey>>,
+}
+
+impl KeyCache {
+    /// Most keys kept before the cache is emptied.
+    const CAPACITY: usize = 4096;
+
+    pub(crate) fn get(&mut self, peer: &PeerId) -> Option<PublicKey> {
+        if let Some(k) = self.keys.get(peer) {
+            return k.clone();
+        }
+        if self.keys.len() >= Self::CAPACITY {
+            self.keys.clear();
+        }
+        let k = public_key_of(peer);
+        self.keys.insert(*peer, k.clone());
+        k
+    }
+}
+
 /// Decodes a slice message and checks it fully: version, size, fields, and the owner's
 /// signature. `max_data` bounds the slice data; the whole message may add
 /// [`SLICE_OVERHEAD`].
-pub(crate) fn decode_slice(bytes: &[u8], max_data: usize) -> Result<VerifiedSlice, RejectReason> {
+pub(crate) fn decode_slice(
+    bytes: &[u8],
+    max_data: usize,
+    keys: &mut KeyCache,
+) -> Result<VerifiedSlice, RejectReason> {
     if bytes.len() > max_data.saturating_add(SLICE_OVERHEAD) {
         return Err(RejectReason::Oversized);
     }
@@ -214,8 +275,7 @@ pub(crate) fn decode_slice(bytes: &[u8], max_data: usize) -> Result<VerifiedSlic
     if h.kind != "slice" {
         return Err(RejectReason::UnknownKind);
     }
-    let msg: SignedSliceMsg =
-        rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
+    let msg: SignedMsg = rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
     let body: SliceBody =
         rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
     if body.data.len() > max_data {
@@ -223,13 +283,13 @@ pub(crate) fn decode_slice(bytes: &[u8], max_data: usize) -> Result<VerifiedSlic
     }
     let store = StoreId::new(&body.store).map_err(|_| RejectReason::BadField)?;
     let device: DeviceId = body.device.parse().map_err(|_| RejectReason::BadField)?;
-    let key = public_key_of(&device.peer_id()).ok_or(RejectReason::BadSignature)?;
-    let mut signed = Vec::with_capacity(SLICE_SIGNING_CONTEXT.len() + msg.body.len());
-    signed.extend_from_slice(SLICE_SIGNING_CONTEXT);
-    signed.extend_from_slice(&msg.body);
-    if !key.verify(&signed, &msg.sig) {
-        return Err(RejectReason::BadSignature);
-    }
+    verify(
+        keys,
+        &device.peer_id(),
+        SLICE_SIGNING_CONTEXT,
+        &msg.body,
+        &msg.sig,
+    )?;
     Ok(VerifiedSlice {
         store,
         device,
@@ -248,11 +308,10 @@ pub(crate) struct DigestEntry {
     pub version: u64,
 }
 
-/// Periodic "I am alive, and these are my slice versions" on the presence topic.
+/// Periodic "I am alive, and these are my slice versions": the signed body of a
+/// `presence` message on the presence topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Presence {
-    pub v: u8,
-    pub kind: String,
     pub device: String,
     pub incarnation: u64,
     pub seq: u64,
@@ -267,11 +326,11 @@ pub(crate) struct Presence {
     pub digest: Vec<DigestEntry>,
 }
 
-/// "I am leaving": sent on graceful shutdown, on the presence topic and directly.
+/// "I am leaving": the signed body of a `leave` message, sent on graceful shutdown on the
+/// presence topic (a direct leave request carries only the incarnation: the stream is
+/// authenticated).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Leave {
-    pub v: u8,
-    pub kind: String,
     pub device: String,
     pub incarnation: u64,
 }
@@ -283,47 +342,52 @@ pub(crate) enum PresenceMsg {
     Leave(Leave),
 }
 
-pub(crate) fn encode_presence(p: &Presence) -> Vec<u8> {
-    rmp_serde::to_vec_named(p).expect("presence encodes: only strings and integers")
+/// Encodes and signs a presence message.
+pub(crate) fn encode_presence(key: &Keypair, p: &Presence) -> Result<Vec<u8>, String> {
+    let body = rmp_serde::to_vec_named(p).map_err(|e| e.to_string())?;
+    seal(key, "presence", PRESENCE_SIGNING_CONTEXT, body)
 }
 
-pub(crate) fn encode_leave(l: &Leave) -> Vec<u8> {
-    rmp_serde::to_vec_named(l).expect("leave encodes: only strings and integers")
+/// Encodes and signs a leave message.
+pub(crate) fn encode_leave(key: &Keypair, l: &Leave) -> Result<Vec<u8>, String> {
+    let body = rmp_serde::to_vec_named(l).map_err(|e| e.to_string())?;
+    seal(key, "leave", LEAVE_SIGNING_CONTEXT, body)
 }
 
-/// Decodes a presence-topic message and checks that its device is `source`.
+/// Decodes a presence-topic message and checks that the device it names signed it.
+/// Returns that device with the message.
 pub(crate) fn decode_presence_msg(
     bytes: &[u8],
-    source: &PeerId,
     max_bytes: usize,
-) -> Result<PresenceMsg, RejectReason> {
+    keys: &mut KeyCache,
+) -> Result<(PeerId, PresenceMsg), RejectReason> {
     if bytes.len() > max_bytes {
         return Err(RejectReason::Oversized);
     }
     let h = header(bytes)?;
-    let (msg, device) = match h.kind.as_str() {
-        "presence" => {
-            let mut p: Presence =
-                rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
-            if p.digest.len() > MAX_DIGEST_ENTRIES {
-                return Err(RejectReason::Oversized);
-            }
-            p.addrs.truncate(MAX_PRESENCE_ADDRS);
-            let d = p.device.clone();
-            (PresenceMsg::Presence(p), d)
-        }
-        "leave" => {
-            let l: Leave = rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
-            let d = l.device.clone();
-            (PresenceMsg::Leave(l), d)
-        }
+    let context = match h.kind.as_str() {
+        "presence" => PRESENCE_SIGNING_CONTEXT,
+        "leave" => LEAVE_SIGNING_CONTEXT,
         _ => return Err(RejectReason::UnknownKind),
     };
+    let msg: SignedMsg = rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
+    let (out, device) = if h.kind == "presence" {
+        let mut p: Presence =
+            rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
+        if p.digest.len() > MAX_DIGEST_ENTRIES {
+            return Err(RejectReason::Oversized);
+        }
+        p.addrs.truncate(MAX_PRESENCE_ADDRS);
+        let d = p.device.clone();
+        (PresenceMsg::Presence(p), d)
+    } else {
+        let l: Leave = rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
+        let d = l.device.clone();
+        (PresenceMsg::Leave(l), d)
+    };
     let device: PeerId = device.parse().map_err(|_| RejectReason::BadField)?;
-    if &device != source {
-        return Err(RejectReason::Forged);
-    }
-    Ok(msg)
+    verify(keys, &device, context, &msg.body, &msg.sig)?;
+    Ok((device, out))
 }
 
 /// What a sync request asks for: all slices a peer holds for `store`, or only `device`'s.
@@ -467,7 +531,7 @@ mod tests {
         let (k, d) = key();
         let store = StoreId::new("todos").unwrap();
         let bytes = encode_slice(&k, &store, d, Version::new(7, 3), 42, vec![1, 2, 3]).unwrap();
-        let s = decode_slice(&bytes, 1 << 20).unwrap();
+        let s = decode_slice(&bytes, 1 << 20, &mut KeyCache::default()).unwrap();
         assert_eq!(s.store, store);
         assert_eq!(s.device, d);
         assert_eq!(s.version, Version::new(7, 3));
@@ -494,7 +558,7 @@ mod tests {
         // signed by k but claiming to be `other`
         let forged = encode_slice(&k, &store, other, Version::new(1, 1), 0, vec![]).unwrap();
         assert_eq!(
-            decode_slice(&forged, 1 << 20).unwrap_err(),
+            decode_slice(&forged, 1 << 20, &mut KeyCache::default()).unwrap_err(),
             RejectReason::BadSignature
         );
         // flip a byte of the body
@@ -502,44 +566,51 @@ mod tests {
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - 70] ^= 1;
-        assert!(decode_slice(&bad, 1 << 20).is_err());
+        assert!(decode_slice(&bad, 1 << 20, &mut KeyCache::default()).is_err());
     }
 
     #[test]
     fn junk_is_rejected_by_reason() {
         assert_eq!(
-            decode_slice(b"\xc1garbage", 1 << 20).unwrap_err(),
+            decode_slice(b"\xc1garbage", 1 << 20, &mut KeyCache::default()).unwrap_err(),
             RejectReason::Undecodable
         );
-        let v2 = rmp_serde::to_vec_named(&Leave {
+        let v2 = rmp_serde::to_vec_named(&SignedMsg {
             v: 2,
             kind: "slice".into(),
-            device: String::new(),
-            incarnation: 0,
+            body: vec![],
+            sig: vec![],
         })
         .unwrap();
         assert_eq!(
-            decode_slice(&v2, 1 << 20).unwrap_err(),
+            decode_slice(&v2, 1 << 20, &mut KeyCache::default()).unwrap_err(),
             RejectReason::UnknownVersion
         );
         assert_eq!(
-            decode_slice(&vec![0u8; 10 + SLICE_OVERHEAD + 1], 10).unwrap_err(),
+            decode_slice(
+                &vec![0u8; 10 + SLICE_OVERHEAD + 1],
+                10,
+                &mut KeyCache::default()
+            )
+            .unwrap_err(),
             RejectReason::Oversized
         );
         let (k, d) = key();
         let store = StoreId::new("s").unwrap();
         let big = encode_slice(&k, &store, d, Version::new(1, 1), 0, vec![0; 11]).unwrap();
-        assert_eq!(decode_slice(&big, 10).unwrap_err(), RejectReason::Oversized);
-        assert!(decode_slice(&big, 11).is_ok());
+        assert_eq!(
+            decode_slice(&big, 10, &mut KeyCache::default()).unwrap_err(),
+            RejectReason::Oversized
+        );
+        assert!(decode_slice(&big, 11, &mut KeyCache::default()).is_ok());
     }
 
     #[test]
-    fn presence_must_come_from_its_device() {
-        let (_, d) = key();
-        let (_, other) = key();
+    fn presence_and_leave_must_be_signed_by_their_device() {
+        let (k, d) = key();
+        let (other_key, _) = key();
+        let keys = &mut KeyCache::default();
         let p = Presence {
-            v: PROTOCOL_VERSION,
-            kind: "presence".into(),
             device: d.to_string(),
             incarnation: 5,
             seq: 1,
@@ -551,25 +622,53 @@ mod tests {
                 version: 2,
             }],
         };
-        let bytes = encode_presence(&p);
+        let bytes = encode_presence(&k, &p).unwrap();
         assert_eq!(
-            decode_presence_msg(&bytes, &d.peer_id(), 1 << 16).unwrap(),
-            PresenceMsg::Presence(p)
+            decode_presence_msg(&bytes, 1 << 16, keys).unwrap(),
+            (d.peer_id(), PresenceMsg::Presence(p.clone()))
         );
+        // Someone else's key, claiming `d`.
+        let forged = encode_presence(&other_key, &p).unwrap();
         assert_eq!(
-            decode_presence_msg(&bytes, &other.peer_id(), 1 << 16).unwrap_err(),
-            RejectReason::Forged
+            decode_presence_msg(&forged, 1 << 16, keys).unwrap_err(),
+            RejectReason::BadSignature
         );
         let l = Leave {
-            v: PROTOCOL_VERSION,
-            kind: "leave".into(),
             device: d.to_string(),
             incarnation: 5,
         };
         assert_eq!(
-            decode_presence_msg(&encode_leave(&l), &d.peer_id(), 1 << 16).unwrap(),
-            PresenceMsg::Leave(l)
+            decode_presence_msg(&encode_leave(&k, &l).unwrap(), 1 << 16, keys).unwrap(),
+            (d.peer_id(), PresenceMsg::Leave(l.clone()))
         );
+        assert_eq!(
+            decode_presence_msg(&encode_leave(&other_key, &l).unwrap(), 1 << 16, keys).unwrap_err(),
+            RejectReason::BadSignature
+        );
+        // A presence signature does not pass for a leave: the contexts differ.
+        let mut swapped: SignedMsg = rmp_serde::from_slice(&bytes).unwrap();
+        swapped.kind = "leave".into();
+        swapped.body = rmp_serde::to_vec_named(&l).unwrap();
+        let swapped = rmp_serde::to_vec_named(&swapped).unwrap();
+        assert!(decode_presence_msg(&swapped, 1 << 16, keys).is_err());
+        assert_eq!(
+            decode_presence_msg(&bytes, bytes.len() - 1, keys).unwrap_err(),
+            RejectReason::Oversized
+        );
+    }
+
+    #[test]
+    fn the_key_cache_gives_the_key_inside_the_peer_id() {
+        let (k, d) = key();
+        let keys = &mut KeyCache::default();
+        assert_eq!(keys.get(&d.peer_id()), Some(k.public()));
+        assert_eq!(keys.get(&d.peer_id()), Some(k.public()));
+        // A peer id that is a hash of its key has no key inside.
+        let hashed = PeerId::from_multihash(
+            libp2p::multihash::Multihash::<64>::wrap(0x12, &[7; 32]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(keys.get(&hashed), None);
     }
 
     #[test]

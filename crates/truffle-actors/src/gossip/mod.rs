@@ -22,9 +22,9 @@ use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::store::{Outbox, RemovalReason, StoreInput, StoreSink};
 use crate::wire::{
-    decode_slice, encode_leave, encode_presence, encode_slice, DigestEntry, Leave, Presence,
-    PresenceMsg, RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want, MAX_DIGEST_ENTRIES,
-    PROTOCOL_VERSION,
+    decode_slice, encode_leave, encode_presence, encode_slice, DigestEntry, KeyCache, Leave,
+    Presence, PresenceMsg, RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want,
+    MAX_DIGEST_ENTRIES, PROTOCOL_VERSION,
 };
 
 /// Most wants honoured from one sync request, and slices accepted from one response.
@@ -37,9 +37,9 @@ const REFETCH_AFTER: Duration = Duration::from_secs(1);
 
 /// Events from the swarm task.
 pub(crate) enum NetEvent {
-    /// A slice from a store topic; its device is the verified gossip source.
+    /// A slice from a store topic, signed by its device (relayed by anyone).
     Slice { slice: VerifiedSlice },
-    /// Presence or leave; `via` is the peer that forwarded it.
+    /// Presence or leave, signed by its device; `via` is the peer that forwarded it.
     Presence { via: PeerId, msg: PresenceMsg },
     /// A peer joined one of the store topics.
     Subscribed { peer: PeerId, store: StoreId },
@@ -117,6 +117,8 @@ pub(crate) struct GossipState {
     ticker: Option<tokio::task::JoinHandle<Result<(), ractor::MessagingErr<GossipMsg>>>>,
     expirer: Option<tokio::task::JoinHandle<()>>,
     jitter: Jitter,
+    /// Keys for checking slices that arrive in sync responses.
+    keys: KeyCache,
 }
 
 /// A small generator for timer jitter, seeded from the device id and the clock.
@@ -325,8 +327,6 @@ impl GossipState {
             })
             .unwrap_or_default();
         Presence {
-            v: PROTOCOL_VERSION,
-            kind: "presence".into(),
             device: self.args.me.to_string(),
             incarnation: self.args.incarnation,
             seq: self.seq,
@@ -370,6 +370,7 @@ impl Actor for GossipActor {
             ticker: Some(ticker),
             expirer: Some(expirer),
             jitter: rng,
+            keys: KeyCache::default(),
         })
     }
 
@@ -466,7 +467,7 @@ impl Actor for GossipActor {
             GossipMsg::Net(NetEvent::Response { peer, response }) => {
                 for raw in response.slices.into_iter().take(MAX_WANTS) {
                     inc(&state.args.counters.delivered);
-                    match decode_slice(&raw, state.args.max_slice) {
+                    match decode_slice(&raw, state.args.max_slice, &mut state.keys) {
                         Ok(v) => state.ingest(v, now),
                         Err(reason) => state.args.counters.reject(reason, &peer, "sync response"),
                     }
@@ -477,7 +478,10 @@ impl Actor for GossipActor {
                 state.ticker = Some(myself.send_after(next, || GossipMsg::Tick));
                 if !state.leaving {
                     let p = state.presence();
-                    state.cmd(SwarmCmd::PublishPresence(encode_presence(&p)));
+                    match encode_presence(&state.args.key, &p) {
+                        Ok(bytes) => state.cmd(SwarmCmd::PublishPresence(bytes)),
+                        Err(e) => tracing::error!(error = %e, "cannot sign presence; not sent"),
+                    }
                 }
             }
             GossipMsg::Expire => {
@@ -499,11 +503,17 @@ impl Actor for GossipActor {
             }
             GossipMsg::Leave { done } => {
                 state.leaving = true;
-                let payload = encode_leave(&Leave {
-                    v: PROTOCOL_VERSION,
-                    kind: "leave".into(),
-                    device: state.args.me.to_string(),
-                    incarnation: state.args.incarnation,
+                let payload = encode_leave(
+                    &state.args.key,
+                    &Leave {
+                        device: state.args.me.to_string(),
+                        incarnation: state.args.incarnation,
+                    },
+                )
+                .unwrap_or_else(|e| {
+                    // Peers still get the direct (authenticated) leave request.
+                    tracing::error!(error = %e, "cannot sign the leave message; not gossiped");
+                    Vec::new()
                 });
                 state.cmd(SwarmCmd::Leave {
                     payload,
