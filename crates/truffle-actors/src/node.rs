@@ -305,6 +305,9 @@ impl MeshNodeBuilder {
         let faults = FaultHandle::default();
         let listen_addrs = Arc::new(Mutex::new(bound));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        // Every log line of this node's gossip actor and swarm task carries its name, so
+        // several nodes in one process (tests, benchmarks) can be told apart.
+        let span = tracing::info_span!("node", name = %name);
         let (gossip, _) = Actor::spawn(
             None,
             GossipActor,
@@ -319,6 +322,7 @@ impl MeshNodeBuilder {
                 counters: counters.clone(),
                 cmds: cmd_tx,
                 listen_addrs: listen_addrs.clone(),
+                span: span.clone(),
             },
         )
         .await
@@ -338,8 +342,9 @@ impl MeshNodeBuilder {
             unpublished: HashMap::new(),
             reconnect: Default::default(),
             keys: Default::default(),
+            fetches: HashMap::new(),
         };
-        let swarm_task = tokio::spawn(task.run());
+        let swarm_task = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
         match cfg.psk {
             Some(k) => {
                 tracing::info!(%device, %name, incarnation, psk_fingerprint = %k.fingerprint(), "mesh node started (private mesh)")

@@ -300,6 +300,24 @@ pub(crate) fn decode_slice(
     })
 }
 
+/// The `(store, device)` a slice message names, read without checking anything else (no
+/// signature, no bounds): for routing decisions only, never for trust.
+pub(crate) fn peek_slice_owner(bytes: &[u8]) -> Option<(String, String)> {
+    #[derive(Deserialize)]
+    struct Owner {
+        store: String,
+        device: String,
+    }
+    #[derive(Deserialize)]
+    struct Outer<'a> {
+        #[serde(borrow, with = "serde_bytes")]
+        body: &'a [u8],
+    }
+    let outer: Outer<'_> = rmp_serde::from_slice(bytes).ok()?;
+    let o: Owner = rmp_serde::from_slice(outer.body).ok()?;
+    Some((o.store, o.device))
+}
+
 /// One store's own-slice version in a presence digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DigestEntry {
@@ -655,6 +673,18 @@ mod tests {
             decode_presence_msg(&bytes, bytes.len() - 1, keys).unwrap_err(),
             RejectReason::Oversized
         );
+    }
+
+    #[test]
+    fn the_owner_of_a_slice_can_be_read_without_checking_it() {
+        let (k, d) = key();
+        let store = StoreId::new("todos").unwrap();
+        let bytes = encode_slice(&k, &store, d, Version::new(1, 1), 0, vec![5; 100]).unwrap();
+        assert_eq!(
+            peek_slice_owner(&bytes),
+            Some(("todos".to_string(), d.to_string()))
+        );
+        assert_eq!(peek_slice_owner(b"junk"), None);
     }
 
     #[test]

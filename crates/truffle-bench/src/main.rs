@@ -224,6 +224,13 @@ fn main() {
         Some("held-slices") => std::process::exit(footprint::held_slices_main(&args[1..])),
         _ => {}
     }
+    // Library logs on stderr when asked for (RUST_LOG=truffle_actors=debug), for diagnosis.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let opts = match parse_args(&args) {
         Ok(o) => o,
         Err(e) => {

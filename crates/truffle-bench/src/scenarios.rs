@@ -969,6 +969,25 @@ async fn b6_initial(n: usize, seed: u64) -> Result<B6Initial, String> {
             let mean = lens.iter().sum::<usize>() as f64 / lens.len() as f64;
             let min = lens.iter().copied().min().unwrap_or(0);
             progress.push((mesh.last_join.elapsed().as_secs_f64() * 1000.0, mean, min));
+            if std::env::var_os("RUST_LOG").is_some() {
+                for (i, s) in mesh.stores.iter().enumerate() {
+                    let snap = s.snapshot();
+                    if snap.len() < n {
+                        let missing: Vec<String> = mesh
+                            .nodes
+                            .iter()
+                            .map(|m| m.device_id())
+                            .filter(|d| snap.get(d).is_none())
+                            .map(|d| d.to_string())
+                            .collect();
+                        eprintln!(
+                            "b6 +{:.0} ms: node {i} ({}) lacks {missing:?}",
+                            mesh.last_join.elapsed().as_secs_f64() * 1000.0,
+                            mesh.nodes[i].device_id()
+                        );
+                    }
+                }
+            }
             if min == n || Instant::now() >= end {
                 return progress;
             }

@@ -54,6 +54,8 @@ pub(crate) enum NetEvent {
         peer: PeerId,
         response: SyncResponse,
     },
+    /// No peer asked could give these single-device wants.
+    FetchMissed { want: Vec<Want> },
 }
 
 pub(crate) enum GossipMsg {
@@ -99,6 +101,8 @@ pub(crate) struct GossipArgs {
     pub counters: Arc<Counters>,
     pub cmds: mpsc::UnboundedSender<SwarmCmd>,
     pub listen_addrs: Arc<std::sync::Mutex<Vec<libp2p::Multiaddr>>>,
+    /// The node's log span.
+    pub span: tracing::Span,
 }
 
 pub(crate) struct GossipState {
@@ -380,6 +384,8 @@ impl Actor for GossipActor {
         msg: GossipMsg,
         state: &mut GossipState,
     ) -> Result<(), ActorProcessingErr> {
+        // No await below: the guard never crosses a suspension point.
+        let _span = state.args.span.clone().entered();
         let now = Instant::now();
         match msg {
             GossipMsg::Join {
@@ -471,6 +477,18 @@ impl Actor for GossipActor {
                         Ok(v) => state.ingest(v, now),
                         Err(reason) => state.args.counters.reject(reason, &peer, "sync response"),
                     }
+                }
+            }
+            GossipMsg::Net(NetEvent::FetchMissed { want }) => {
+                // Allow the next presence of these devices to trigger a new fetch at once.
+                for w in want {
+                    let (Ok(store), Some(Ok(device))) = (
+                        StoreId::new(&w.store),
+                        w.device.as_deref().map(str::parse::<DeviceId>),
+                    ) else {
+                        continue;
+                    };
+                    state.fetched.remove(&(device, store));
                 }
             }
             GossipMsg::Tick => {

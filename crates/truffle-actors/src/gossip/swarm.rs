@@ -50,6 +50,8 @@ const MAX_REMOTE_TOPICS: usize = 10_000;
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
 /// How often bootstrap peers are re-dialled while not connected.
 const REDIAL_EVERY: Duration = Duration::from_secs(1);
+/// Most peers asked, one after the other, for a slice that the first one asked lacked.
+const FETCH_TRIES: usize = 4;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -224,6 +226,12 @@ pub(crate) enum SwarmCmd {
     },
 }
 
+/// A fetch in flight: what it asked for, and whom we asked so far.
+pub(crate) struct PendingFetch {
+    want: Vec<Want>,
+    tried: Vec<PeerId>,
+}
+
 struct PendingLeave {
     waiting: HashSet<OutboundRequestId>,
     done: oneshot::Sender<()>,
@@ -250,6 +258,8 @@ pub(crate) struct SwarmTask {
     pub reconnect: HashSet<PeerId>,
     /// Keys of the devices whose signatures this task checks.
     pub keys: KeyCache,
+    /// Fetches of single slices in flight, by request.
+    pub fetches: HashMap<OutboundRequestId, PendingFetch>,
 }
 
 impl SwarmTask {
@@ -394,15 +404,7 @@ impl SwarmTask {
                     }
                 }
             }
-            SwarmCmd::Fetch { peer, want } => {
-                let req = SyncRequest {
-                    v: PROTOCOL_VERSION,
-                    kind: "fetch".into(),
-                    want,
-                    incarnation: 0,
-                };
-                self.swarm.behaviour_mut().sync.send_request(&peer, req);
-            }
+            SwarmCmd::Fetch { peer, want } => self.fetch(peer, want, Vec::new()),
             SwarmCmd::Respond { channel, response } => {
                 let _ = self
                     .swarm
@@ -440,6 +442,76 @@ impl SwarmTask {
                     });
                 }
             }
+        }
+    }
+
+    /// Asks `peer` for `want`. Wants for one device's slice are remembered, so that the
+    /// ones `peer` cannot answer are asked of another neighbour at once (see
+    /// [`Self::fetch_elsewhere`]) rather than at the next presence round.
+    fn fetch(&mut self, peer: PeerId, want: Vec<Want>, mut tried: Vec<PeerId>) {
+        let single: Vec<Want> = want
+            .iter()
+            .filter(|w| w.device.is_some())
+            .cloned()
+            .collect();
+        let req = SyncRequest {
+            v: PROTOCOL_VERSION,
+            kind: "fetch".into(),
+            want,
+            incarnation: 0,
+        };
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
+        if !single.is_empty() {
+            tried.push(peer);
+            self.fetches.insert(
+                id,
+                PendingFetch {
+                    want: single,
+                    tried,
+                },
+            );
+        }
+    }
+
+    /// The peer asked in `fetch` could not give some of what we wanted (it lacks them, or
+    /// the request failed): ask another connected peer that joined the store, up to
+    /// [`FETCH_TRIES`] peers in all. A relaying peer need not hold the slice whose
+    /// presence it relayed; a neighbour that does is usually one request away.
+    fn fetch_elsewhere(&mut self, fetch: PendingFetch, answered: &[(String, String)]) {
+        let missing: Vec<Want> = fetch
+            .want
+            .into_iter()
+            .filter(|w| {
+                !answered
+                    .iter()
+                    .any(|(s, d)| *s == w.store && Some(d) == w.device.as_ref())
+            })
+            .collect();
+        let Some(first) = missing.first() else {
+            return;
+        };
+        if fetch.tried.len() >= FETCH_TRIES {
+            self.forward(NetEvent::FetchMissed { want: missing });
+            return;
+        }
+        // Every remaining want is for the same store in practice (one presence, one fetch
+        // per store device pair); pick a peer by the first one's store.
+        let topic = IdentTopic::new(format!("{STORE_TOPIC_PREFIX}{}", first.store)).hash();
+        let next = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(p, topics)| topics.contains(&&topic) && !fetch.tried.contains(p))
+            .map(|(p, _)| *p)
+            .next();
+        match next {
+            Some(peer) => {
+                tracing::debug!(%peer, wants = missing.len(), "asking another neighbour for slices");
+                self.fetch(peer, missing, fetch.tried);
+            }
+            // Nobody near has it yet: the gossip actor asks again at the next presence.
+            None => self.forward(NetEvent::FetchMissed { want: missing }),
         }
     }
 
@@ -709,6 +781,14 @@ impl SwarmTask {
                     },
                 ..
             } if !self.leave_answered(&request_id, leave) => {
+                if let Some(fetch) = self.fetches.remove(&request_id) {
+                    let answered: Vec<(String, String)> = response
+                        .slices
+                        .iter()
+                        .filter_map(|raw| crate::wire::peek_slice_owner(raw))
+                        .collect();
+                    self.fetch_elsewhere(fetch, &answered);
+                }
                 self.forward(NetEvent::Response { peer, response });
             }
             request_response::Event::OutboundFailure {
@@ -717,7 +797,10 @@ impl SwarmTask {
                 error,
                 ..
             } if !self.leave_answered(&request_id, leave) => {
-                tracing::debug!(%peer, %error, "sync request failed; anti-entropy will retry");
+                tracing::debug!(%peer, %error, "sync request failed");
+                if let Some(fetch) = self.fetches.remove(&request_id) {
+                    self.fetch_elsewhere(fetch, &[]);
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");
