@@ -27,7 +27,7 @@ struct SliceBody<'a> {
     data: &'a [u8],
 }
 
-/// Mirrors the library's `SignedSliceMsg`.
+/// Mirrors the library's `SignedMsg` envelope.
 #[derive(Serialize)]
 struct SignedSliceMsg<'a> {
     v: u8,

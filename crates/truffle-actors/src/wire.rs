@@ -214,14 +214,42 @@ pub(crate) fn encode_slice(
     updated_at: u64,
     data: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
-    let body = rmp_serde::to_vec_named(&SliceBody {
-        store: store.to_string(),
-        device: device.to_string(),
-        incarnation: version.incarnation,
-        version: version.counter,
-        updated_at,
-        data,
-    })
+    encode_slice_as(key, store, &device.to_string(), version, updated_at, &data)
+}
+
+/// [`encode_slice`] with the device id already in text form (the gossip actor keeps its
+/// own, so that publishing does not re-encode it in base58 every time).
+pub(crate) fn encode_slice_as(
+    key: &Keypair,
+    store: &StoreId,
+    device: &str,
+    version: Version,
+    updated_at: u64,
+    data: &[u8],
+) -> Result<Vec<u8>, String> {
+    /// [`SliceBody`], borrowed: the same map, field for field.
+    #[derive(Serialize)]
+    struct SliceBodyRef<'a> {
+        store: &'a str,
+        device: &'a str,
+        incarnation: u64,
+        version: u64,
+        updated_at: u64,
+        #[serde(with = "serde_bytes")]
+        data: &'a [u8],
+    }
+    let mut body = Vec::with_capacity(data.len() + 160);
+    rmp_serde::encode::write_named(
+        &mut body,
+        &SliceBodyRef {
+            store: store.as_str(),
+            device,
+            incarnation: version.incarnation,
+            version: version.counter,
+            updated_at,
+            data,
+        },
+    )
     .map_err(|e| e.to_string())?;
     seal(key, "slice", SLICE_SIGNING_CONTEXT, body)
 }

@@ -10,10 +10,10 @@
 //!   publish; with 1 and 256 other devices held;
 //! - `slice_store`: the pure part, `SliceStore::apply_remote_slice`, and the
 //!   `remote_slices()` copy the store actor makes for every snapshot it publishes;
-//! - `sync_codec`: writing and reading a late joiner's sync response (32 x 64 KiB).
-//!
-//! Digest building is not here: the presence digest is built by crate-private code
-//! (`GossipState::presence`, `wire::encode_presence`) that no public API reaches.
+//! - `sync_codec`: writing and reading a late joiner's sync response (32 x 64 KiB);
+//! - `presence`: building a presence digest of 1, 64 and 256 stores, encoding and signing
+//!   it (`testing::signed_presence`, the same encoder the gossip actor uses), and decoding
+//!   and verifying it (`testing::decode_everything`).
 //!
 //! `cargo bench -p truffle-bench --bench micro` (short settings: 0.5 s warm-up, 2 s
 //! measurement, 20 samples).
@@ -26,7 +26,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use libp2p::request_response::Codec;
 use serde::{Deserialize, Serialize};
 use truffle_actors::identity::Keypair;
-use truffle_actors::testing::{decode_everything, signed_slice};
+use truffle_actors::testing::{decode_everything, signed_presence, signed_slice};
 use truffle_actors::wire::{SyncCodec, SyncResponse, SYNC_PROTOCOL};
 use truffle_actors::{
     DeviceId, DeviceSlice, MeshNode, SliceStore, Store, StoreId, Syncable, SyncableStore, Version,
@@ -83,6 +83,33 @@ fn envelope(c: &mut Criterion) {
             &bytes,
             |b, bytes| b.iter(|| public.verify(black_box(bytes), &sig)),
         );
+    }
+    g.finish();
+}
+
+fn presence(c: &mut Criterion) {
+    let key = Keypair::generate_ed25519();
+    let stores: Vec<StoreId> = (0..256)
+        .map(|i| StoreId::new(format!("store-{i:03}")).expect("valid store id"))
+        .collect();
+    let mut g = c.benchmark_group("presence");
+    for n in [1usize, 64, 256] {
+        let digest: Vec<(&StoreId, Version)> = stores[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s, Version::new(1_700_000_000_000, i as u64)))
+            .collect();
+        let mut seq = 0u64;
+        g.bench_with_input(BenchmarkId::new("build_sign", n), &digest, |b, d| {
+            b.iter(|| {
+                seq += 1;
+                signed_presence(&key, 1_700_000_000_000, seq, black_box(d))
+            })
+        });
+        let bytes = signed_presence(&key, 1_700_000_000_000, 1, &digest);
+        g.bench_with_input(BenchmarkId::new("decode_verify", n), &bytes, |b, bytes| {
+            b.iter(|| decode_everything(black_box(bytes)))
+        });
     }
     g.finish();
 }
@@ -271,6 +298,7 @@ fn main() {
     envelope(&mut c);
     slice_store(&mut c);
     sync_codec(&mut c);
+    presence(&mut c);
     apply_remote_actor(&mut c);
     c.final_summary();
 }

@@ -44,6 +44,8 @@ pub fn idle_node_main() -> i32 {
             cpu.map_or(0, |c| (c * 1000.0).round() as u64)
         );
         println!("vmrss_kb={}", rss_kb().unwrap_or(0));
+        println!("rss_anon_kb={}", proc_status_kb("RssAnon").unwrap_or(0));
+        println!("rss_file_kb={}", proc_status_kb("RssFile").unwrap_or(0));
         println!("vmhwm_kb={}", proc_status_kb("VmHWM").unwrap_or(0));
         println!("threads={}", proc_status_kb("Threads").unwrap_or(0));
         Ok::<_, String>(node)
@@ -132,6 +134,22 @@ pub fn held_slices_main(args: &[String]) -> i32 {
 /// Runs this binary with `args` and returns its `key=value` output lines, or why not.
 fn child(args: &[&str], limit: Duration) -> Result<Vec<(String, u64)>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    child_of(&exe, args, limit)
+}
+
+/// The lean idle-node binary (`src/idle_node.rs`) next to this one, if it was built.
+fn lean_idle_node() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let lean = exe.with_file_name("truffle-idle-node");
+    lean.is_file().then_some(lean)
+}
+
+/// Runs `exe` with `args` and returns its `key=value` output lines, or why not.
+fn child_of(
+    exe: &std::path::Path,
+    args: &[&str],
+    limit: Duration,
+) -> Result<Vec<(String, u64)>, String> {
     let mut c = Command::new(exe)
         .args(args)
         .stdout(Stdio::piped())
@@ -181,16 +199,47 @@ pub fn footprint(cfg: &Cfg, report: &mut Report) -> Value {
         &["measure", "value", "detail"],
     );
     let mut out = serde_json::Map::new();
-    match child(&["idle-node"], Duration::from_secs(30)) {
+    // The lean binary when it was built (`cargo build --release -p truffle-bench --bins`):
+    // its RSS is a node's in a small application. Otherwise this binary, whose own code
+    // pages (chitchat, baselines, reports) count too.
+    let lean = lean_idle_node();
+    let (result, method) = match &lean {
+        Some(path) => (
+            child_of(path, &[], Duration::from_secs(30)),
+            "child process `truffle-idle-node` (links truffle-actors and tokio only): tokio \
+             runtime with 2 workers, one node (loopback, no mDNS), one store joined, 2 s \
+             idle, then VmRSS",
+        ),
+        None => (
+            child(&["idle-node"], Duration::from_secs(30)),
+            "child process `truffle-bench idle-node` (truffle-idle-node not built; this \
+             binary's own code pages count too): tokio runtime with 2 workers, one node \
+             (loopback, no mDNS), one store joined, 2 s idle, then VmRSS",
+        ),
+    };
+    match result {
         Ok(kv) => {
             let rss = get(&kv, "vmrss_kb");
             let base = get(&kv, "rss_before_node_kb");
+            let split = match (get(&kv, "rss_anon_kb"), get(&kv, "rss_file_kb")) {
+                (Some(a), Some(f)) => {
+                    format!("anonymous (heap, stacks) {a} kB + file-backed (code) {f} kB; ")
+                }
+                _ => String::new(),
+            };
             table.row(vec![
-                "idle node RSS (1 node, 1 store, 2 s idle)".into(),
+                format!(
+                    "idle node RSS (1 node, 1 store, 2 s idle; {})",
+                    if lean.is_some() {
+                        "truffle-idle-node"
+                    } else {
+                        "inside truffle-bench"
+                    }
+                ),
                 rss.map(|v| format!("{v} kB ({:.2} MB)", v as f64 * 1024.0 / 1e6))
                     .unwrap_or_else(|| "-".into()),
                 format!(
-                    "process before the node started: {} kB; peak {} kB; {} threads; \
+                    "{split}process before the node started: {} kB; peak {} kB; {} threads; \
                      idle CPU {:.1}% of a core",
                     base.unwrap_or(0),
                     get(&kv, "vmhwm_kb").unwrap_or(0),
@@ -202,11 +251,12 @@ pub fn footprint(cfg: &Cfg, report: &mut Report) -> Value {
             out.insert(
                 "idle_node".into(),
                 json!({"vmrss_kb": rss, "rss_before_node_kb": base,
+                       "rss_anon_kb": get(&kv, "rss_anon_kb"),
+                       "rss_file_kb": get(&kv, "rss_file_kb"),
                        "vmhwm_kb": get(&kv, "vmhwm_kb"), "threads": get(&kv, "threads"),
                        "idle_cpu_permille_of_a_core": get(&kv, "idle_cpu_permille"),
-                       "method": "child process `truffle-bench idle-node`: tokio runtime with 2 \
-                                  workers, one node (loopback, no mDNS), one store joined, \
-                                  2 s idle, then VmRSS"}),
+                       "lean_binary": lean.is_some(),
+                       "method": method}),
             );
         }
         Err(e) => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Barrier};
-use truffle_actors::{DeviceId, RemovalReason, StoreEvent};
+use truffle_actors::{DeviceId, RemovalReason, StoreEvent, StoreSnapshot};
 
 use crate::mesh::{
     all_arrived, builder, collect_arrivals, filler, sum_metrics, track_seq, Mesh, Payload,
@@ -662,7 +662,21 @@ pub async fn throughput(cfg: &Cfg, report: &mut Report) -> Value {
                     ms(r.lockstep.p99())
                 ),
             ]);
-            report.figure("b5.applied_per_s", Some(r.applied_per_s));
+            let w = &r.windowed;
+            let w_applied = w.applied as f64 / w.secs;
+            table.row(vec![
+                format!(
+                    "windowed {}s: distinct versions applied on B (A keeps <= {B5_WINDOW} in flight)",
+                    fire.as_secs()
+                ),
+                num(w_applied),
+                format!(
+                    "{} written, {} published, {} applied, {} stale",
+                    w.written, w.published, w.applied, w.stale
+                ),
+            ]);
+            report.figure("b5.applied_per_s", Some(w_applied));
+            report.figure("b5.firehose_applied_per_s", Some(r.applied_per_s));
             report.figure("b5.written_per_s", Some(r.written_per_s));
             out.insert(
                 "remote".into(),
@@ -676,6 +690,9 @@ pub async fn throughput(cfg: &Cfg, report: &mut Report) -> Value {
                     "drain_after_writes_ms": r.drain_ms,
                     "write_to_visible_on_b": r.lag.to_json(false),
                     "lockstep_per_s": r.lockstep_per_s,
+                    "windowed": {"secs": w.secs, "window": B5_WINDOW, "written": w.written,
+                                 "published": w.published, "applied": w.applied,
+                                 "stale": w.stale, "applied_per_s": w_applied},
                     "lockstep_round_trip": r.lockstep.to_json(false),
                 }),
             );
@@ -726,7 +743,21 @@ struct B5 {
     lag: Samples,
     lockstep: Samples,
     lockstep_per_s: f64,
+    windowed: Windowed,
 }
+
+/// The windowed run: A writes only while fewer than [`B5_WINDOW`] of its versions are not
+/// yet on B, so the writer neither spins nor outruns the pipeline.
+struct Windowed {
+    secs: f64,
+    written: u64,
+    published: u64,
+    applied: u64,
+    stale: u64,
+}
+
+/// Versions A may have in flight (written, not yet held by B) in the windowed run.
+const B5_WINDOW: u64 = 64;
 
 async fn b5_remote(fire: Duration, lock: Duration, seed: u64) -> Result<B5, String> {
     let mesh = Mesh::start(2, seed, |b| b).await?;
@@ -796,6 +827,41 @@ async fn b5_remote(fire: Duration, lock: Duration, seed: u64) -> Result<B5, Stri
         rounds += 1;
     }
     let lockstep_per_s = rounds as f64 / t1.elapsed().as_secs_f64();
+
+    // Windowed: write the next version only while fewer than B5_WINDOW are in flight. The
+    // writer waits on B's snapshot, so little CPU goes to writes that would be coalesced
+    // away, and what B applies is the pipeline's own rate.
+    let (ma2, mb2) = (mesh.nodes[0].metrics(), mesh.nodes[1].metrics());
+    let mut view = b.watch();
+    type View = tokio::sync::watch::Receiver<std::sync::Arc<StoreSnapshot<Payload>>>;
+    let held_seq = |v: &mut View| -> u64 {
+        let snap = v.borrow_and_update().clone();
+        snap.get(&writer).map_or(0, |x| x.data.seq)
+    };
+    let start_seq = seq;
+    let t2 = Instant::now();
+    while t2.elapsed() < fire {
+        while seq - held_seq(&mut view) >= B5_WINDOW {
+            if tokio::time::timeout(TRIAL_DEADLINE, view.changed())
+                .await
+                .is_err()
+            {
+                return Err("windowed run: B stopped receiving".into());
+            }
+        }
+        seq += 1;
+        let s = seq;
+        a.update(move |p| p.seq = s).await.map_err(err)?;
+    }
+    let window_secs = t2.elapsed().as_secs_f64();
+    let (ma3, mb3) = (mesh.nodes[0].metrics(), mesh.nodes[1].metrics());
+    let windowed = Windowed {
+        secs: window_secs,
+        written: seq - start_seq,
+        published: ma3.published - ma2.published,
+        applied: mb3.applied - mb2.applied,
+        stale: mb3.stale() - mb2.stale(),
+    };
     Ok(B5 {
         written,
         written_per_s: written as f64 / write_secs,
@@ -810,6 +876,7 @@ async fn b5_remote(fire: Duration, lock: Duration, seed: u64) -> Result<B5, Stri
         lag,
         lockstep,
         lockstep_per_s,
+        windowed,
     })
 }
 

@@ -22,7 +22,7 @@ use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::store::{Outbox, RemovalReason, StoreInput, StoreSink};
 use crate::wire::{
-    decode_slice, encode_leave, encode_presence, encode_slice, DigestEntry, KeyCache, Leave,
+    decode_slice, encode_leave, encode_presence, encode_slice_as, DigestEntry, KeyCache, Leave,
     Presence, PresenceMsg, RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want,
     MAX_DIGEST_ENTRIES, PROTOCOL_VERSION,
 };
@@ -123,6 +123,8 @@ pub(crate) struct GossipState {
     jitter: Jitter,
     /// Keys for checking slices that arrive in sync responses.
     keys: KeyCache,
+    /// This device's id in text (base58) form, as slices carry it.
+    me_text: String,
 }
 
 /// A small generator for timer jitter, seeded from the device id and the clock.
@@ -360,6 +362,7 @@ impl Actor for GossipActor {
             (args.presence_timeout / 10).clamp(Duration::from_millis(20), args.presence_interval);
         let expirer = myself.send_interval(check, || GossipMsg::Expire);
         let timeout = args.presence_timeout;
+        let me_text = args.me.to_string();
         Ok(GossipState {
             args,
             stores: HashMap::new(),
@@ -375,6 +378,7 @@ impl Actor for GossipActor {
             expirer: Some(expirer),
             jitter: rng,
             keys: KeyCache::default(),
+            me_text,
         })
     }
 
@@ -408,13 +412,13 @@ impl Actor for GossipActor {
                     return Ok(());
                 };
                 let version = p.version;
-                let raw: Arc<[u8]> = match encode_slice(
+                let raw: Arc<[u8]> = match encode_slice_as(
                     &state.args.key,
                     &store,
-                    state.args.me,
+                    &state.me_text,
                     version,
                     p.updated_at,
-                    p.data,
+                    &p.data,
                 ) {
                     Ok(raw) => raw.into(),
                     Err(e) => {
