@@ -386,7 +386,7 @@ async fn a_slice_published_under_another_devices_id_is_rejected() {
         items: vec!["forged".into()],
     };
     let high = Version::new(u64::MAX / 2, 1);
-    // 1. Claims the victim's id, signed with the rogue's own key.
+    // 1. Claims the victim's id, signed with another key.
     let rogue_key_forgery = signed_slice(&Keypair::generate_ed25519(), &store, vid, high, &fake);
     publish_until(
         &rogue,

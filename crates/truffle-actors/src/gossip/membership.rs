@@ -226,7 +226,9 @@ impl Membership {
             .devices
             .entry(device)
             .or_insert_with(|| DeviceState::new(now));
-        if d.has_left(incarnation) || incarnation < d.presence.0 {
+        // A leave of an earlier run (a replay, or one that arrived late) must not end the
+        // current run, whichever of its messages we heard first.
+        if d.has_left(incarnation) || incarnation < d.presence.0 || incarnation < d.incarnation {
             return None;
         }
         d.left = Some(incarnation);
@@ -323,6 +325,16 @@ mod tests {
         assert!(!m.wants(&d, &st, Version::new(5, 9)));
         // the same device restarting is welcome
         assert_eq!(m.admit(d, &st, Version::new(6, 0), t0), Admit::Apply);
+    }
+
+    #[test]
+    fn a_leave_of_an_earlier_run_does_not_end_the_current_one() {
+        let mut m = Membership::new(Duration::from_secs(3));
+        let (d, st, t0) = (dev(), s("a"), Instant::now());
+        // The new run's slice arrives before any of its presence does.
+        assert_eq!(m.admit(d, &st, Version::new(7, 1), t0), Admit::Apply);
+        assert_eq!(m.on_leave(d, 6, t0), None);
+        assert_eq!(m.admit(d, &st, Version::new(7, 2), t0), Admit::Apply);
     }
 
     #[test]

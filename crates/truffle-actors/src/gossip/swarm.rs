@@ -487,31 +487,36 @@ impl SwarmTask {
                     .any(|(s, d)| *s == w.store && Some(d) == w.device.as_ref())
             })
             .collect();
-        let Some(first) = missing.first() else {
+        if missing.is_empty() {
             return;
-        };
+        }
         if fetch.tried.len() >= FETCH_TRIES {
             self.forward(NetEvent::FetchMissed { want: missing });
             return;
         }
-        // Every remaining want is for the same store in practice (one presence, one fetch
-        // per store device pair); pick a peer by the first one's store.
-        let topic = IdentTopic::new(format!("{STORE_TOPIC_PREFIX}{}", first.store)).hash();
-        let next = self
-            .swarm
-            .behaviour()
-            .gossipsub
-            .all_peers()
-            .filter(|(p, topics)| topics.contains(&&topic) && !fetch.tried.contains(p))
-            .map(|(p, _)| *p)
-            .next();
-        match next {
-            Some(peer) => {
-                tracing::debug!(%peer, wants = missing.len(), "asking another neighbour for slices");
-                self.fetch(peer, missing, fetch.tried);
+        // Per store: the next peer must have joined that store.
+        let mut by_store: HashMap<String, Vec<Want>> = HashMap::new();
+        for w in missing {
+            by_store.entry(w.store.clone()).or_default().push(w);
+        }
+        for (store, want) in by_store {
+            let topic = IdentTopic::new(format!("{STORE_TOPIC_PREFIX}{store}")).hash();
+            let next = self
+                .swarm
+                .behaviour()
+                .gossipsub
+                .all_peers()
+                .filter(|(p, topics)| topics.contains(&&topic) && !fetch.tried.contains(p))
+                .map(|(p, _)| *p)
+                .next();
+            match next {
+                Some(peer) => {
+                    tracing::debug!(%peer, %store, wants = want.len(), "asking another neighbour for slices");
+                    self.fetch(peer, want, fetch.tried.clone());
+                }
+                // Nobody near has it yet: the gossip actor asks again at the next presence.
+                None => self.forward(NetEvent::FetchMissed { want }),
             }
-            // Nobody near has it yet: the gossip actor asks again at the next presence.
-            None => self.forward(NetEvent::FetchMissed { want: missing }),
         }
     }
 
