@@ -57,6 +57,40 @@ async fn update_reaches_all_of_three_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_waits_for_flushed_gets_every_version_published() {
+    let nodes = mesh(2).await;
+    let stores = join_all::<Todos>(&nodes).await;
+    let writer = nodes[0].device_id();
+    eventually("the peers see each other", &stores[1], |s| {
+        s.get(&writer).is_some()
+    })
+    .await;
+    let before = nodes[0].metrics().published;
+    let mut flushed = stores[0].flushed();
+    let mut last = None;
+    for i in 0..50 {
+        let written = stores[0]
+            .update(move |t| t.items = vec![format!("v{i}")])
+            .await
+            .unwrap()
+            .version;
+        tokio::time::timeout(DEADLINE, flushed.wait_for(|v| *v >= written))
+            .await
+            .expect("flushed reaches the version just written")
+            .unwrap();
+        last = Some(written);
+    }
+    // None of the 50 versions was coalesced away: each was published on its own.
+    assert_eq!(nodes[0].metrics().published - before, 50);
+    let last = last.unwrap();
+    eventually("the last version arrives", &stores[1], |s| {
+        s.get(&writer).is_some_and(|x| x.version == last)
+    })
+    .await;
+    shutdown_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_receives_every_existing_slice() {
     let mut nodes = mesh(3).await;
     let stores = join_all::<Todos>(&nodes).await;

@@ -433,7 +433,12 @@ impl Actor for GossipActor {
                     .or_default()
                     .insert(state.args.me, raw.clone());
                 if !state.leaving {
-                    state.cmd(SwarmCmd::Publish { store, raw });
+                    let flushed = state.outboxes.get(&store).map(|o| (version, o.clone()));
+                    state.cmd(SwarmCmd::Publish {
+                        store,
+                        raw,
+                        flushed,
+                    });
                 }
             }
             GossipMsg::Unhold { store, device } => {
@@ -521,6 +526,7 @@ impl Actor for GossipActor {
                 state.cmd(SwarmCmd::Publish {
                     store,
                     raw: Arc::from(bytes),
+                    flushed: None,
                 });
             }
             GossipMsg::Leave { done } => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::Either;
 use futures::StreamExt;
-use libp2p::core::upgrade::Version;
+use libp2p::core::upgrade::Version as UpgradeVersion;
 use libp2p::core::Transport as _;
 use libp2p::gossipsub::{
     self, AllowAllSubscriptionFilter, IdentTopic, IdentityTransform, MaxCountSubscriptionFilter,
@@ -31,9 +31,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::{GossipMsg, NetEvent};
 use crate::error::Error;
 use crate::faults::{blocked, drop_inbound, FaultHandle};
-use crate::ids::StoreId;
+use crate::ids::{StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::node::Config;
+use crate::store::Outbox;
 use crate::wire::{
     decode_presence_msg, decode_slice, store_topic, KeyCache, Leave, PresenceMsg, SyncCodec,
     SyncRequest, SyncResponse, Want, MAX_PRESENCE_BYTES, PRESENCE_TOPIC, PROTOCOL_VERSION,
@@ -139,7 +140,7 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
                     }
                 });
                 Ok(private
-                    .upgrade(Version::V1Lazy)
+                    .upgrade(UpgradeVersion::V1Lazy)
                     .authenticate(noise::Config::new(key)?)
                     .multiplex(yamux::Config::default())
                     .timeout(connect_timeout))
@@ -203,12 +204,17 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
     Ok(swarm)
 }
 
+/// A slice waiting in the swarm task to be published (newest per store wins).
+type Pub = (Arc<[u8]>, Option<(Version, Outbox)>);
+
 /// Commands from the gossip actor.
 pub(crate) enum SwarmCmd {
     Subscribe(StoreId),
     Publish {
         store: StoreId,
         raw: Arc<[u8]>,
+        /// The local version and its store's outbox, to report it flushed once published.
+        flushed: Option<(Version, Outbox)>,
     },
     PublishPresence(Vec<u8>),
     Fetch {
@@ -273,7 +279,7 @@ impl SwarmTask {
         if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&presence) {
             tracing::error!(error = %e, "cannot subscribe to the presence topic");
         }
-        let mut pending: HashMap<StoreId, Arc<[u8]>> = HashMap::new();
+        let mut pending: HashMap<StoreId, Pub> = HashMap::new();
         let mut leave: Option<PendingLeave> = None;
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -289,8 +295,11 @@ impl SwarmTask {
                     while let Ok(cmd) = self.cmds.try_recv() {
                         self.on_cmd(cmd, &mut pending, &mut leave);
                     }
-                    for (store, raw) in pending.drain() {
+                    for (store, (raw, flushed)) in pending.drain() {
                         self.publish(&store, &raw);
+                        if let Some((version, outbox)) = flushed {
+                            outbox.mark_flushed(version);
+                        }
                     }
                 }
                 _ = redial.tick() => self.redial(),
@@ -365,7 +374,7 @@ impl SwarmTask {
     fn on_cmd(
         &mut self,
         cmd: SwarmCmd,
-        pending: &mut HashMap<StoreId, Arc<[u8]>>,
+        pending: &mut HashMap<StoreId, Pub>,
         leave: &mut Option<PendingLeave>,
     ) {
         match cmd {
@@ -393,8 +402,12 @@ impl SwarmTask {
                     }
                 }
             }
-            SwarmCmd::Publish { store, raw } => {
-                pending.insert(store, raw);
+            SwarmCmd::Publish {
+                store,
+                raw,
+                flushed,
+            } => {
+                pending.insert(store, (raw, flushed));
             }
             SwarmCmd::PublishPresence(bytes) => {
                 let topic = IdentTopic::new(PRESENCE_TOPIC);

@@ -33,8 +33,21 @@ pub(crate) type StoreSink = Arc<dyn Fn(StoreInput) -> bool + Send + Sync>;
 /// write wins), and only the write that fills an empty slot sends a `Flush`, so however
 /// fast the application writes, at most one message per store waits in the gossip
 /// actor's mailbox.
-#[derive(Clone, Default)]
-pub(crate) struct Outbox(Arc<std::sync::Mutex<Option<Pending>>>);
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    slot: Arc<std::sync::Mutex<Option<Pending>>>,
+    /// The newest version handed to gossipsub ([`super::Store::flushed`]).
+    flushed: Arc<watch::Sender<Version>>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            slot: Arc::default(),
+            flushed: Arc::new(watch::Sender::new(Version::default())),
+        }
+    }
+}
 
 /// A local slice waiting to be published, encoded but not yet signed: signing is the
 /// expensive part, so it happens only for the versions that actually go out.
@@ -48,13 +61,30 @@ pub(crate) struct Pending {
 impl Outbox {
     /// Stores the newest slice; true if the slot was empty (the caller must flush).
     pub fn put(&self, pending: Pending) -> bool {
-        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         slot.replace(pending).is_none()
     }
 
     /// Takes the newest slice, if any.
     pub fn take(&self) -> Option<Pending> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Records that `version` was handed to gossipsub (or kept to publish as soon as a
+    /// peer joins the store).
+    pub fn mark_flushed(&self, version: Version) {
+        self.flushed.send_if_modified(|v| {
+            let newer = version > *v;
+            if newer {
+                *v = version;
+            }
+            newer
+        });
+    }
+
+    /// Follows [`Self::mark_flushed`].
+    pub fn flushed(&self) -> watch::Receiver<Version> {
+        self.flushed.subscribe()
     }
 }
 
@@ -131,6 +161,7 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         events: events.clone(),
         view,
     };
+    let flushed_rx = args.outbox.flushed();
     let initial = Pending {
         version: local.version,
         updated_at: local.updated_at,
@@ -145,6 +176,7 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
             actor,
             events,
             view: view_rx,
+            flushed: flushed_rx,
         },
         initial,
     })

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, watch};
 use super::actor::StoreMsg;
 use super::{StoreEvent, StoreSnapshot};
 use crate::error::Error;
-use crate::ids::{DeviceId, StoreId};
+use crate::ids::{DeviceId, StoreId, Version};
 use crate::slice::DeviceSlice;
 
 /// A handle to one joined store: typed, cheap to clone, usable from any task.
@@ -42,6 +42,7 @@ pub struct Store<T> {
     pub(crate) actor: ActorRef<StoreMsg<T>>,
     pub(crate) events: broadcast::Sender<StoreEvent<T>>,
     pub(crate) view: watch::Receiver<Arc<StoreSnapshot<T>>>,
+    pub(crate) flushed: watch::Receiver<Version>,
 }
 
 impl<T> Clone for Store<T> {
@@ -51,6 +52,7 @@ impl<T> Clone for Store<T> {
             actor: self.actor.clone(),
             events: self.events.clone(),
             view: self.view.clone(),
+            flushed: self.flushed.clone(),
         }
     }
 }
@@ -110,6 +112,35 @@ impl<T: Clone + Send + Sync + 'static> Store<T> {
     /// more than the node's event buffer behind gets [`StoreEvent::Lagged`].
     pub fn subscribe(&self) -> StoreEvents<T> {
         StoreEvents::new(self.events.subscribe())
+    }
+
+    /// The version of this device's slice most recently published: signed and handed to
+    /// gossipsub (or, while no peer has joined the store, kept to publish as soon as one
+    /// does).
+    ///
+    /// Writes are coalesced: a write made while an earlier one still waits to go out
+    /// replaces it, so not every version shows up here, and a burst of writes costs one
+    /// publish. A producer that wants every version on the wire (no coalescing) waits for
+    /// this to reach its last write before writing the next one. It stops advancing once
+    /// the node is shutting down, so wait with a timeout.
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # use truffle_actors::prelude::*;
+    /// # #[derive(Syncable, Clone, Debug, Default, Serialize, Deserialize)]
+    /// # #[syncable(id = "ticks")]
+    /// # struct Ticks { n: u64 }
+    /// # async fn run(ticks: Store<Ticks>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut flushed = ticks.flushed();
+    /// for n in 1..=100 {
+    ///     let written = ticks.update(|t| t.n = n).await?.version;
+    ///     // Every one of the 100 versions is published: none is coalesced away.
+    ///     flushed.wait_for(|v| *v >= written).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn flushed(&self) -> watch::Receiver<Version> {
+        self.flushed.clone()
     }
 
     /// The latest snapshot, updated after every change: for UIs that redraw on change.
