@@ -133,7 +133,7 @@ impl<T: Clone + Send + Sync + 'static> Store<T> {
     /// # async fn run(ticks: Store<Ticks>) -> Result<(), Box<dyn std::error::Error>> {
     /// let mut flushed = ticks.flushed();
     /// for n in 1..=100 {
-    ///     let written = ticks.update(|t| t.n = n).await?.version;
+    ///     let written = ticks.update(move |t| t.n = n).await?.version;
     ///     // Every one of the 100 versions is published: none is coalesced away.
     ///     flushed.wait_for(|v| *v >= written).await?;
     /// }
