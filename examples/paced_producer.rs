@@ -38,10 +38,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let ticks = producer.store::<Ticks>().await?;
     let seen = consumer.store::<Ticks>().await?;
+    // ANCHOR: wait
     let me = producer.device_id();
-    seen.wait_until(Duration::from_secs(20), |s| s.get(&me).is_some())
+    seen.wait_until(Duration::from_secs(20), |snap| snap.get(&me).is_some())
         .await
-        .map_err(|_| "the nodes did not find each other")?;
+        .map_err(|_| "the consumer never received the producer's slice")?;
+    // ANCHOR_END: wait
     let mut events = seen.subscribe();
 
     // ANCHOR: paced
