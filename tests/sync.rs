@@ -370,8 +370,11 @@ async fn publish_until(
     reason: RejectReason,
     n: u64,
 ) {
+    let mut attempt = 0;
     send_until_rejected(at, reason, n, || {
-        from.test_publish_raw(store, bytes.to_vec())
+        // A new copy each time: the same bytes again would be refused as a duplicate.
+        attempt += 1;
+        from.test_publish_raw(store, varied(bytes, attempt))
     })
     .await;
 }
