@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
-use crate::gossip::swarm::{build_swarm, SwarmTask};
+use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::metrics::{Counters, Metrics};
@@ -320,7 +320,7 @@ impl MeshNodeBuilder {
                 max_slice: cfg.max_slice_size,
                 max_response: cfg.max_response_bytes,
                 counters: counters.clone(),
-                cmds: cmd_tx,
+                cmds: cmd_tx.clone(),
                 listen_addrs: listen_addrs.clone(),
                 span: span.clone(),
             },
@@ -343,6 +343,10 @@ impl MeshNodeBuilder {
             reconnect: Default::default(),
             keys: Default::default(),
             fetches: HashMap::new(),
+            key: key.clone(),
+            me_text: device.to_string(),
+            outboxes: HashMap::new(),
+            leaving: false,
         };
         let swarm_task = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
         match cfg.psk {
@@ -361,6 +365,7 @@ impl MeshNodeBuilder {
             listen_addrs,
             stores: tokio::sync::Mutex::new(HashMap::new()),
             swarm_task: Some(swarm_task),
+            cmds: cmd_tx,
             faults,
         })
     }
@@ -448,6 +453,8 @@ pub struct MeshNode {
     listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     stores: tokio::sync::Mutex<HashMap<StoreId, Joined>>,
     swarm_task: Option<tokio::task::JoinHandle<()>>,
+    /// Commands to the swarm task (store actors send their flushes there directly).
+    cmds: mpsc::UnboundedSender<SwarmCmd>,
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     faults: FaultHandle,
 }
@@ -539,6 +546,7 @@ impl MeshNode {
                 max_slice_size: self.cfg.max_slice_size,
                 event_buffer: self.cfg.event_buffer,
                 gossip: self.gossip.clone(),
+                cmds: self.cmds.clone(),
                 counters: self.counters.clone(),
             },
         )
@@ -568,8 +576,10 @@ impl MeshNode {
                 return Err(Error::NodeStopped("the gossip actor is not running".into()));
             }
         }
+        // The gossip actor queued the store's subscription (with its outbox) for the swarm
+        // task before it answered `Join`, so this flush arrives after it.
         if outbox.put(spawned.initial) {
-            let _ = self.gossip.cast(GossipMsg::Flush(id.clone()));
+            let _ = self.cmds.send(SwarmCmd::Flush(id.clone()));
         }
         tracing::info!(store = %id, device = %self.device, "joined store");
         stores.insert(
@@ -670,7 +680,9 @@ impl MeshNode {
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
         if let Some(task) = self.swarm_task.take() {
-            // The command channel closed with the actor: the task ends and drops the swarm.
+            // The task ends at `Stop` (store actors and this handle also hold the command
+            // channel, so it does not close by itself) and drops the swarm.
+            let _ = self.cmds.send(SwarmCmd::Stop);
             if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .is_err()

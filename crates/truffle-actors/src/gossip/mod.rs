@@ -22,9 +22,9 @@ use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::store::{Outbox, RemovalReason, StoreInput, StoreSink};
 use crate::wire::{
-    decode_slice, encode_leave, encode_presence, encode_slice_as, DigestEntry, KeyCache, Leave,
-    Presence, PresenceMsg, RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want,
-    MAX_DIGEST_ENTRIES, PROTOCOL_VERSION,
+    decode_slice, encode_leave, encode_presence, DigestEntry, KeyCache, Leave, Presence,
+    PresenceMsg, RejectReason, SyncRequest, SyncResponse, VerifiedSlice, Want, MAX_DIGEST_ENTRIES,
+    PROTOCOL_VERSION,
 };
 
 /// Most wants honoured from one sync request, and slices accepted from one response.
@@ -65,8 +65,13 @@ pub(crate) enum GossipMsg {
         outbox: Outbox,
         reply: RpcReplyPort<Result<(), Error>>,
     },
-    /// The store's outbox holds a new local slice.
-    Flush(StoreId),
+    /// The swarm task signed and published a local slice (it takes the outbox itself,
+    /// so publishing never waits for this actor): record it for digests and answers.
+    Published {
+        store: StoreId,
+        version: Version,
+        raw: Arc<[u8]>,
+    },
     Unhold {
         store: StoreId,
         device: DeviceId,
@@ -108,7 +113,6 @@ pub(crate) struct GossipArgs {
 pub(crate) struct GossipState {
     args: GossipArgs,
     stores: HashMap<StoreId, StoreSink>,
-    outboxes: HashMap<StoreId, Outbox>,
     /// This node's own slice versions, for the presence digest.
     own: BTreeMap<StoreId, Version>,
     /// Signed slices held, own included, exactly as their owners signed them.
@@ -123,8 +127,6 @@ pub(crate) struct GossipState {
     jitter: Jitter,
     /// Keys for checking slices that arrive in sync responses.
     keys: KeyCache,
-    /// This device's id in text (base58) form, as slices carry it.
-    me_text: String,
 }
 
 /// A small generator for timer jitter, seeded from the device id and the clock.
@@ -362,11 +364,9 @@ impl Actor for GossipActor {
             (args.presence_timeout / 10).clamp(Duration::from_millis(20), args.presence_interval);
         let expirer = myself.send_interval(check, || GossipMsg::Expire);
         let timeout = args.presence_timeout;
-        let me_text = args.me.to_string();
         Ok(GossipState {
             args,
             stores: HashMap::new(),
-            outboxes: HashMap::new(),
             own: BTreeMap::new(),
             held: HashMap::new(),
             membership: Membership::new(timeout),
@@ -378,7 +378,6 @@ impl Actor for GossipActor {
             expirer: Some(expirer),
             jitter: rng,
             keys: KeyCache::default(),
-            me_text,
         })
     }
 
@@ -402,44 +401,21 @@ impl Actor for GossipActor {
                     let _ = reply.send(Err(Error::StoreAlreadyJoined(store)));
                 } else {
                     state.stores.insert(store.clone(), sink);
-                    state.outboxes.insert(store.clone(), outbox);
-                    state.cmd(SwarmCmd::Subscribe(store));
+                    state.cmd(SwarmCmd::Subscribe { store, outbox });
                     let _ = reply.send(Ok(()));
                 }
             }
-            GossipMsg::Flush(store) => {
-                let Some(p) = state.outboxes.get(&store).and_then(Outbox::take) else {
-                    return Ok(());
-                };
-                let version = p.version;
-                let raw: Arc<[u8]> = match encode_slice_as(
-                    &state.args.key,
-                    &store,
-                    &state.me_text,
-                    version,
-                    p.updated_at,
-                    &p.data,
-                ) {
-                    Ok(raw) => raw.into(),
-                    Err(e) => {
-                        tracing::error!(%store, error = %e, "cannot sign local slice; not published");
-                        return Ok(());
-                    }
-                };
+            GossipMsg::Published {
+                store,
+                version,
+                raw,
+            } => {
                 state.own.insert(store.clone(), version);
                 state
                     .held
-                    .entry(store.clone())
+                    .entry(store)
                     .or_default()
-                    .insert(state.args.me, raw.clone());
-                if !state.leaving {
-                    let flushed = state.outboxes.get(&store).map(|o| (version, o.clone()));
-                    state.cmd(SwarmCmd::Publish {
-                        store,
-                        raw,
-                        flushed,
-                    });
-                }
+                    .insert(state.args.me, raw);
             }
             GossipMsg::Unhold { store, device } => {
                 state.membership.unhold(&device, &store);

@@ -36,9 +36,9 @@ use crate::metrics::{inc, Counters};
 use crate::node::Config;
 use crate::store::Outbox;
 use crate::wire::{
-    decode_presence_msg, decode_slice, store_topic, KeyCache, Leave, PresenceMsg, SyncCodec,
-    SyncRequest, SyncResponse, Want, MAX_PRESENCE_BYTES, PRESENCE_TOPIC, PROTOCOL_VERSION,
-    STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
+    decode_presence_msg, decode_slice, encode_slice_as, store_topic, KeyCache, Leave, PresenceMsg,
+    SyncCodec, SyncRequest, SyncResponse, Want, MAX_PRESENCE_BYTES, PRESENCE_TOPIC,
+    PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
 };
 
 type Gossipsub =
@@ -209,7 +209,15 @@ type Pub = (Arc<[u8]>, Option<(Version, Outbox)>);
 
 /// Commands from the gossip actor.
 pub(crate) enum SwarmCmd {
-    Subscribe(StoreId),
+    /// Join a store's topic; `outbox` is where its store actor leaves local slices.
+    Subscribe {
+        store: StoreId,
+        outbox: Outbox,
+    },
+    /// The store's outbox holds a new local slice (sent by the store actor itself).
+    Flush(StoreId),
+    /// End the task (the node is stopping); the swarm is dropped with it.
+    Stop,
     Publish {
         store: StoreId,
         raw: Arc<[u8]>,
@@ -266,6 +274,14 @@ pub(crate) struct SwarmTask {
     pub keys: KeyCache,
     /// Fetches of single slices in flight, by request.
     pub fetches: HashMap<OutboundRequestId, PendingFetch>,
+    /// Signs this node's slices as they are published.
+    pub key: Keypair,
+    /// This device's id in text (base58) form, as slices carry it.
+    pub me_text: String,
+    /// Each joined store's outbox.
+    pub outboxes: HashMap<StoreId, Outbox>,
+    /// Set by `Leave`: local slices are no longer published.
+    pub leaving: bool,
 }
 
 impl SwarmTask {
@@ -289,10 +305,18 @@ impl SwarmTask {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event, &mut leave),
                 cmd = self.cmds.recv() => {
                     let Some(cmd) = cmd else { break };
+                    if matches!(cmd, SwarmCmd::Stop) {
+                        break;
+                    }
                     self.on_cmd(cmd, &mut pending, &mut leave);
                     // Drain what is already queued, then publish each store's newest slice
                     // once: last write wins, so older pending versions need not go out.
+                    let mut stop = false;
                     while let Ok(cmd) = self.cmds.try_recv() {
+                        if matches!(cmd, SwarmCmd::Stop) {
+                            stop = true;
+                            break;
+                        }
                         self.on_cmd(cmd, &mut pending, &mut leave);
                     }
                     for (store, (raw, flushed)) in pending.drain() {
@@ -300,6 +324,9 @@ impl SwarmTask {
                         if let Some((version, outbox)) = flushed {
                             outbox.mark_flushed(version);
                         }
+                    }
+                    if stop {
+                        break;
                     }
                 }
                 _ = redial.tick() => self.redial(),
@@ -378,7 +405,8 @@ impl SwarmTask {
         leave: &mut Option<PendingLeave>,
     ) {
         match cmd {
-            SwarmCmd::Subscribe(store) => {
+            SwarmCmd::Subscribe { store, outbox } => {
+                self.outboxes.insert(store.clone(), outbox);
                 let topic = IdentTopic::new(store_topic(&store));
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
@@ -400,6 +428,12 @@ impl SwarmTask {
                             store: store.clone(),
                         });
                     }
+                }
+            }
+            SwarmCmd::Stop => {}
+            SwarmCmd::Flush(store) => {
+                if let Some(signed) = self.sign_local(&store) {
+                    pending.insert(store, signed);
                 }
             }
             SwarmCmd::Publish {
@@ -430,6 +464,7 @@ impl SwarmTask {
                 incarnation,
                 done,
             } => {
+                self.leaving = true;
                 let topic = IdentTopic::new(PRESENCE_TOPIC);
                 if !payload.is_empty() {
                     let _ = self.swarm.behaviour_mut().gossipsub.publish(topic, payload);
@@ -456,6 +491,43 @@ impl SwarmTask {
                 }
             }
         }
+    }
+
+    /// Takes the store's newest local slice out of its outbox, encodes and signs it, and
+    /// tells the gossip actor (for digests and answers). `None` when there is nothing to
+    /// publish, or the node is leaving.
+    fn sign_local(&mut self, store: &StoreId) -> Option<Pub> {
+        if self.leaving {
+            return None;
+        }
+        let outbox = self.outboxes.get(store)?.clone();
+        let p = outbox.take()?;
+        let raw: Arc<[u8]> = match encode_slice_as(
+            &self.key,
+            store,
+            &self.me_text,
+            p.version,
+            p.updated_at,
+            &p.data,
+        ) {
+            Ok(raw) => raw.into(),
+            Err(e) => {
+                tracing::error!(%store, error = %e, "cannot sign local slice; not published");
+                return None;
+            }
+        };
+        if self
+            .actor
+            .cast(GossipMsg::Published {
+                store: store.clone(),
+                version: p.version,
+                raw: raw.clone(),
+            })
+            .is_err()
+        {
+            tracing::debug!("gossip actor gone; local slice not recorded");
+        }
+        Some((raw, Some((p.version, outbox))))
     }
 
     /// Asks `peer` for `want`. Wants for one device's slice are remembered, so that the

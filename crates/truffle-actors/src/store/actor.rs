@@ -8,6 +8,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::{RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
 use crate::error::Error;
+use crate::gossip::swarm::SwarmCmd;
 use crate::gossip::GossipMsg;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
@@ -105,6 +106,8 @@ pub(crate) struct StoreParams {
     pub max_slice_size: usize,
     pub event_buffer: usize,
     pub gossip: ActorRef<GossipMsg>,
+    /// The swarm task, which signs and publishes what the outbox holds.
+    pub cmds: tokio::sync::mpsc::UnboundedSender<SwarmCmd>,
     pub counters: Arc<Counters>,
     pub outbox: Outbox,
 }
@@ -116,6 +119,7 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
     incarnation: Incarnation,
     max_slice_size: usize,
     gossip: ActorRef<GossipMsg>,
+    cmds: tokio::sync::mpsc::UnboundedSender<SwarmCmd>,
     counters: Arc<Counters>,
     outbox: Outbox,
     events: broadcast::Sender<StoreEvent<S::Data>>,
@@ -156,6 +160,7 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         incarnation: p.incarnation,
         max_slice_size: p.max_slice_size,
         gossip: p.gossip,
+        cmds: p.cmds,
         counters: p.counters,
         outbox: p.outbox,
         events: events.clone(),
@@ -246,10 +251,7 @@ impl<S: SyncableStore> StoreState<S> {
             data,
         };
         if self.args.outbox.put(pending) {
-            let _ = self
-                .args
-                .gossip
-                .cast(GossipMsg::Flush(self.args.id.clone()));
+            let _ = self.args.cmds.send(SwarmCmd::Flush(self.args.id.clone()));
         }
         tracing::trace!(store = %self.args.id, version = %slice.version, "local write");
         self.emit(StoreEvent::LocalChanged {
