@@ -150,21 +150,24 @@ pub async fn send_until_rejected(
     }
 }
 
+/// The signed-message envelope's fields (wire chapter), for tests that take a captured
+/// message apart.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    pub v: u8,
+    pub kind: String,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
 /// The same signed message in an envelope with an extra `attempt` field (readers ignore
 /// unknown fields): a copy with a different gossipsub message id, so that a test can
 /// publish it again (gossipsub refuses to publish the same bytes twice within its
 /// duplicate-cache time, and receivers drop a repeat of the same bytes unseen).
 #[allow(dead_code)]
 pub fn varied(bytes: &[u8], attempt: u32) -> Vec<u8> {
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Envelope {
-        v: u8,
-        kind: String,
-        #[serde(with = "serde_bytes")]
-        body: Vec<u8>,
-        #[serde(with = "serde_bytes")]
-        sig: Vec<u8>,
-    }
     #[derive(serde::Serialize)]
     struct Varied {
         #[serde(flatten)]

@@ -347,6 +347,7 @@ impl MeshNodeBuilder {
             me_text: device.to_string(),
             outboxes: HashMap::new(),
             leaving: false,
+            stopping: false,
         };
         let swarm_task = tokio::spawn(tracing::Instrument::instrument(task.run(), span));
         match cfg.psk {

@@ -134,16 +134,17 @@ fn header(bytes: &[u8]) -> Result<Header, RejectReason> {
     Ok(h)
 }
 
-/// The signed part of a slice message.
+/// The signed part of a slice message, borrowed from the bytes it is read from or
+/// written with.
 #[derive(Serialize, Deserialize)]
-struct SliceBody {
-    store: String,
-    device: String,
+struct SliceBody<'a> {
+    store: &'a str,
+    device: &'a str,
     incarnation: u64,
     version: u64,
     updated_at: u64,
-    #[serde(with = "serde_bytes")]
-    data: Vec<u8>,
+    #[serde(borrow, with = "serde_bytes")]
+    data: &'a [u8],
 }
 
 /// Every gossiped message as it travels: a body signed by the device it names. Slices
@@ -228,21 +229,10 @@ pub(crate) fn encode_slice_as(
     updated_at: u64,
     data: &[u8],
 ) -> Result<Vec<u8>, String> {
-    /// [`SliceBody`], borrowed: the same map, field for field.
-    #[derive(Serialize)]
-    struct SliceBodyRef<'a> {
-        store: &'a str,
-        device: &'a str,
-        incarnation: u64,
-        version: u64,
-        updated_at: u64,
-        #[serde(with = "serde_bytes")]
-        data: &'a [u8],
-    }
     let mut body = Vec::with_capacity(data.len() + 160);
     rmp_serde::encode::write_named(
         &mut body,
-        &SliceBodyRef {
+        &SliceBody {
             store: store.as_str(),
             device,
             incarnation: version.incarnation,
@@ -310,7 +300,7 @@ pub(crate) fn decode_slice(
     if body.data.len() > max_data {
         return Err(RejectReason::Oversized);
     }
-    let store = StoreId::new(&body.store).map_err(|_| RejectReason::BadField)?;
+    let store = StoreId::new(body.store).map_err(|_| RejectReason::BadField)?;
     let device: DeviceId = body.device.parse().map_err(|_| RejectReason::BadField)?;
     verify(
         keys,
@@ -333,18 +323,13 @@ pub(crate) fn decode_slice(
 /// signature, no bounds): for routing decisions only, never for trust.
 pub(crate) fn peek_slice_owner(bytes: &[u8]) -> Option<(String, String)> {
     #[derive(Deserialize)]
-    struct Owner {
-        store: String,
-        device: String,
-    }
-    #[derive(Deserialize)]
     struct Outer<'a> {
         #[serde(borrow, with = "serde_bytes")]
         body: &'a [u8],
     }
     let outer: Outer<'_> = rmp_serde::from_slice(bytes).ok()?;
-    let o: Owner = rmp_serde::from_slice(outer.body).ok()?;
-    Some((o.store, o.device))
+    let b: SliceBody<'_> = rmp_serde::from_slice(outer.body).ok()?;
+    Some((b.store.to_owned(), b.device.to_owned()))
 }
 
 /// One store's own-slice version in a presence digest.
@@ -717,6 +702,33 @@ mod tests {
             Some(("todos".to_string(), d.to_string()))
         );
         assert_eq!(peek_slice_owner(b"junk"), None);
+    }
+
+    /// The sizes the book's wire chapter gives for its presence and leave examples.
+    #[test]
+    fn the_wire_chapter_examples_have_the_sizes_it_gives() {
+        let (k, _) = key();
+        let device = "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp".to_string();
+        let p = Presence {
+            device: device.clone(),
+            incarnation: 1_700_000_000_000,
+            seq: 7,
+            addrs: vec![],
+            partial: false,
+            digest: vec![DigestEntry {
+                store: "todos".into(),
+                incarnation: 1_700_000_000_000,
+                version: 3,
+            }],
+        };
+        assert_eq!(rmp_serde::to_vec_named(&p).unwrap().len(), 155);
+        assert_eq!(encode_presence(&k, &p).unwrap().len(), 250);
+        let l = Leave {
+            device,
+            incarnation: 1_700_000_000_000,
+        };
+        assert_eq!(rmp_serde::to_vec_named(&l).unwrap().len(), 83);
+        assert_eq!(encode_leave(&k, &l).unwrap().len(), 175);
     }
 
     #[test]

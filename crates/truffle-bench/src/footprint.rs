@@ -1,6 +1,7 @@
 //! Memory footprint: an idle node in a process of its own, and the memory a receiver
-//! spends per remote slice it holds. Both run as hidden subcommands of this binary in a
-//! child process, so nothing the other scenarios allocated is counted.
+//! spends per remote slice it holds. Both run in a child process, so nothing the other
+//! scenarios allocated is counted: the idle node in `truffle-idle-node` when it was built
+//! (else as a hidden subcommand of this binary), the held slices as a hidden subcommand.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -13,7 +14,7 @@ use truffle_actors::{DeviceId, StoreId, Syncable, Version};
 
 use crate::mesh::{builder, filler, Payload};
 use crate::report::{num, Report, Table};
-use crate::sys::{proc_status_kb, rss_kb};
+use crate::sys::rss_kb;
 use crate::Cfg;
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -23,43 +24,10 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Hidden subcommand `idle-node`: starts one node (loopback, no mDNS), joins one store,
-/// idles ~2 s and prints `key=value` lines with its memory figures.
+/// Hidden subcommand `idle-node`: the idle node of `idle.rs` inside this binary, for when
+/// `truffle-idle-node` was not built.
 pub fn idle_node_main() -> i32 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return 1;
-        }
-    };
-    let before = rss_kb().unwrap_or(0);
-    let r = rt.block_on(async {
-        let node = builder(0).start().await.map_err(|e| e.to_string())?;
-        let _store = node.store::<Payload>().await.map_err(|e| e.to_string())?;
-        let cpu = crate::sys::cpu_share_over(Duration::from_secs(2)).await;
-        println!("rss_before_node_kb={before}");
-        println!(
-            "idle_cpu_permille={}",
-            cpu.map_or(0, |c| (c * 1000.0).round() as u64)
-        );
-        println!("vmrss_kb={}", rss_kb().unwrap_or(0));
-        println!("rss_anon_kb={}", proc_status_kb("RssAnon").unwrap_or(0));
-        println!("rss_file_kb={}", proc_status_kb("RssFile").unwrap_or(0));
-        println!("vmhwm_kb={}", proc_status_kb("VmHWM").unwrap_or(0));
-        println!("threads={}", proc_status_kb("Threads").unwrap_or(0));
-        Ok::<_, String>(node)
-    });
-    match r {
-        Ok(node) => {
-            drop(node);
-            0
-        }
-        Err(e) => {
-            eprintln!("idle node failed: {e}");
-            1
-        }
-    }
+    crate::idle::run()
 }
 
 /// Hidden subcommand `held-slices N SIZE`: one node (presence timeout 1 h, so the forged

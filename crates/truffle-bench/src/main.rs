@@ -8,6 +8,7 @@
 mod baseline_chitchat;
 mod baseline_gossipsub;
 mod footprint;
+mod idle;
 mod mesh;
 mod report;
 mod rng;

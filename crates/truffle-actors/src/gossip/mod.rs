@@ -499,10 +499,9 @@ impl Actor for GossipActor {
             }
             #[cfg(feature = "test-hooks")]
             GossipMsg::RawPublish { store, bytes } => {
-                state.cmd(SwarmCmd::Publish {
+                state.cmd(SwarmCmd::RawPublish {
                     store,
                     raw: Arc::from(bytes),
-                    flushed: None,
                 });
             }
             GossipMsg::Leave { done } => {

@@ -204,7 +204,9 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
     Ok(swarm)
 }
 
-/// A slice waiting in the swarm task to be published (newest per store wins).
+/// A slice waiting in the swarm task to be published (newest per store wins), with the
+/// local version and its store's outbox, to report it flushed once published (none for
+/// raw test publishes).
 type Pub = (Arc<[u8]>, Option<(Version, Outbox)>);
 
 /// Commands from the gossip actor.
@@ -218,11 +220,11 @@ pub(crate) enum SwarmCmd {
     Flush(StoreId),
     /// End the task (the node is stopping); the swarm is dropped with it.
     Stop,
-    Publish {
+    /// Test hook: publish these bytes on the store's topic as they are.
+    #[cfg(feature = "test-hooks")]
+    RawPublish {
         store: StoreId,
         raw: Arc<[u8]>,
-        /// The local version and its store's outbox, to report it flushed once published.
-        flushed: Option<(Version, Outbox)>,
     },
     PublishPresence(Vec<u8>),
     Fetch {
@@ -282,6 +284,8 @@ pub(crate) struct SwarmTask {
     pub outboxes: HashMap<StoreId, Outbox>,
     /// Set by `Leave`: local slices are no longer published.
     pub leaving: bool,
+    /// Set by `Stop`: the task ends once the commands queued with it are handled.
+    pub stopping: bool,
 }
 
 impl SwarmTask {
@@ -305,18 +309,10 @@ impl SwarmTask {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event, &mut leave),
                 cmd = self.cmds.recv() => {
                     let Some(cmd) = cmd else { break };
-                    if matches!(cmd, SwarmCmd::Stop) {
-                        break;
-                    }
                     self.on_cmd(cmd, &mut pending, &mut leave);
                     // Drain what is already queued, then publish each store's newest slice
                     // once: last write wins, so older pending versions need not go out.
-                    let mut stop = false;
                     while let Ok(cmd) = self.cmds.try_recv() {
-                        if matches!(cmd, SwarmCmd::Stop) {
-                            stop = true;
-                            break;
-                        }
                         self.on_cmd(cmd, &mut pending, &mut leave);
                     }
                     for (store, (raw, flushed)) in pending.drain() {
@@ -325,7 +321,7 @@ impl SwarmTask {
                             outbox.mark_flushed(version);
                         }
                     }
-                    if stop {
+                    if self.stopping {
                         break;
                     }
                 }
@@ -430,18 +426,15 @@ impl SwarmTask {
                     }
                 }
             }
-            SwarmCmd::Stop => {}
+            SwarmCmd::Stop => self.stopping = true,
             SwarmCmd::Flush(store) => {
                 if let Some(signed) = self.sign_local(&store) {
                     pending.insert(store, signed);
                 }
             }
-            SwarmCmd::Publish {
-                store,
-                raw,
-                flushed,
-            } => {
-                pending.insert(store, (raw, flushed));
+            #[cfg(feature = "test-hooks")]
+            SwarmCmd::RawPublish { store, raw } => {
+                pending.insert(store, (raw, None));
             }
             SwarmCmd::PublishPresence(bytes) => {
                 let topic = IdentTopic::new(PRESENCE_TOPIC);
