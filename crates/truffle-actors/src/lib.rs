@@ -49,6 +49,7 @@
 //! The book (`book/` in the repository) covers the wire protocol, the architecture and
 //! running a mesh.
 
+mod config;
 mod error;
 mod faults;
 mod gossip;

@@ -16,6 +16,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::mpsc;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
 use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
@@ -26,40 +27,6 @@ use crate::slice::now_millis;
 use crate::store::{
     sink_for, spawn_store, Outbox, SliceStore, Store, StoreParams, Syncable, SyncableStore,
 };
-
-/// Timings and limits of a node. Set through [`MeshNodeBuilder`].
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub presence_interval: Duration,
-    pub presence_timeout: Duration,
-    pub max_slice_size: usize,
-    pub max_response_bytes: usize,
-    pub gossip_heartbeat: Duration,
-    pub event_buffer: usize,
-    pub leave_timeout: Duration,
-    pub listen_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub mdns: bool,
-    pub psk: Option<PreSharedKey>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            presence_interval: Duration::from_millis(500),
-            presence_timeout: Duration::from_millis(2500),
-            max_slice_size: 1024 * 1024,
-            max_response_bytes: 64 * 1024 * 1024,
-            gossip_heartbeat: Duration::from_millis(500),
-            event_buffer: 1024,
-            leave_timeout: Duration::from_secs(2),
-            listen_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
-            mdns: true,
-            psk: None,
-        }
-    }
-}
 
 enum KeySource {
     Generate,

@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::faults::{blocked, drop_inbound, FaultHandle};
 use crate::ids::{StoreId, Version};
 use crate::metrics::{inc, Counters};
-use crate::node::Config;
+use crate::config::Config;
 use crate::store::Outbox;
 use crate::wire::{
     decode_presence_msg, decode_slice, encode_slice_as, store_topic, KeyCache, Leave, PresenceMsg,

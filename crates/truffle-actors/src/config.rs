@@ -1,0 +1,41 @@
+//! Timings and limits of a node, shared by the node builder, the protocol core and the
+//! runtime (so none of them imports another for its settings).
+
+use std::time::Duration;
+
+use libp2p::pnet::PreSharedKey;
+
+/// Timings and limits of a node. Set through [`crate::MeshNodeBuilder`].
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub presence_interval: Duration,
+    pub presence_timeout: Duration,
+    pub max_slice_size: usize,
+    pub max_response_bytes: usize,
+    pub gossip_heartbeat: Duration,
+    pub event_buffer: usize,
+    pub leave_timeout: Duration,
+    pub listen_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub mdns: bool,
+    pub psk: Option<PreSharedKey>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            presence_interval: Duration::from_millis(500),
+            presence_timeout: Duration::from_millis(2500),
+            max_slice_size: 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+            gossip_heartbeat: Duration::from_millis(500),
+            event_buffer: 1024,
+            leave_timeout: Duration::from_secs(2),
+            listen_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            mdns: true,
+            psk: None,
+        }
+    }
+}
+
