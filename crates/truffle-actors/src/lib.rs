@@ -56,6 +56,7 @@ mod gossip;
 mod ids;
 mod metrics;
 mod node;
+pub mod proto;
 mod slice;
 mod store;
 pub mod wire;

@@ -23,9 +23,11 @@ use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::metrics::{Counters, Metrics};
+use crate::proto::{Engine, Input, ProtoConfig};
 use crate::slice::now_millis;
 use crate::store::{
-    sink_for, spawn_store, Outbox, SliceStore, Store, StoreParams, Syncable, SyncableStore,
+    sink_for, spawn_store, Outbox, SliceStore, Store, StoreParams, StorePort, Syncable,
+    SyncableStore,
 };
 
 enum KeySource {
@@ -275,20 +277,33 @@ impl MeshNodeBuilder {
         // Every log line of this node's gossip actor and swarm task carries its name, so
         // several nodes in one process (tests, benchmarks) can be told apart.
         let span = tracing::info_span!("node", name = %name);
+        let mut engine = Engine::new(
+            device,
+            incarnation,
+            proto_config(&cfg),
+            seed_for(&device),
+            self.bootstrap,
+        );
+        let mut ignored = Vec::new();
+        let addrs = listen_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        engine.handle(
+            Input::ListenAddrs(addrs),
+            std::time::Instant::now(),
+            &mut ignored,
+        );
         let (gossip, _) = Actor::spawn(
             None,
             GossipActor,
             GossipArgs {
-                me: device,
+                engine,
                 key: key.clone(),
-                incarnation,
-                presence_interval: cfg.presence_interval,
-                presence_timeout: cfg.presence_timeout,
-                max_slice: cfg.max_slice_size,
-                max_response: cfg.max_response_bytes,
                 counters: counters.clone(),
                 cmds: cmd_tx.clone(),
-                listen_addrs: listen_addrs.clone(),
                 span: span.clone(),
             },
         )
@@ -299,17 +314,15 @@ impl MeshNodeBuilder {
             cmds: cmd_rx,
             actor: gossip.clone(),
             counters: counters.clone(),
-            bootstrap: self.bootstrap,
             listen_addrs: listen_addrs.clone(),
             max_slice: cfg.max_slice_size,
-            leave_timeout: cfg.leave_timeout,
             faults: faults.clone(),
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
             last_handshake_warning: None,
-            unpublished: HashMap::new(),
-            reconnect: Default::default(),
             keys: Default::default(),
-            fetches: HashMap::new(),
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            next_token: 0,
             key: key.clone(),
             me_text: device.to_string(),
             outboxes: HashMap::new(),
@@ -337,6 +350,24 @@ impl MeshNodeBuilder {
             faults,
         })
     }
+}
+
+/// The protocol core's share of the node's settings.
+fn proto_config(cfg: &Config) -> ProtoConfig {
+    let mut p = ProtoConfig::default().with_presence(cfg.presence_interval, cfg.presence_timeout);
+    p.max_response_bytes = cfg.max_response_bytes;
+    p.leave_timeout = cfg.leave_timeout;
+    p
+}
+
+/// A seed for the engine's random choices (timer jitter): different for every node and
+/// run, so that nodes started together do not tick together.
+fn seed_for(device: &DeviceId) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    device.hash(&mut h);
+    std::time::Instant::now().hash(&mut h);
+    h.finish()
 }
 
 /// Reads the identity from `path`, or creates it. The incarnation is kept beside it
@@ -505,16 +536,32 @@ impl MeshNode {
             return Err(Error::StoreAlreadyJoined(id));
         }
         let outbox = Outbox::default();
+        // The store's port: a wake-up for the swarm task, which signs and publishes what
+        // the outbox holds, and a word to the engine when a slice does not decode.
+        let port = {
+            let (cmds, gossip) = (self.cmds.clone(), self.gossip.clone());
+            let (wake_id, bad_id) = (id.clone(), id.clone());
+            StorePort::new(
+                outbox.clone(),
+                move || {
+                    let _ = cmds.send(SwarmCmd::Flush(wake_id.clone()));
+                },
+                move |device| {
+                    let _ = gossip.cast(GossipMsg::Input(Input::Undecodable {
+                        store: bad_id.clone(),
+                        device,
+                    }));
+                },
+            )
+        };
         let spawned = spawn_store(
             store,
             StoreParams {
-                outbox: outbox.clone(),
+                port,
                 device: self.device,
                 incarnation: self.incarnation,
                 max_slice_size: self.cfg.max_slice_size,
                 event_buffer: self.cfg.event_buffer,
-                gossip: self.gossip.clone(),
-                cmds: self.cmds.clone(),
                 counters: self.counters.clone(),
             },
         )
@@ -604,16 +651,10 @@ impl MeshNode {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn test_inject_response(&self, from: DeviceId, slices: Vec<Vec<u8>>) {
-        let response = crate::wire::SyncResponse {
-            v: crate::wire::PROTOCOL_VERSION,
-            slices: slices.into_iter().map(serde_bytes::ByteBuf::from).collect(),
-        };
-        let _ = self
-            .gossip
-            .cast(GossipMsg::Net(crate::gossip::NetEvent::Response {
-                peer: from.peer_id(),
-                response,
-            }));
+        let _ = self.cmds.send(SwarmCmd::InjectResponse {
+            peer: from.peer_id(),
+            slices,
+        });
     }
 
     /// Leaves the mesh gracefully: tells peers (signed leave, acknowledged directly by

@@ -1,11 +1,12 @@
 //! The task that owns and continuously polls the libp2p `Swarm`.
 //!
-//! It does transport work only: subscribe, publish (coalesced per store), first-line
-//! validation of gossip messages, direct requests. Protocol decisions are the gossip
-//! actor's; the two talk through an unbounded command channel (local, bounded by the actor's
-//! own behaviour) and actor messages.
+//! It does transport work only: subscribe, sign and publish local slices (coalesced per
+//! store), decode and verify what arrives (gossip and sync answers), send requests and
+//! answers, dial. Every protocol decision is the engine's ([`crate::proto`]), which the
+//! gossip actor runs; the two talk through an unbounded command channel (local, bounded by
+//! the engine's own behaviour) and actor messages carrying engine inputs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,19 +27,20 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use ractor::ActorRef;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::{GossipMsg, NetEvent};
+use super::{goodbye, GossipMsg};
+use crate::config::Config;
 use crate::error::Error;
 use crate::faults::{blocked, drop_inbound, FaultHandle};
-use crate::ids::{StoreId, Version};
+use crate::ids::{DeviceId, StoreId, Version};
 use crate::metrics::{inc, Counters};
-use crate::config::Config;
+use crate::proto::{Heartbeat, Input, RequestId, Token, Want};
 use crate::store::Outbox;
 use crate::wire::{
-    decode_presence_msg, decode_slice, encode_slice_as, store_topic, KeyCache, Leave, PresenceMsg,
-    SyncCodec, SyncRequest, SyncResponse, Want, MAX_PRESENCE_BYTES, PRESENCE_TOPIC,
-    PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
+    decode_presence_msg, decode_slice, encode_slice_as, store_topic, KeyCache, PresenceMsg,
+    SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES, PRESENCE_TOPIC, PROTOCOL_VERSION,
+    STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
 };
 
 type Gossipsub =
@@ -49,10 +51,6 @@ type Gossipsub =
 const MAX_REMOTE_TOPICS: usize = 10_000;
 /// Extra room in the transmit limit for the envelope around a maximal slice.
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
-/// How often bootstrap peers are re-dialled while not connected.
-const REDIAL_EVERY: Duration = Duration::from_secs(1);
-/// Most peers asked, one after the other, for a slice that the first one asked lacked.
-const FETCH_TRIES: usize = 4;
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -204,12 +202,12 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
     Ok(swarm)
 }
 
-/// A slice waiting in the swarm task to be published (newest per store wins), with the
-/// local version and its store's outbox, to report it flushed once published (none for
-/// raw test publishes).
-type Pub = (Arc<[u8]>, Option<(Version, Outbox)>);
+/// A slice waiting in the swarm task to be published (newest per store wins): its bytes,
+/// and for own slices its version and the store's outbox, to report it flushed once
+/// published (none for raw test publishes).
+type Pub = (Arc<[u8]>, Option<(Version, Option<Outbox>)>);
 
-/// Commands from the gossip actor.
+/// Commands from the gossip actor (the engine's outputs) and from store actors.
 pub(crate) enum SwarmCmd {
     /// Join a store's topic; `outbox` is where its store actor leaves local slices.
     Subscribe {
@@ -226,32 +224,38 @@ pub(crate) enum SwarmCmd {
         store: StoreId,
         raw: Arc<[u8]>,
     },
-    PublishPresence(Vec<u8>),
-    Fetch {
+    /// Test hook: handle these slices as if `peer` had sent them in a sync answer.
+    #[cfg(feature = "test-hooks")]
+    InjectResponse {
         peer: PeerId,
+        slices: Vec<Vec<u8>>,
+    },
+    PublishPresence(Vec<u8>),
+    /// Publish this signed leave (if not empty) and no more local slices.
+    Goodbye(Vec<u8>),
+    /// Publish an own slice again (it reached nobody before).
+    Republish {
+        store: StoreId,
+        version: Version,
+        raw: Arc<[u8]>,
+    },
+    Fetch {
+        peer: DeviceId,
+        id: RequestId,
         want: Vec<Want>,
     },
-    Respond {
-        channel: ResponseChannel<SyncResponse>,
-        response: SyncResponse,
-    },
-    Leave {
-        payload: Vec<u8>,
+    SendGoodbye {
+        peer: DeviceId,
+        id: RequestId,
         incarnation: u64,
-        done: oneshot::Sender<()>,
     },
-}
-
-/// A fetch in flight: what it asked for, and whom we asked so far.
-pub(crate) struct PendingFetch {
-    want: Vec<Want>,
-    tried: Vec<PeerId>,
-}
-
-struct PendingLeave {
-    waiting: HashSet<OutboundRequestId>,
-    done: oneshot::Sender<()>,
-    deadline: tokio::time::Instant,
+    Respond {
+        token: Token,
+        slices: Vec<Arc<[u8]>>,
+    },
+    Dial(DeviceId),
+    DialAddr(Multiaddr),
+    Disconnect(DeviceId),
 }
 
 pub(crate) struct SwarmTask {
@@ -259,30 +263,27 @@ pub(crate) struct SwarmTask {
     pub cmds: mpsc::UnboundedReceiver<SwarmCmd>,
     pub actor: ActorRef<GossipMsg>,
     pub counters: Arc<Counters>,
-    pub bootstrap: Vec<Multiaddr>,
     pub listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     /// Largest slice data accepted.
     pub max_slice: usize,
-    pub leave_timeout: Duration,
     pub faults: FaultHandle,
     /// Fingerprint of the pre-shared key, when the mesh is private.
     pub psk_fingerprint: Option<String>,
     pub last_handshake_warning: Option<std::time::Instant>,
-    /// Own slices whose last publish found no subscribed peer.
-    pub unpublished: HashMap<StoreId, Arc<[u8]>>,
-    /// Peers disconnected on purpose, to dial again at the next redial tick.
-    pub reconnect: HashSet<PeerId>,
     /// Keys of the devices whose signatures this task checks.
     pub keys: KeyCache,
-    /// Fetches of single slices in flight, by request.
-    pub fetches: HashMap<OutboundRequestId, PendingFetch>,
+    /// Our requests in flight, by libp2p id, with the engine's id.
+    pub outbound: HashMap<OutboundRequestId, RequestId>,
+    /// Inbound requests waiting for the engine's answer.
+    pub inbound: HashMap<Token, ResponseChannel<SyncResponse>>,
+    pub next_token: Token,
     /// Signs this node's slices as they are published.
     pub key: Keypair,
     /// This device's id in text (base58) form, as slices carry it.
     pub me_text: String,
     /// Each joined store's outbox.
     pub outboxes: HashMap<StoreId, Outbox>,
-    /// Set by `Leave`: local slices are no longer published.
+    /// Set by `Goodbye`: local slices are no longer published.
     pub leaving: bool,
     /// Set by `Stop`: the task ends once the commands queued with it are handled.
     pub stopping: bool,
@@ -300,36 +301,28 @@ impl SwarmTask {
             tracing::error!(error = %e, "cannot subscribe to the presence topic");
         }
         let mut pending: HashMap<StoreId, Pub> = HashMap::new();
-        let mut leave: Option<PendingLeave> = None;
-        let mut redial = tokio::time::interval(REDIAL_EVERY);
-        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let leave_deadline = leave.as_ref().map(|l| l.deadline);
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event, &mut leave),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 cmd = self.cmds.recv() => {
                     let Some(cmd) = cmd else { break };
-                    self.on_cmd(cmd, &mut pending, &mut leave);
+                    self.on_cmd(cmd, &mut pending);
                     // Drain what is already queued, then publish each store's newest slice
                     // once: last write wins, so older pending versions need not go out.
                     while let Ok(cmd) = self.cmds.try_recv() {
-                        self.on_cmd(cmd, &mut pending, &mut leave);
+                        self.on_cmd(cmd, &mut pending);
                     }
-                    for (store, (raw, flushed)) in pending.drain() {
-                        self.publish(&store, &raw);
-                        if let Some((version, outbox)) = flushed {
-                            outbox.mark_flushed(version);
+                    for (store, (raw, own)) in pending.drain() {
+                        let reached = self.publish(&store, &raw);
+                        if let Some((version, outbox)) = own {
+                            if let Some(outbox) = outbox {
+                                outbox.mark_flushed(version);
+                            }
+                            self.forward(Input::Published { store, version, raw, reached_nobody: !reached });
                         }
                     }
                     if self.stopping {
                         break;
-                    }
-                }
-                _ = redial.tick() => self.redial(),
-                _ = async { tokio::time::sleep_until(leave_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if leave_deadline.is_some() => {
-                    if let Some(l) = leave.take() {
-                        tracing::warn!(unanswered = l.waiting.len(), "leave not acknowledged by every peer before the deadline");
-                        let _ = l.done.send(());
                     }
                 }
             }
@@ -337,42 +330,8 @@ impl SwarmTask {
         tracing::debug!("swarm task stopped");
     }
 
-    /// Re-dials bootstrap peers we are not connected to (after a restart, a partition, a
-    /// network change). Addresses with `/p2p/<id>` are re-dialled whenever that peer is not
-    /// connected and not being dialled; bare addresses only while we have no connection.
-    fn redial(&mut self) {
-        for peer in std::mem::take(&mut self.reconnect) {
-            if !self.swarm.is_connected(&peer) {
-                let _ = self.swarm.dial(
-                    DialOpts::peer_id(peer)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build(),
-                );
-            }
-        }
-        let none_connected = self.swarm.connected_peers().next().is_none();
-        for addr in self.bootstrap.clone() {
-            let peer = addr.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
-            let result = match peer {
-                Some(peer) if !self.swarm.is_connected(&peer) => self.swarm.dial(
-                    DialOpts::peer_id(peer)
-                        .addresses(vec![addr.clone()])
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build(),
-                ),
-                None if none_connected => self.swarm.dial(addr.clone()),
-                _ => Ok(()),
-            };
-            if let Err(e) = result {
-                tracing::trace!(%addr, error = %e, "redial not started");
-            }
-        }
-    }
-
-    fn publish(&mut self, store: &StoreId, raw: &Arc<[u8]>) {
+    /// Publishes on the store's topic; false when no peer has joined it yet.
+    fn publish(&mut self, store: &StoreId, raw: &Arc<[u8]>) -> bool {
         let topic = IdentTopic::new(store_topic(store));
         match self
             .swarm
@@ -382,24 +341,20 @@ impl SwarmTask {
         {
             Ok(_) => {
                 inc(&self.counters.published);
-                self.unpublished.remove(store);
+                true
             }
-            // Nobody has joined yet: publish again as soon as someone does, so the slice
-            // spreads through the mesh, not only to the neighbours that fetch it.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                 tracing::trace!(%store, "no peers subscribed yet");
-                self.unpublished.insert(store.clone(), raw.clone());
+                false
             }
-            Err(e) => tracing::warn!(%store, error = %e, "publish failed; anti-entropy will retry"),
+            Err(e) => {
+                tracing::warn!(%store, error = %e, "publish failed; anti-entropy will retry");
+                true
+            }
         }
     }
 
-    fn on_cmd(
-        &mut self,
-        cmd: SwarmCmd,
-        pending: &mut HashMap<StoreId, Pub>,
-        leave: &mut Option<PendingLeave>,
-    ) {
+    fn on_cmd(&mut self, cmd: SwarmCmd, pending: &mut HashMap<StoreId, Pub>) {
         match cmd {
             SwarmCmd::Subscribe { store, outbox } => {
                 self.outboxes.insert(store.clone(), outbox);
@@ -408,22 +363,6 @@ impl SwarmTask {
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
                 if let Err(e) = gs.subscribe(&topic) {
                     tracing::error!(%store, error = %e, "cannot subscribe to store topic");
-                }
-                // Peers that joined this store before we did announced it already: their
-                // `Subscribed` events are behind us, so exchange slices with them now.
-                let hash = topic.hash();
-                let already: Vec<PeerId> = gs
-                    .all_peers()
-                    .filter(|(_, topics)| topics.contains(&&hash))
-                    .map(|(p, _)| *p)
-                    .collect();
-                for peer in already {
-                    if !drop_inbound(&self.faults, &[peer]) {
-                        self.forward(NetEvent::Subscribed {
-                            peer,
-                            store: store.clone(),
-                        });
-                    }
                 }
             }
             SwarmCmd::Stop => self.stopping = true,
@@ -436,6 +375,11 @@ impl SwarmTask {
             SwarmCmd::RawPublish { store, raw } => {
                 pending.insert(store, (raw, None));
             }
+            #[cfg(feature = "test-hooks")]
+            SwarmCmd::InjectResponse { peer, slices } => {
+                let slices = slices.into_iter().map(serde_bytes::ByteBuf::from).collect();
+                self.on_response(peer, 0, slices);
+            }
             SwarmCmd::PublishPresence(bytes) => {
                 let topic = IdentTopic::new(PRESENCE_TOPIC);
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -444,51 +388,110 @@ impl SwarmTask {
                     }
                 }
             }
-            SwarmCmd::Fetch { peer, want } => self.fetch(peer, want, Vec::new()),
-            SwarmCmd::Respond { channel, response } => {
-                let _ = self
+            SwarmCmd::Goodbye(payload) => {
+                self.leaving = true;
+                if !payload.is_empty() {
+                    let topic = IdentTopic::new(PRESENCE_TOPIC);
+                    let _ = self.swarm.behaviour_mut().gossipsub.publish(topic, payload);
+                }
+            }
+            SwarmCmd::Republish {
+                store,
+                version,
+                raw,
+            } => {
+                if !self.leaving {
+                    pending.entry(store).or_insert((raw, Some((version, None))));
+                }
+            }
+            SwarmCmd::Fetch { peer, id, want } => {
+                let req = SyncRequest {
+                    v: PROTOCOL_VERSION,
+                    kind: "fetch".into(),
+                    want: want
+                        .into_iter()
+                        .map(|w| crate::wire::Want {
+                            store: w.store.to_string(),
+                            device: w.device.map(|d| d.to_string()),
+                        })
+                        .collect(),
+                    incarnation: 0,
+                };
+                let rid = self
                     .swarm
                     .behaviour_mut()
                     .sync
-                    .send_response(channel, response);
+                    .send_request(&peer.peer_id(), req);
+                self.outbound.insert(rid, id);
             }
-            SwarmCmd::Leave {
-                payload,
+            SwarmCmd::SendGoodbye {
+                peer,
+                id,
                 incarnation,
-                done,
             } => {
-                self.leaving = true;
-                let topic = IdentTopic::new(PRESENCE_TOPIC);
-                if !payload.is_empty() {
-                    let _ = self.swarm.behaviour_mut().gossipsub.publish(topic, payload);
-                }
-                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-                let mut waiting = HashSet::new();
-                for peer in peers {
-                    let req = SyncRequest {
+                let req = SyncRequest {
+                    v: PROTOCOL_VERSION,
+                    kind: "leave".into(),
+                    want: Vec::new(),
+                    incarnation,
+                };
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer.peer_id(), req);
+                self.outbound.insert(rid, id);
+            }
+            SwarmCmd::Respond { token, slices } => {
+                if let Some(channel) = self.inbound.remove(&token) {
+                    let response = SyncResponse {
                         v: PROTOCOL_VERSION,
-                        kind: "leave".into(),
-                        want: Vec::new(),
-                        incarnation,
+                        slices: slices
+                            .iter()
+                            .map(|raw| serde_bytes::ByteBuf::from(raw.to_vec()))
+                            .collect(),
                     };
-                    waiting.insert(self.swarm.behaviour_mut().sync.send_request(&peer, req));
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, response);
                 }
-                if waiting.is_empty() {
-                    let _ = done.send(());
-                } else {
-                    *leave = Some(PendingLeave {
-                        waiting,
-                        done,
-                        deadline: tokio::time::Instant::now() + self.leave_timeout,
-                    });
+            }
+            SwarmCmd::Dial(peer) => {
+                let _ = self.swarm.dial(
+                    DialOpts::peer_id(peer.peer_id())
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                );
+            }
+            SwarmCmd::DialAddr(addr) => {
+                let peer = addr.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                });
+                let result = match peer {
+                    Some(peer) => self.swarm.dial(
+                        DialOpts::peer_id(peer)
+                            .addresses(vec![addr.clone()])
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build(),
+                    ),
+                    None => self.swarm.dial(addr.clone()),
+                };
+                if let Err(e) = result {
+                    tracing::trace!(%addr, error = %e, "redial not started");
                 }
+            }
+            SwarmCmd::Disconnect(peer) => {
+                tracing::debug!(%peer, "disconnecting to reconnect afresh");
+                let _ = self.swarm.disconnect_peer_id(peer.peer_id());
             }
         }
     }
 
-    /// Takes the store's newest local slice out of its outbox, encodes and signs it, and
-    /// tells the gossip actor (for digests and answers). `None` when there is nothing to
-    /// publish, or the node is leaving.
+    /// Takes the store's newest local slice out of its outbox and encodes and signs it.
+    /// `None` when there is nothing to publish, or the node is leaving.
     fn sign_local(&mut self, store: &StoreId) -> Option<Pub> {
         if self.leaving {
             return None;
@@ -509,124 +512,19 @@ impl SwarmTask {
                 return None;
             }
         };
-        if self
-            .actor
-            .cast(GossipMsg::Published {
-                store: store.clone(),
-                version: p.version,
-                raw: raw.clone(),
-            })
-            .is_err()
-        {
-            tracing::debug!("gossip actor gone; local slice not recorded");
-        }
-        Some((raw, Some((p.version, outbox))))
+        Some((raw, Some((p.version, Some(outbox)))))
     }
 
-    /// Asks `peer` for `want`. Wants for one device's slice are remembered, so that the
-    /// ones `peer` cannot answer are asked of another neighbour at once (see
-    /// [`Self::fetch_elsewhere`]) rather than at the next presence round.
-    fn fetch(&mut self, peer: PeerId, want: Vec<Want>, mut tried: Vec<PeerId>) {
-        let single: Vec<Want> = want
-            .iter()
-            .filter(|w| w.device.is_some())
-            .cloned()
-            .collect();
-        let req = SyncRequest {
-            v: PROTOCOL_VERSION,
-            kind: "fetch".into(),
-            want,
-            incarnation: 0,
-        };
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
-        if !single.is_empty() {
-            tried.push(peer);
-            self.fetches.insert(
-                id,
-                PendingFetch {
-                    want: single,
-                    tried,
-                },
-            );
-        }
-    }
-
-    /// The peer asked in `fetch` could not give some of what we wanted (it lacks them, or
-    /// the request failed): ask another connected peer that joined the store, up to
-    /// [`FETCH_TRIES`] peers in all. A relaying peer need not hold the slice whose
-    /// presence it relayed; a neighbour that does is usually one request away.
-    fn fetch_elsewhere(&mut self, fetch: PendingFetch, answered: &[(String, String)]) {
-        let missing: Vec<Want> = fetch
-            .want
-            .into_iter()
-            .filter(|w| {
-                !answered
-                    .iter()
-                    .any(|(s, d)| *s == w.store && Some(d) == w.device.as_ref())
-            })
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        if fetch.tried.len() >= FETCH_TRIES {
-            self.forward(NetEvent::FetchMissed { want: missing });
-            return;
-        }
-        // Per store: the next peer must have joined that store.
-        let mut by_store: HashMap<String, Vec<Want>> = HashMap::new();
-        for w in missing {
-            by_store.entry(w.store.clone()).or_default().push(w);
-        }
-        for (store, want) in by_store {
-            let topic = IdentTopic::new(format!("{STORE_TOPIC_PREFIX}{store}")).hash();
-            let next = self
-                .swarm
-                .behaviour()
-                .gossipsub
-                .all_peers()
-                .filter(|(p, topics)| topics.contains(&&topic) && !fetch.tried.contains(p))
-                .map(|(p, _)| *p)
-                .next();
-            match next {
-                Some(peer) => {
-                    tracing::debug!(%peer, %store, wants = want.len(), "asking another neighbour for slices");
-                    self.fetch(peer, want, fetch.tried.clone());
-                }
-                // Nobody near has it yet: the gossip actor asks again at the next presence.
-                None => self.forward(NetEvent::FetchMissed { want }),
-            }
-        }
-    }
-
-    fn leave_answered(&mut self, id: &OutboundRequestId, leave: &mut Option<PendingLeave>) -> bool {
-        let Some(l) = leave.as_mut() else {
-            return false;
-        };
-        if !l.waiting.remove(id) {
-            return false;
-        }
-        if l.waiting.is_empty() {
-            if let Some(l) = leave.take() {
-                let _ = l.done.send(());
-            }
-        }
-        true
-    }
-
-    fn forward(&self, ev: NetEvent) {
-        if self.actor.cast(GossipMsg::Net(ev)).is_err() {
+    fn forward(&self, input: Input) {
+        if self.actor.cast(GossipMsg::Input(input)).is_err() {
             tracing::debug!("gossip actor gone; dropping network event");
         }
     }
 
-    fn on_swarm_event(
-        &mut self,
-        event: SwarmEvent<BehaviourEvent>,
-        leave: &mut Option<PendingLeave>,
-    ) {
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev, leave),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -651,31 +549,33 @@ impl SwarmTask {
                 if !addrs.contains(&address) {
                     addrs.push(address);
                 }
+                let list = addrs.iter().map(|a| a.to_string()).collect();
+                drop(addrs);
+                self.forward(Input::ListenAddrs(list));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 let mut addrs = self.listen_addrs.lock().unwrap_or_else(|p| p.into_inner());
                 addrs.retain(|a| a != &address);
+                let list = addrs.iter().map(|a| a.to_string()).collect();
+                drop(addrs);
+                self.forward(Input::ListenAddrs(list));
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(peer = %peer_id, "connected");
+                self.forward(Input::Connected {
+                    peer: peer_id.into(),
+                });
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
                 ..
             } => {
-                // Not a liveness signal on its own: presence timeouts decide removals.
-                tracing::debug!(peer = %peer_id, "last connection closed");
-            }
-            SwarmEvent::ConnectionClosed { peer_id, .. } => {
-                // One connection to the peer closed while another stays: typically a device
-                // that restarted with the same identity, whose old connection goes down after
-                // the new one came up. gossipsub 0.50 keeps the old connection's send queue
-                // for the peer then, and gossip to and from it stalls until every connection
-                // is gone (rust-libp2p #5097). So drop them all and connect afresh.
-                tracing::debug!(peer = %peer_id, "a connection closed while another stays; reconnecting afresh");
-                let _ = self.swarm.disconnect_peer_id(peer_id);
-                self.reconnect.insert(peer_id);
+                tracing::debug!(peer = %peer_id, remaining = num_established, "connection closed");
+                self.forward(Input::ConnectionClosed {
+                    peer: peer_id.into(),
+                    remaining: num_established,
+                });
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 inc(&self.counters.connection_failures);
@@ -752,16 +652,19 @@ impl SwarmTask {
             gossipsub::Event::Subscribed { peer_id, topic }
                 if !drop_inbound(&self.faults, &[peer_id]) =>
             {
-                if let Some(store) = topic.as_str().strip_prefix(STORE_TOPIC_PREFIX) {
-                    if let Ok(store) = StoreId::new(store) {
-                        if let Some(raw) = self.unpublished.get(&store).cloned() {
-                            self.publish(&store, &raw);
-                        }
-                        self.forward(NetEvent::Subscribed {
-                            peer: peer_id,
-                            store,
-                        });
-                    }
+                if let Some(store) = store_of_topic(topic.as_str()) {
+                    self.forward(Input::Subscribed {
+                        peer: peer_id.into(),
+                        store,
+                    });
+                }
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                if let Some(store) = store_of_topic(topic.as_str()) {
+                    self.forward(Input::Unsubscribed {
+                        peer: peer_id.into(),
+                        store,
+                    });
                 }
             }
             _ => {}
@@ -770,7 +673,7 @@ impl SwarmTask {
 
     /// Checks one gossip message (gossipsub has already dropped copies of messages seen
     /// before): decode, bounds, the signature of the device it names. Valid messages go to
-    /// the gossip actor and on through gossipsub; invalid ones count against `via`.
+    /// the engine and on through gossipsub; invalid ones count against `via`.
     fn check_gossip(&mut self, via: PeerId, message: &gossipsub::Message) -> MessageAcceptance {
         let topic = message.topic.as_str();
         if topic == PRESENCE_TOPIC {
@@ -778,8 +681,32 @@ impl SwarmTask {
                 Ok((device, _)) if drop_inbound(&self.faults, &[via, device]) => {
                     MessageAcceptance::Ignore
                 }
-                Ok((_, msg)) => {
-                    self.forward(NetEvent::Presence { via, msg });
+                Ok((device, PresenceMsg::Presence(p))) => {
+                    let heartbeat = Heartbeat {
+                        device: device.into(),
+                        incarnation: p.incarnation,
+                        seq: p.seq,
+                        addrs: p.addrs,
+                        partial: p.partial,
+                        digest: p
+                            .digest
+                            .iter()
+                            .filter_map(|e| {
+                                Some((
+                                    StoreId::new(&e.store).ok()?,
+                                    Version::new(e.incarnation, e.version),
+                                ))
+                            })
+                            .collect(),
+                    };
+                    self.forward(Input::Heartbeat {
+                        via: via.into(),
+                        heartbeat,
+                    });
+                    MessageAcceptance::Accept
+                }
+                Ok((device, PresenceMsg::Leave(l))) => {
+                    self.forward(goodbye(device.into(), l.incarnation));
                     MessageAcceptance::Accept
                 }
                 Err(reason) => {
@@ -802,7 +729,10 @@ impl SwarmTask {
                 MessageAcceptance::Ignore
             }
             Ok(slice) => {
-                self.forward(NetEvent::Slice { slice });
+                self.forward(Input::Slice {
+                    via: via.into(),
+                    slice,
+                });
                 MessageAcceptance::Accept
             }
             Err(reason) => {
@@ -812,11 +742,24 @@ impl SwarmTask {
         }
     }
 
-    fn on_sync(
-        &mut self,
-        ev: request_response::Event<SyncRequest, SyncResponse>,
-        leave: &mut Option<PendingLeave>,
-    ) {
+    /// Verifies the slices of a sync answer and hands them to the engine.
+    fn on_response(&mut self, peer: PeerId, id: RequestId, raw: Vec<serde_bytes::ByteBuf>) {
+        let mut slices = Vec::new();
+        for bytes in raw.into_iter().take(crate::proto::MAX_WANTS) {
+            inc(&self.counters.delivered);
+            match decode_slice(&bytes, self.max_slice, &mut self.keys) {
+                Ok(v) => slices.push(v),
+                Err(reason) => self.counters.reject(reason, &peer, "sync response"),
+            }
+        }
+        self.forward(Input::Response {
+            peer: peer.into(),
+            id,
+            slices,
+        });
+    }
+
+    fn on_sync(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
         if let request_response::Event::Message { peer, .. } = &ev {
             if blocked(&self.faults, peer) {
                 return;
@@ -840,18 +783,29 @@ impl SwarmTask {
                         },
                     );
                     // The stream is authenticated: `peer` is the device that is leaving.
-                    self.forward(NetEvent::Presence {
-                        via: peer,
-                        msg: PresenceMsg::Leave(Leave {
-                            device: peer.to_string(),
-                            incarnation: request.incarnation,
-                        }),
-                    });
+                    self.forward(goodbye(peer.into(), request.incarnation));
                 } else {
-                    self.forward(NetEvent::Request {
-                        peer,
-                        request,
-                        channel,
+                    self.next_token += 1;
+                    let token = self.next_token;
+                    self.inbound.insert(token, channel);
+                    let want = request
+                        .want
+                        .iter()
+                        .take(crate::proto::MAX_WANTS)
+                        .filter_map(|w| {
+                            Some(Want {
+                                store: StoreId::new(&w.store).ok()?,
+                                device: match &w.device {
+                                    None => None,
+                                    Some(d) => Some(d.parse::<DeviceId>().ok()?),
+                                },
+                            })
+                        })
+                        .collect();
+                    self.forward(Input::Request {
+                        peer: peer.into(),
+                        token,
+                        want,
                     });
                 }
             }
@@ -863,32 +817,39 @@ impl SwarmTask {
                         response,
                     },
                 ..
-            } if !self.leave_answered(&request_id, leave) => {
-                if let Some(fetch) = self.fetches.remove(&request_id) {
-                    let answered: Vec<(String, String)> = response
-                        .slices
-                        .iter()
-                        .filter_map(|raw| crate::wire::peek_slice_owner(raw))
-                        .collect();
-                    self.fetch_elsewhere(fetch, &answered);
+            } => {
+                if let Some(id) = self.outbound.remove(&request_id) {
+                    self.on_response(peer, id, response.slices);
                 }
-                self.forward(NetEvent::Response { peer, response });
             }
             request_response::Event::OutboundFailure {
                 peer,
                 request_id,
                 error,
                 ..
-            } if !self.leave_answered(&request_id, leave) => {
+            } => {
                 tracing::debug!(%peer, %error, "sync request failed");
-                if let Some(fetch) = self.fetches.remove(&request_id) {
-                    self.fetch_elsewhere(fetch, &[]);
+                if let Some(id) = self.outbound.remove(&request_id) {
+                    self.forward(Input::RequestFailed {
+                        peer: peer.into(),
+                        id,
+                    });
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                request_id: _,
+                error,
+                ..
+            } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");
             }
             _ => {}
         }
     }
+}
+
+/// The store a topic names, if it is a store topic.
+fn store_of_topic(topic: &str) -> Option<StoreId> {
+    StoreId::new(topic.strip_prefix(STORE_TOPIC_PREFIX)?).ok()
 }

@@ -8,8 +8,6 @@ use tokio::sync::{broadcast, watch};
 
 use super::{RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
 use crate::error::Error;
-use crate::gossip::swarm::SwarmCmd;
-use crate::gossip::GossipMsg;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::slice::{now_millis, DeviceSlice};
@@ -18,7 +16,7 @@ use crate::wire::{RejectReason, VerifiedSlice};
 /// What the network side tells a store.
 #[derive(Debug)]
 pub(crate) enum StoreInput {
-    /// A remote slice the gossip actor admitted (signature and version checked).
+    /// A remote slice the protocol core admitted (signature and version checked).
     Remote(VerifiedSlice),
     /// A device is gone.
     Remove {
@@ -30,10 +28,8 @@ pub(crate) enum StoreInput {
 /// A type-erased way for the gossip actor to reach a store actor of any data type.
 pub(crate) type StoreSink = Arc<dyn Fn(StoreInput) -> bool + Send + Sync>;
 
-/// The newest local slice not yet taken by the gossip actor. Writes overwrite it (last
-/// write wins), and only the write that fills an empty slot sends a `Flush`, so however
-/// fast the application writes, at most one message per store waits in the gossip
-/// actor's mailbox.
+/// The newest local slice not yet taken by the publisher (the runtime's swarm task).
+/// Writes overwrite it (last write wins); see [`StorePort::publish`].
 #[derive(Clone)]
 pub(crate) struct Outbox {
     slot: Arc<std::sync::Mutex<Option<Pending>>>,
@@ -89,6 +85,43 @@ impl Outbox {
     }
 }
 
+/// How a store actor reaches the network side: the outbox where it leaves its newest local
+/// slice, a wake-up for whoever publishes from it, and a way to say that a remote slice
+/// was unusable here. The store knows nothing else of the runtime.
+#[derive(Clone)]
+pub(crate) struct StorePort {
+    pub outbox: Outbox,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    undecodable: Arc<dyn Fn(DeviceId) + Send + Sync>,
+}
+
+impl StorePort {
+    pub fn new(
+        outbox: Outbox,
+        wake: impl Fn() + Send + Sync + 'static,
+        undecodable: impl Fn(DeviceId) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            outbox,
+            wake: Arc::new(wake),
+            undecodable: Arc::new(undecodable),
+        }
+    }
+
+    /// Leaves `pending` in the outbox (replacing an older one); wakes the publisher only
+    /// when the slot was empty, so however fast the application writes, at most one
+    /// wake-up per store is in flight.
+    pub fn publish(&self, pending: Pending) {
+        if self.outbox.put(pending) {
+            (self.wake)();
+        }
+    }
+
+    fn undecodable(&self, device: DeviceId) {
+        (self.undecodable)(device)
+    }
+}
+
 type Updater<T> = Box<dyn FnOnce(&mut T) + Send>;
 
 pub(crate) enum StoreMsg<T> {
@@ -105,11 +138,8 @@ pub(crate) struct StoreParams {
     pub incarnation: Incarnation,
     pub max_slice_size: usize,
     pub event_buffer: usize,
-    pub gossip: ActorRef<GossipMsg>,
-    /// The swarm task, which signs and publishes what the outbox holds.
-    pub cmds: tokio::sync::mpsc::UnboundedSender<SwarmCmd>,
     pub counters: Arc<Counters>,
-    pub outbox: Outbox,
+    pub port: StorePort,
 }
 
 pub(crate) struct StoreArgs<S: SyncableStore> {
@@ -118,10 +148,8 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
     device: DeviceId,
     incarnation: Incarnation,
     max_slice_size: usize,
-    gossip: ActorRef<GossipMsg>,
-    cmds: tokio::sync::mpsc::UnboundedSender<SwarmCmd>,
     counters: Arc<Counters>,
-    outbox: Outbox,
+    port: StorePort,
     events: broadcast::Sender<StoreEvent<S::Data>>,
     view: watch::Sender<Arc<StoreSnapshot<S::Data>>>,
 }
@@ -159,14 +187,12 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         device: p.device,
         incarnation: p.incarnation,
         max_slice_size: p.max_slice_size,
-        gossip: p.gossip,
-        cmds: p.cmds,
         counters: p.counters,
-        outbox: p.outbox,
+        port: p.port,
         events: events.clone(),
         view,
     };
-    let flushed_rx = args.outbox.flushed();
+    let flushed_rx = args.port.outbox.flushed();
     let initial = Pending {
         version: local.version,
         updated_at: local.updated_at,
@@ -250,9 +276,7 @@ impl<S: SyncableStore> StoreState<S> {
             updated_at: slice.updated_at,
             data,
         };
-        if self.args.outbox.put(pending) {
-            let _ = self.args.cmds.send(SwarmCmd::Flush(self.args.id.clone()));
-        }
+        self.args.port.publish(pending);
         tracing::trace!(store = %self.args.id, version = %slice.version, "local write");
         self.emit(StoreEvent::LocalChanged {
             slice: slice.clone(),
@@ -269,10 +293,7 @@ impl<S: SyncableStore> StoreState<S> {
                     &v.device,
                     &format!("store `{}`: {e}", self.args.id),
                 );
-                let _ = self.args.gossip.cast(GossipMsg::Unhold {
-                    store: self.args.id.clone(),
-                    device: v.device,
-                });
+                self.args.port.undecodable(v.device);
                 return;
             }
         };

@@ -14,7 +14,9 @@ use serde::Serialize;
 use crate::ids::{DeviceId, StoreId, Version};
 use crate::slice::DeviceSlice;
 
-pub(crate) use actor::{sink_for, spawn_store, Outbox, StoreInput, StoreParams, StoreSink};
+pub(crate) use actor::{
+    sink_for, spawn_store, Outbox, StoreInput, StoreParams, StorePort, StoreSink,
+};
 pub use handle::{Store, StoreEvents};
 
 /// A data type that is a synced store of its own: what `#[derive(Syncable)]` implements.

@@ -3,9 +3,9 @@
 //! Liveness is judged only from this node's own evidence (a fresh presence heartbeat or a
 //! strictly newer slice, both signed by the device itself), never from a third party.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::DetMap;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::store::RemovalReason;
 
@@ -28,7 +28,7 @@ struct DeviceState {
     incarnation: Incarnation,
     /// Incarnations up to this one said goodbye.
     left: Option<Incarnation>,
-    stores: HashMap<StoreId, Track>,
+    stores: DetMap<StoreId, Track>,
 }
 
 impl DeviceState {
@@ -39,7 +39,7 @@ impl DeviceState {
             presence: (0, 0),
             incarnation: 0,
             left: None,
-            stores: HashMap::new(),
+            stores: DetMap::default(),
         }
     }
 
@@ -96,7 +96,7 @@ pub(crate) struct Removal {
 #[derive(Debug)]
 pub(crate) struct Membership {
     timeout: Duration,
-    devices: HashMap<DeviceId, DeviceState>,
+    devices: DetMap<DeviceId, DeviceState>,
     /// How many devices are online, kept in step with every `online` change so that the
     /// gauge costs nothing per message.
     online: usize,
@@ -106,7 +106,7 @@ impl Membership {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
-            devices: HashMap::new(),
+            devices: DetMap::default(),
             online: 0,
         }
     }
@@ -115,9 +115,14 @@ impl Membership {
         self.online
     }
 
-    #[cfg(test)]
     pub fn is_online(&self, device: &DeviceId) -> bool {
         self.devices.get(device).is_some_and(|d| d.online)
+    }
+
+    /// The version of `device`'s slice in `store` held here, if one is.
+    pub fn held_version(&self, device: &DeviceId, store: &StoreId) -> Option<Version> {
+        let t = self.devices.get(device)?.stores.get(store)?;
+        t.held.then_some(t.seen)
     }
 
     /// A heartbeat from `device`; `digest` lists the stores it has a slice in.
@@ -255,7 +260,7 @@ impl Membership {
         });
     }
 
-    #[cfg(test)]
+    /// Devices tracked (online or remembered).
     pub fn known(&self) -> usize {
         self.devices.len()
     }

@@ -1,0 +1,1054 @@
+//! The protocol core: every protocol decision of a node, as a state machine with no IO.
+//!
+//! [`Engine::handle`] takes one [`Input`] (a decoded, signature-checked message, a local
+//! command, a timer expiry, a connection or subscription event) and the current time, and
+//! appends [`Output`]s (publish on a topic, send a request or response, deliver to or
+//! remove from a store, schedule a timer, dial or disconnect). Time, randomness (a seed)
+//! and identities are injected; nothing in here touches a socket, a clock, a task or an
+//! actor, so the same core runs inside a node (the runtime in `gossip/` executes its
+//! outputs) and by the thousand inside the deterministic simulator (`truffle-sim`).
+//!
+//! Signatures stay at the boundary: the runtime verifies before it builds an input and
+//! signs what an output asks it to publish.
+//!
+//! This module is public for the simulator and for protocol tests; it is not part of the
+//! stable API of the crate.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use truffle_actors::proto::{Engine, Input, Output, ProtoConfig, Timer};
+//! use truffle_actors::{DeviceId, StoreId};
+//!
+//! let me = DeviceId::from(truffle_actors::identity::Keypair::generate_ed25519().public().to_peer_id());
+//! let mut core = Engine::new(me, 1, ProtoConfig::default(), 7, Vec::new());
+//! let (now, mut out) = (Instant::now(), Vec::new());
+//! core.start(now, &mut out);
+//! core.handle(Input::Join(StoreId::new("todos").unwrap()), now, &mut out);
+//! assert!(out.iter().any(|o| matches!(o, Output::Subscribe(s) if s.as_str() == "todos")));
+//! out.clear();
+//! core.handle(Input::Timer(Timer::Presence), now + Duration::from_millis(500), &mut out);
+//! assert!(out.iter().any(|o| matches!(o, Output::PublishHeartbeat(_))));
+//! ```
+
+mod membership;
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+use self::membership::{Admit, Membership, Removal};
+use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+use crate::store::RemovalReason;
+use crate::wire::{RejectReason, MAX_DIGEST_ENTRIES, MAX_PRESENCE_ADDRS};
+
+/// A hash map whose iteration order depends only on what was inserted (no per-process
+/// random keys), so that a simulation replays exactly from its seed.
+pub type DetMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// The set counterpart of [`DetMap`].
+pub type DetSet<K> = HashSet<K, BuildHasherDefault<DefaultHasher>>;
+
+/// Most wants honoured from one sync request, and slices accepted from one response.
+pub const MAX_WANTS: usize = 4096;
+/// Devices silent (and holding nothing here) for 10 × the presence timeout, and at least
+/// this long, are forgotten.
+const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
+/// A fetch for the same device and store is not repeated sooner than this.
+const REFETCH_AFTER: Duration = Duration::from_secs(1);
+/// Most peers asked, one after the other, for a slice that the first one asked lacked.
+const FETCH_TRIES: usize = 4;
+
+/// The protocol's timings and limits (the subset of the node's settings it decides with).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ProtoConfig {
+    /// How often this node announces itself and its versions.
+    pub presence_interval: Duration,
+    /// How long without evidence before a device is removed.
+    pub presence_timeout: Duration,
+    /// Most bytes of slices in one sync answer.
+    pub max_response_bytes: usize,
+    /// How long a graceful leave waits for acknowledgements.
+    pub leave_timeout: Duration,
+    /// How often bootstrap peers (and peers disconnected on purpose) are re-dialled.
+    pub redial_every: Duration,
+}
+
+impl Default for ProtoConfig {
+    fn default() -> Self {
+        Self {
+            presence_interval: Duration::from_millis(500),
+            presence_timeout: Duration::from_millis(2500),
+            max_response_bytes: 64 * 1024 * 1024,
+            leave_timeout: Duration::from_secs(2),
+            redial_every: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ProtoConfig {
+    /// Sets the presence interval and timeout.
+    pub fn with_presence(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.presence_interval = interval;
+        self.presence_timeout = timeout;
+        self
+    }
+
+    /// How often silent devices are looked for: a tenth of the timeout, so a removal is
+    /// at most that late.
+    pub fn expire_every(&self) -> Duration {
+        (self.presence_timeout / 10).clamp(Duration::from_millis(20), self.presence_interval)
+    }
+}
+
+/// A slice whose owner signature the runtime has checked.
+#[derive(Clone, Debug)]
+pub struct Slice {
+    /// The store it belongs to.
+    pub store: StoreId,
+    /// Its owner.
+    pub device: DeviceId,
+    /// Its version.
+    pub version: Version,
+    /// The owner's write time (ms since the Unix epoch; informative).
+    pub updated_at: u64,
+    /// The slice data as MessagePack (decoded by the store, which knows the type).
+    pub data: Arc<[u8]>,
+    /// The exact signed encoding, relayed as is to peers that ask for it.
+    pub raw: Arc<[u8]>,
+}
+
+/// A device's periodic "I am alive, and these are my slice versions" (the wire's
+/// `presence` body, parsed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Who announces.
+    pub device: DeviceId,
+    /// Its current run.
+    pub incarnation: Incarnation,
+    /// Grows with every heartbeat of the run.
+    pub seq: u64,
+    /// Its listen addresses (informative).
+    pub addrs: Vec<String>,
+    /// True when `digest` lists only some of its stores.
+    pub partial: bool,
+    /// Its own slice version in each store (all, or a rotating part).
+    pub digest: Vec<(StoreId, Version)>,
+}
+
+/// What a fetch asks for: every slice a peer holds in `store`, or only `device`'s.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Want {
+    /// The store.
+    pub store: StoreId,
+    /// One device, or all when `None`.
+    pub device: Option<DeviceId>,
+}
+
+/// Names an outbound request, so its answer (or failure) can be matched.
+pub type RequestId = u64;
+/// Names an inbound request, so the answer goes back on the right stream.
+pub type Token = u64;
+
+/// The core's timers. Each is scheduled by an [`Output::Schedule`] and comes back as an
+/// [`Input::Timer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timer {
+    /// Announce presence.
+    Presence,
+    /// Look for silent devices.
+    Expire,
+    /// Re-dial bootstrap peers and peers disconnected on purpose.
+    Redial,
+    /// Stop waiting for leave acknowledgements.
+    LeaveDeadline,
+}
+
+/// Something that happened to the node: a local command, a verified message, a timer, a
+/// connection or subscription change.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// The application joined a store.
+    Join(StoreId),
+    /// The runtime published this node's own slice (signed from the store's outbox), or
+    /// tried to: `reached_nobody` when no peer had joined the store's topic yet.
+    Published {
+        /// The store.
+        store: StoreId,
+        /// The version published.
+        version: Version,
+        /// The signed encoding.
+        raw: Arc<[u8]>,
+        /// Whether the publish found no subscribed peer.
+        reached_nobody: bool,
+    },
+    /// A store could not use `device`'s slice (its data did not decode as the store's
+    /// type): it is not held, so a later copy is not mistaken for a duplicate.
+    Undecodable {
+        /// The store.
+        store: StoreId,
+        /// The slice's owner.
+        device: DeviceId,
+    },
+    /// The application asked to leave the mesh gracefully.
+    Leave,
+    /// The node's listen addresses changed (the full list).
+    ListenAddrs(Vec<String>),
+    /// A slice from a store topic, relayed by `via`.
+    Slice {
+        /// The neighbour that forwarded it.
+        via: DeviceId,
+        /// The verified slice.
+        slice: Slice,
+    },
+    /// A presence heartbeat, relayed by `via`.
+    Heartbeat {
+        /// The neighbour that forwarded it.
+        via: DeviceId,
+        /// The verified heartbeat.
+        heartbeat: Heartbeat,
+    },
+    /// A signed leave (gossiped), or a direct leave request (authenticated stream).
+    Goodbye {
+        /// The device that is leaving.
+        device: DeviceId,
+        /// Its run that is leaving.
+        incarnation: Incarnation,
+    },
+    /// A peer joined a store topic.
+    Subscribed {
+        /// The peer.
+        peer: DeviceId,
+        /// The store.
+        store: StoreId,
+    },
+    /// A peer left a store topic.
+    Unsubscribed {
+        /// The peer.
+        peer: DeviceId,
+        /// The store.
+        store: StoreId,
+    },
+    /// A connection to `peer` was established.
+    Connected {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// A connection to `peer` closed; `remaining` are still open.
+    ConnectionClosed {
+        /// The peer.
+        peer: DeviceId,
+        /// Connections to it still open.
+        remaining: u32,
+    },
+    /// A peer asks for slices.
+    Request {
+        /// The peer.
+        peer: DeviceId,
+        /// Names the answer's stream.
+        token: Token,
+        /// What it wants.
+        want: Vec<Want>,
+    },
+    /// A peer answered one of our fetches (the slices already verified).
+    Response {
+        /// The peer.
+        peer: DeviceId,
+        /// The request answered.
+        id: RequestId,
+        /// Slices received.
+        slices: Vec<Slice>,
+    },
+    /// One of our requests failed (timeout, disconnect, refused).
+    RequestFailed {
+        /// The peer.
+        peer: DeviceId,
+        /// The request.
+        id: RequestId,
+    },
+    /// A timer expired.
+    Timer(Timer),
+}
+
+/// What the runtime must do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Join the store's topic.
+    Subscribe(StoreId),
+    /// Sign and publish this heartbeat on the presence topic.
+    PublishHeartbeat(Heartbeat),
+    /// Sign and publish a leave of this run on the presence topic, and publish no more
+    /// local slices.
+    PublishGoodbye {
+        /// This run.
+        incarnation: Incarnation,
+    },
+    /// Publish an own slice again (it reached nobody before); report it back as
+    /// [`Input::Published`].
+    Publish {
+        /// The store.
+        store: StoreId,
+        /// Its version.
+        version: Version,
+        /// The signed encoding.
+        raw: Arc<[u8]>,
+    },
+    /// Ask `peer` for slices.
+    Fetch {
+        /// The peer.
+        peer: DeviceId,
+        /// Names the request.
+        id: RequestId,
+        /// What to ask for.
+        want: Vec<Want>,
+    },
+    /// Tell `peer` directly that this run is leaving.
+    SendGoodbye {
+        /// The peer.
+        peer: DeviceId,
+        /// Names the request.
+        id: RequestId,
+        /// This run.
+        incarnation: Incarnation,
+    },
+    /// Answer an inbound request with these signed slices.
+    Respond {
+        /// The request's stream.
+        token: Token,
+        /// Slices, exactly as their owners signed them.
+        slices: Vec<Arc<[u8]>>,
+    },
+    /// Give a newer remote slice to its store.
+    Deliver(Slice),
+    /// Remove a device's slice from a store.
+    Remove {
+        /// The store.
+        store: StoreId,
+        /// The device.
+        device: DeviceId,
+        /// Why.
+        reason: RemovalReason,
+    },
+    /// Feed [`Input::Timer`] back after `after`.
+    Schedule {
+        /// Delay.
+        after: Duration,
+        /// Which timer.
+        timer: Timer,
+    },
+    /// Dial a known peer (by id, with the addresses the runtime knows).
+    Dial {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// Dial an address (a bootstrap peer).
+    DialAddr {
+        /// The address, possibly ending in `/p2p/<id>`.
+        addr: Multiaddr,
+    },
+    /// Close every connection to `peer`.
+    Disconnect {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// The graceful leave is complete (acknowledged, or timed out).
+    LeaveDone {
+        /// Peers that did not acknowledge in time.
+        unanswered: usize,
+    },
+    /// Something worth counting or logging.
+    Report(Report),
+}
+
+/// Observations for metrics and logs; they change nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Report {
+    /// A message was dropped.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+        /// The device it named.
+        device: DeviceId,
+        /// The store it named.
+        store: StoreId,
+    },
+    /// A device was offline (or unknown) and is live again.
+    DeviceOnline {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A device was removed.
+    DeviceRemoved {
+        /// The device.
+        device: DeviceId,
+        /// Why.
+        reason: RemovalReason,
+        /// In how many stores it had a slice.
+        stores: usize,
+    },
+}
+
+/// A fetch in flight: what it asked for, and whom we asked so far.
+struct PendingFetch {
+    want: Vec<Want>,
+    tried: Vec<DeviceId>,
+}
+
+struct PendingLeave {
+    waiting: DetSet<RequestId>,
+}
+
+/// One node's protocol state. See the [module docs](self).
+pub struct Engine {
+    me: DeviceId,
+    incarnation: Incarnation,
+    cfg: ProtoConfig,
+    rng: Xoshiro256PlusPlus,
+    bootstrap: Vec<Multiaddr>,
+    listen_addrs: Vec<String>,
+    joined: DetSet<StoreId>,
+    /// This node's own slice versions, for the presence digest.
+    own: BTreeMap<StoreId, Version>,
+    /// Signed slices held, own included, exactly as their owners signed them.
+    held: DetMap<StoreId, DetMap<DeviceId, Arc<[u8]>>>,
+    /// Own slices whose last publish reached nobody: published again when a peer joins.
+    unpublished: DetMap<StoreId, (Version, Arc<[u8]>)>,
+    membership: Membership,
+    seq: u64,
+    digest_cursor: usize,
+    fetched: DetMap<(DeviceId, StoreId), Instant>,
+    fetches: DetMap<RequestId, PendingFetch>,
+    next_request: RequestId,
+    /// Open connections per peer.
+    conns: DetMap<DeviceId, u32>,
+    /// The store topics each connected peer joined.
+    subs: DetMap<DeviceId, DetSet<StoreId>>,
+    /// Peers disconnected on purpose, to dial again at the next redial tick.
+    reconnect: DetSet<DeviceId>,
+    leaving: bool,
+    leave: Option<PendingLeave>,
+}
+
+impl Engine {
+    /// A core for device `me` in its run `incarnation`; `seed` drives every random choice
+    /// (timer jitter); `bootstrap` are the addresses to keep dialling while not connected.
+    pub fn new(
+        me: DeviceId,
+        incarnation: Incarnation,
+        cfg: ProtoConfig,
+        seed: u64,
+        bootstrap: Vec<Multiaddr>,
+    ) -> Self {
+        let timeout = cfg.presence_timeout;
+        Self {
+            me,
+            incarnation,
+            cfg,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            bootstrap,
+            listen_addrs: Vec::new(),
+            joined: DetSet::default(),
+            own: BTreeMap::new(),
+            held: DetMap::default(),
+            unpublished: DetMap::default(),
+            membership: Membership::new(timeout),
+            seq: 0,
+            digest_cursor: 0,
+            fetched: DetMap::default(),
+            fetches: DetMap::default(),
+            next_request: 0,
+            conns: DetMap::default(),
+            subs: DetMap::default(),
+            reconnect: DetSet::default(),
+            leaving: false,
+            leave: None,
+        }
+    }
+
+    /// Arms the timers. Call once, before the first [`handle`](Self::handle).
+    pub fn start(&mut self, _now: Instant, out: &mut Vec<Output>) {
+        // Jittered, so that nodes started together do not all announce in the same
+        // instant, every interval, forever.
+        let first = self.jitter(self.cfg.presence_interval);
+        out.push(Output::Schedule {
+            after: first,
+            timer: Timer::Presence,
+        });
+        out.push(Output::Schedule {
+            after: self.cfg.expire_every(),
+            timer: Timer::Expire,
+        });
+        out.push(Output::Schedule {
+            after: self.cfg.redial_every,
+            timer: Timer::Redial,
+        });
+    }
+
+    /// This device.
+    pub fn me(&self) -> DeviceId {
+        self.me
+    }
+
+    /// Remote devices currently considered live.
+    pub fn online_count(&self) -> usize {
+        self.membership.online_count()
+    }
+
+    /// Whether `device` is currently considered live.
+    pub fn is_online(&self, device: &DeviceId) -> bool {
+        self.membership.is_online(device)
+    }
+
+    /// Whether the application joined `store` here.
+    pub fn is_joined(&self, store: &StoreId) -> bool {
+        self.joined.contains(store)
+    }
+
+    /// The version of `device`'s slice in `store` held here, if any.
+    pub fn held_version(&self, store: &StoreId, device: &DeviceId) -> Option<Version> {
+        if *device == self.me {
+            return self.own.get(store).copied();
+        }
+        self.membership.held_version(device, store)
+    }
+
+    /// Size of the state kept: (devices tracked, slices held, fetches remembered).
+    pub fn state_size(&self) -> (usize, usize, usize) {
+        (
+            self.membership.known(),
+            self.held.values().map(|h| h.len()).sum(),
+            self.fetched.len() + self.fetches.len(),
+        )
+    }
+
+    /// Handles one input at time `now`, appending what to do to `out`.
+    pub fn handle(&mut self, input: Input, now: Instant, out: &mut Vec<Output>) {
+        match input {
+            Input::Join(store) => self.join(store, out),
+            Input::Published {
+                store,
+                version,
+                raw,
+                reached_nobody,
+            } => {
+                self.own.insert(store.clone(), version);
+                self.held
+                    .entry(store.clone())
+                    .or_default()
+                    .insert(self.me, raw.clone());
+                if reached_nobody {
+                    self.unpublished.insert(store, (version, raw));
+                } else {
+                    self.unpublished.remove(&store);
+                }
+            }
+            Input::Undecodable { store, device } => {
+                self.membership.unhold(&device, &store);
+                if let Some(h) = self.held.get_mut(&store) {
+                    h.remove(&device);
+                }
+            }
+            Input::Leave => self.start_leave(out),
+            Input::ListenAddrs(addrs) => self.listen_addrs = addrs,
+            Input::Slice { slice, .. } => self.ingest(slice, now, out),
+            Input::Heartbeat { via, heartbeat } => self.on_heartbeat(via, heartbeat, now, out),
+            Input::Goodbye {
+                device,
+                incarnation,
+            } => {
+                if let Some(r) = self.membership.on_leave(device, incarnation, now) {
+                    self.remove(r, out);
+                }
+            }
+            Input::Subscribed { peer, store } => self.on_subscribed(peer, store, out),
+            Input::Unsubscribed { peer, store } => {
+                if let Some(s) = self.subs.get_mut(&peer) {
+                    s.remove(&store);
+                }
+            }
+            Input::Connected { peer } => *self.conns.entry(peer).or_default() += 1,
+            Input::ConnectionClosed { peer, remaining } => {
+                if remaining == 0 {
+                    // Not a liveness signal on its own: presence timeouts decide removals.
+                    self.conns.remove(&peer);
+                    self.subs.remove(&peer);
+                } else {
+                    // One connection closed while another stays: typically a device that
+                    // restarted with the same identity, whose old connection goes down
+                    // after the new one came up. gossipsub 0.50 keeps the old connection's
+                    // send queue then, and gossip to and from the peer stalls until every
+                    // connection is gone (rust-libp2p #5097). So drop them all and
+                    // connect afresh at the next redial.
+                    self.conns.insert(peer, remaining);
+                    self.reconnect.insert(peer);
+                    out.push(Output::Disconnect { peer });
+                }
+            }
+            Input::Request { token, want, .. } => {
+                let slices = self.answer(&want);
+                out.push(Output::Respond { token, slices });
+            }
+            Input::Response { peer, id, slices } => {
+                if self.leave_answered(id, out) {
+                    return;
+                }
+                if let Some(fetch) = self.fetches.remove(&id) {
+                    let answered: Vec<(StoreId, DeviceId)> =
+                        slices.iter().map(|s| (s.store.clone(), s.device)).collect();
+                    self.fetch_elsewhere(fetch, &answered, now, out);
+                }
+                let _ = peer;
+                for s in slices.into_iter().take(MAX_WANTS) {
+                    self.ingest(s, now, out);
+                }
+            }
+            Input::RequestFailed { id, .. } => {
+                if self.leave_answered(id, out) {
+                    return;
+                }
+                if let Some(fetch) = self.fetches.remove(&id) {
+                    self.fetch_elsewhere(fetch, &[], now, out);
+                }
+            }
+            Input::Timer(t) => self.on_timer(t, now, out),
+        }
+    }
+
+    fn jitter(&mut self, base: Duration) -> Duration {
+        // A random factor in [0.8, 1.2): the mean stays `base`.
+        base.mul_f64(0.8 + 0.4 * self.rng.random::<f64>())
+    }
+
+    fn join(&mut self, store: StoreId, out: &mut Vec<Output>) {
+        if !self.joined.insert(store.clone()) {
+            return;
+        }
+        out.push(Output::Subscribe(store.clone()));
+        // Peers that joined this store before we did announced it already: exchange slices
+        // with them now (their `Subscribed` is behind us).
+        let mut already: Vec<DeviceId> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.contains(&store))
+            .map(|(p, _)| *p)
+            .collect();
+        already.sort();
+        for peer in already {
+            self.fetch_all(peer, &store, out);
+        }
+    }
+
+    fn fetch_all(&mut self, peer: DeviceId, store: &StoreId, out: &mut Vec<Output>) {
+        let id = self.request_id();
+        out.push(Output::Fetch {
+            peer,
+            id,
+            want: vec![Want {
+                store: store.clone(),
+                device: None,
+            }],
+        });
+    }
+
+    fn request_id(&mut self) -> RequestId {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    fn on_subscribed(&mut self, peer: DeviceId, store: StoreId, out: &mut Vec<Output>) {
+        if peer == self.me {
+            return;
+        }
+        self.subs.entry(peer).or_default().insert(store.clone());
+        if let Some((version, raw)) = self.unpublished.get(&store).cloned() {
+            // Publish again now that someone listens, so the slice spreads through the
+            // mesh, not only to the neighbours that fetch it.
+            out.push(Output::Publish {
+                store: store.clone(),
+                version,
+                raw,
+            });
+        }
+        if self.joined.contains(&store) {
+            self.fetch_all(peer, &store, out);
+        }
+    }
+
+    fn ingest(&mut self, v: Slice, now: Instant, out: &mut Vec<Output>) {
+        if v.device == self.me {
+            return;
+        }
+        if !self.joined.contains(&v.store) {
+            out.push(Output::Report(Report::Rejected {
+                reason: RejectReason::WrongStore,
+                device: v.device,
+                store: v.store,
+            }));
+            return;
+        }
+        match self.membership.admit(v.device, &v.store, v.version, now) {
+            Admit::Apply => {
+                self.held
+                    .entry(v.store.clone())
+                    .or_default()
+                    .insert(v.device, v.raw.clone());
+                self.fetched.remove(&(v.device, v.store.clone()));
+                out.push(Output::Deliver(v));
+            }
+            Admit::Stale => out.push(Output::Report(Report::Rejected {
+                reason: RejectReason::Stale,
+                device: v.device,
+                store: v.store,
+            })),
+            Admit::AfterLeave => out.push(Output::Report(Report::Rejected {
+                reason: RejectReason::AfterLeave,
+                device: v.device,
+                store: v.store,
+            })),
+        }
+    }
+
+    fn remove(&mut self, r: Removal, out: &mut Vec<Output>) {
+        out.push(Output::Report(Report::DeviceRemoved {
+            device: r.device,
+            reason: r.reason,
+            stores: r.stores.len(),
+        }));
+        for store in r.stores {
+            self.drop_slice(store, r.device, r.reason, out);
+        }
+        for held in self.held.values_mut() {
+            held.remove(&r.device);
+        }
+    }
+
+    fn drop_slice(
+        &mut self,
+        store: StoreId,
+        device: DeviceId,
+        reason: RemovalReason,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(h) = self.held.get_mut(&store) {
+            h.remove(&device);
+        }
+        if self.joined.contains(&store) {
+            out.push(Output::Remove {
+                store,
+                device,
+                reason,
+            });
+        }
+    }
+
+    fn on_heartbeat(&mut self, via: DeviceId, p: Heartbeat, now: Instant, out: &mut Vec<Output>) {
+        let device = p.device;
+        if device == self.me {
+            return;
+        }
+        let outcome =
+            self.membership
+                .on_presence(device, p.incarnation, p.seq, &p.digest, !p.partial, now);
+        if !outcome.fresh {
+            return;
+        }
+        if outcome.came_online {
+            out.push(Output::Report(Report::DeviceOnline { device }));
+        }
+        for store in outcome.drop_stale_incarnation {
+            self.drop_slice(store, device, RemovalReason::Restarted, out);
+        }
+        // Anti-entropy: fetch what the digest shows we are missing, from whoever relayed it.
+        let mut want = Vec::new();
+        for (store, version) in p.digest {
+            if !self.joined.contains(&store) || !self.membership.wants(&device, &store, version) {
+                continue;
+            }
+            let key = (device, store);
+            if self
+                .fetched
+                .get(&key)
+                .is_some_and(|t| now.saturating_duration_since(*t) < REFETCH_AFTER)
+            {
+                continue;
+            }
+            want.push(Want {
+                store: key.1.clone(),
+                device: Some(device),
+            });
+            self.fetched.insert(key, now);
+        }
+        if !want.is_empty() {
+            self.fetch(via, want, Vec::new(), out);
+        }
+    }
+
+    /// Asks `peer` for `want`. Wants for one device's slice are remembered, so that the
+    /// ones `peer` cannot answer are asked of another neighbour at once (see
+    /// [`Self::fetch_elsewhere`]) rather than at the next presence round.
+    fn fetch(
+        &mut self,
+        peer: DeviceId,
+        want: Vec<Want>,
+        mut tried: Vec<DeviceId>,
+        out: &mut Vec<Output>,
+    ) {
+        let id = self.request_id();
+        let single: Vec<Want> = want
+            .iter()
+            .filter(|w| w.device.is_some())
+            .cloned()
+            .collect();
+        if !single.is_empty() {
+            tried.push(peer);
+            self.fetches.insert(
+                id,
+                PendingFetch {
+                    want: single,
+                    tried,
+                },
+            );
+        }
+        out.push(Output::Fetch { peer, id, want });
+    }
+
+    /// The peer asked in `fetch` could not give some of what we wanted (it lacks them, or
+    /// the request failed): ask another connected peer that joined the store, up to
+    /// [`FETCH_TRIES`] peers in all. A relaying peer need not hold the slice whose
+    /// presence it relayed; a neighbour that does is usually one request away. When no
+    /// one has it, the next presence of the device triggers a new fetch at once.
+    fn fetch_elsewhere(
+        &mut self,
+        fetch: PendingFetch,
+        answered: &[(StoreId, DeviceId)],
+        _now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let missing: Vec<Want> = fetch
+            .want
+            .into_iter()
+            .filter(|w| {
+                !answered
+                    .iter()
+                    .any(|(s, d)| *s == w.store && Some(*d) == w.device)
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        if fetch.tried.len() >= FETCH_TRIES {
+            self.forget_fetches(&missing);
+            return;
+        }
+        // Per store: the next peer must have joined that store.
+        let mut by_store: BTreeMap<StoreId, Vec<Want>> = BTreeMap::new();
+        for w in missing {
+            by_store.entry(w.store.clone()).or_default().push(w);
+        }
+        for (store, want) in by_store {
+            let next = self
+                .subs
+                .iter()
+                .filter(|(p, s)| s.contains(&store) && !fetch.tried.contains(p))
+                .map(|(p, _)| *p)
+                .min();
+            match next {
+                Some(peer) => self.fetch(peer, want, fetch.tried.clone(), out),
+                None => self.forget_fetches(&want),
+            }
+        }
+    }
+
+    fn forget_fetches(&mut self, want: &[Want]) {
+        for w in want {
+            if let Some(d) = w.device {
+                self.fetched.remove(&(d, w.store.clone()));
+            }
+        }
+    }
+
+    fn answer(&self, want: &[Want]) -> Vec<Arc<[u8]>> {
+        let mut slices = Vec::new();
+        let mut bytes = 0usize;
+        'wants: for w in want.iter().take(MAX_WANTS) {
+            let Some(held) = self.held.get(&w.store) else {
+                continue;
+            };
+            let pick: Vec<&Arc<[u8]>> = match &w.device {
+                None => held.values().collect(),
+                Some(d) => held.get(d).into_iter().collect(),
+            };
+            for raw in pick {
+                // Each entry costs its bytes plus a msgpack bin header (at most 5 bytes).
+                if bytes + raw.len() + 5 > self.cfg.max_response_bytes {
+                    break 'wants;
+                }
+                bytes += raw.len() + 5;
+                slices.push(raw.clone());
+            }
+        }
+        slices
+    }
+
+    fn heartbeat(&mut self) -> Heartbeat {
+        self.seq += 1;
+        let n = self.own.len();
+        let partial = n > MAX_DIGEST_ENTRIES;
+        let entries = self.own.iter().map(|(s, v)| (s.clone(), *v));
+        let digest: Vec<(StoreId, Version)> = if partial {
+            // Rotate through the stores so each is announced every few rounds.
+            let start = self.digest_cursor % n;
+            self.digest_cursor = (start + MAX_DIGEST_ENTRIES) % n;
+            entries
+                .cycle()
+                .skip(start)
+                .take(MAX_DIGEST_ENTRIES)
+                .collect()
+        } else {
+            entries.collect()
+        };
+        Heartbeat {
+            device: self.me,
+            incarnation: self.incarnation,
+            seq: self.seq,
+            addrs: self
+                .listen_addrs
+                .iter()
+                .take(MAX_PRESENCE_ADDRS)
+                .cloned()
+                .collect(),
+            partial,
+            digest,
+        }
+    }
+
+    fn on_timer(&mut self, t: Timer, now: Instant, out: &mut Vec<Output>) {
+        match t {
+            Timer::Presence => {
+                let next = self.jitter(self.cfg.presence_interval);
+                out.push(Output::Schedule {
+                    after: next,
+                    timer: Timer::Presence,
+                });
+                if !self.leaving {
+                    let hb = self.heartbeat();
+                    out.push(Output::PublishHeartbeat(hb));
+                }
+            }
+            Timer::Expire => {
+                out.push(Output::Schedule {
+                    after: self.cfg.expire_every(),
+                    timer: Timer::Expire,
+                });
+                let forget_after = (self.cfg.presence_timeout * 10).max(FORGET_AFTER_MIN);
+                self.membership.forget_silent(now, forget_after);
+                for r in self.membership.expire(now) {
+                    self.remove(r, out);
+                }
+                self.fetched
+                    .retain(|_, t| now.saturating_duration_since(*t) < REFETCH_AFTER);
+            }
+            Timer::Redial => {
+                out.push(Output::Schedule {
+                    after: self.cfg.redial_every,
+                    timer: Timer::Redial,
+                });
+                self.redial(out);
+            }
+            Timer::LeaveDeadline => {
+                if let Some(l) = self.leave.take() {
+                    out.push(Output::LeaveDone {
+                        unanswered: l.waiting.len(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Re-dials bootstrap peers we are not connected to (after a restart, a partition, a
+    /// network change). Addresses with `/p2p/<id>` are re-dialled whenever that peer is
+    /// not connected; bare addresses only while we have no connection at all.
+    fn redial(&mut self, out: &mut Vec<Output>) {
+        if self.leaving {
+            return;
+        }
+        let mut again: Vec<DeviceId> = self.reconnect.drain().collect();
+        again.sort();
+        for peer in again {
+            if !self.conns.contains_key(&peer) {
+                out.push(Output::Dial { peer });
+            }
+        }
+        let none_connected = self.conns.is_empty();
+        for addr in &self.bootstrap {
+            let peer = addr.iter().find_map(|p| match p {
+                Protocol::P2p(id) => Some(DeviceId::from(id)),
+                _ => None,
+            });
+            let dial = match peer {
+                Some(peer) => peer != self.me && !self.conns.contains_key(&peer),
+                None => none_connected,
+            };
+            if dial {
+                out.push(Output::DialAddr { addr: addr.clone() });
+            }
+        }
+    }
+
+    fn start_leave(&mut self, out: &mut Vec<Output>) {
+        if self.leaving {
+            return;
+        }
+        self.leaving = true;
+        out.push(Output::PublishGoodbye {
+            incarnation: self.incarnation,
+        });
+        let mut peers: Vec<DeviceId> = self.conns.keys().copied().collect();
+        peers.sort();
+        let mut waiting = DetSet::default();
+        for peer in peers {
+            let id = self.request_id();
+            waiting.insert(id);
+            out.push(Output::SendGoodbye {
+                peer,
+                id,
+                incarnation: self.incarnation,
+            });
+        }
+        if waiting.is_empty() {
+            out.push(Output::LeaveDone { unanswered: 0 });
+        } else {
+            self.leave = Some(PendingLeave { waiting });
+            out.push(Output::Schedule {
+                after: self.cfg.leave_timeout,
+                timer: Timer::LeaveDeadline,
+            });
+        }
+    }
+
+    fn leave_answered(&mut self, id: RequestId, out: &mut Vec<Output>) -> bool {
+        let Some(l) = self.leave.as_mut() else {
+            return false;
+        };
+        if !l.waiting.remove(&id) {
+            return false;
+        }
+        if l.waiting.is_empty() {
+            self.leave = None;
+            out.push(Output::LeaveDone { unanswered: 0 });
+        }
+        true
+    }
+}

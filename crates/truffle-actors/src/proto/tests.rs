@@ -1,0 +1,274 @@
+//! Single-engine rules, driven by hand. Whole meshes of engines run in `truffle-sim`.
+
+use super::*;
+
+fn dev(n: u8) -> DeviceId {
+    let mut seed = [0u8; 32];
+    seed[0] = n;
+    let kp = libp2p::identity::Keypair::ed25519_from_bytes(seed).unwrap();
+    DeviceId::from(kp.public().to_peer_id())
+}
+
+fn st(n: &str) -> StoreId {
+    StoreId::new(n).unwrap()
+}
+
+fn slice(store: &StoreId, d: DeviceId, v: Version) -> Slice {
+    Slice {
+        store: store.clone(),
+        device: d,
+        version: v,
+        updated_at: 0,
+        data: Arc::from(&b"\x90"[..]),
+        raw: Arc::from(&[v.counter as u8; 8][..]),
+    }
+}
+
+fn engine() -> (Engine, Instant) {
+    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
+    let now = Instant::now();
+    e.start(now, &mut Vec::new());
+    (e, now)
+}
+
+fn step(e: &mut Engine, input: Input, now: Instant) -> Vec<Output> {
+    let mut out = Vec::new();
+    e.handle(input, now, &mut out);
+    out
+}
+
+#[test]
+fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
+    let (mut e, t0) = engine();
+    let s = st("a");
+    step(&mut e, Input::Join(s.clone()), t0);
+    let hb = |seq| Heartbeat {
+        device: dev(2),
+        incarnation: 5,
+        seq,
+        addrs: vec![],
+        partial: false,
+        digest: vec![(s.clone(), Version::new(5, 3))],
+    };
+    let out = step(
+        &mut e,
+        Input::Heartbeat {
+            via: dev(1),
+            heartbeat: hb(1),
+        },
+        t0,
+    );
+    let fetches: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Fetch { peer, want, .. } => Some((*peer, want.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fetches.len(), 1);
+    assert_eq!(fetches[0].0, dev(1));
+    assert_eq!(fetches[0].1[0].device, Some(dev(2)));
+    // The next heartbeat within the refetch window does not ask again.
+    let out = step(
+        &mut e,
+        Input::Heartbeat {
+            via: dev(1),
+            heartbeat: hb(2),
+        },
+        t0 + Duration::from_millis(100),
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Fetch { .. })));
+}
+
+#[test]
+fn a_fetch_the_relay_cannot_answer_goes_to_another_subscriber() {
+    let (mut e, t0) = engine();
+    let s = st("a");
+    step(&mut e, Input::Join(s.clone()), t0);
+    for p in [1, 3] {
+        step(
+            &mut e,
+            Input::Subscribed {
+                peer: dev(p),
+                store: s.clone(),
+            },
+            t0,
+        );
+    }
+    let out = step(
+        &mut e,
+        Input::Heartbeat {
+            via: dev(1),
+            heartbeat: Heartbeat {
+                device: dev(2),
+                incarnation: 5,
+                seq: 1,
+                addrs: vec![],
+                partial: false,
+                digest: vec![(s.clone(), Version::new(5, 3))],
+            },
+        },
+        t0,
+    );
+    let id = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Fetch { id, want, .. } if want[0].device.is_some() => Some(*id),
+            _ => None,
+        })
+        .unwrap();
+    let out = step(
+        &mut e,
+        Input::Response {
+            peer: dev(1),
+            id,
+            slices: vec![],
+        },
+        t0,
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Fetch { peer, .. } if *peer == dev(3))));
+}
+
+#[test]
+fn newer_slices_are_delivered_and_stale_ones_reported() {
+    let (mut e, t0) = engine();
+    let s = st("a");
+    step(&mut e, Input::Join(s.clone()), t0);
+    let deliver = |out: &[Output]| out.iter().any(|o| matches!(o, Output::Deliver(_)));
+    let out = step(
+        &mut e,
+        Input::Slice {
+            via: dev(1),
+            slice: slice(&s, dev(1), Version::new(1, 2)),
+        },
+        t0,
+    );
+    assert!(deliver(&out));
+    assert_eq!(e.held_version(&s, &dev(1)), Some(Version::new(1, 2)));
+    let out = step(
+        &mut e,
+        Input::Slice {
+            via: dev(1),
+            slice: slice(&s, dev(1), Version::new(1, 1)),
+        },
+        t0,
+    );
+    assert!(!deliver(&out));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Report(Report::Rejected {
+            reason: RejectReason::Stale,
+            ..
+        })
+    )));
+}
+
+#[test]
+fn a_silent_device_is_removed_after_the_timeout() {
+    let (mut e, t0) = engine();
+    let s = st("a");
+    step(&mut e, Input::Join(s.clone()), t0);
+    step(
+        &mut e,
+        Input::Slice {
+            via: dev(1),
+            slice: slice(&s, dev(1), Version::new(1, 2)),
+        },
+        t0,
+    );
+    let early = step(
+        &mut e,
+        Input::Timer(Timer::Expire),
+        t0 + Duration::from_secs(2),
+    );
+    assert!(!early.iter().any(|o| matches!(o, Output::Remove { .. })));
+    let late = step(
+        &mut e,
+        Input::Timer(Timer::Expire),
+        t0 + Duration::from_secs(3),
+    );
+    assert!(late.iter().any(|o| matches!(
+        o,
+        Output::Remove { device, reason: RemovalReason::Timeout, .. } if *device == dev(1)
+    )));
+}
+
+#[test]
+fn a_second_connection_closing_reconnects_afresh() {
+    let (mut e, t0) = engine();
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    let out = step(
+        &mut e,
+        Input::ConnectionClosed {
+            peer: dev(1),
+            remaining: 1,
+        },
+        t0,
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Disconnect { peer } if *peer == dev(1))));
+    step(
+        &mut e,
+        Input::ConnectionClosed {
+            peer: dev(1),
+            remaining: 0,
+        },
+        t0,
+    );
+    let out = step(&mut e, Input::Timer(Timer::Redial), t0);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Dial { peer } if *peer == dev(1))));
+}
+
+#[test]
+fn leave_waits_for_every_connected_peer_or_the_deadline() {
+    let (mut e, t0) = engine();
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    step(&mut e, Input::Connected { peer: dev(2) }, t0);
+    let out = step(&mut e, Input::Leave, t0);
+    let ids: Vec<RequestId> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::SendGoodbye { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::PublishGoodbye { incarnation: 1 })));
+    let out = step(
+        &mut e,
+        Input::Response {
+            peer: dev(1),
+            id: ids[0],
+            slices: vec![],
+        },
+        t0,
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::LeaveDone { .. })));
+    let out = step(&mut e, Input::Timer(Timer::LeaveDeadline), t0);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::LeaveDone { unanswered: 1 })));
+    // No more heartbeats once leaving.
+    let out = step(&mut e, Input::Timer(Timer::Presence), t0);
+    assert!(!out.iter().any(|o| matches!(o, Output::PublishHeartbeat(_))));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_timers() {
+    let run = |seed| {
+        let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), seed, Vec::new());
+        let mut out = Vec::new();
+        e.start(Instant::now(), &mut out);
+        format!("{out:?}")
+    };
+    assert_eq!(run(9), run(9));
+    assert_ne!(run(9), run(10));
+}
