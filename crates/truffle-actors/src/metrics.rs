@@ -20,6 +20,9 @@ pub struct Metrics {
     pub delivered: u64,
     /// Remote slices applied to a store.
     pub applied: u64,
+    /// Presence and leave messages received from the presence topic, one per distinct
+    /// message (gossipsub drops further copies first), signature checked.
+    pub presence_received: u64,
     /// Messages dropped, by [`RejectReason::as_str`]. Every reason is present, zeros included.
     pub rejected: BTreeMap<&'static str, u64>,
     /// Remote devices currently considered live.
@@ -48,6 +51,7 @@ pub(crate) struct Counters {
     pub published: AtomicU64,
     pub delivered: AtomicU64,
     pub applied: AtomicU64,
+    pub presence_received: AtomicU64,
     pub peers_online: AtomicU64,
     pub devices_removed: AtomicU64,
     pub connection_failures: AtomicU64,
@@ -84,6 +88,7 @@ impl Counters {
             published: self.published.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
             applied: self.applied.load(Relaxed),
+            presence_received: self.presence_received.load(Relaxed),
             rejected: RejectReason::ALL
                 .iter()
                 .map(|r| (r.as_str(), self.rejected[r.index()].load(Relaxed)))

@@ -7,6 +7,7 @@
 
 mod baseline_chitchat;
 mod baseline_gossipsub;
+mod calibrate;
 mod footprint;
 mod idle;
 mod mesh;
@@ -68,9 +69,10 @@ enum Scenario {
     B4,
     B5,
     B6,
+    Calibrate,
 }
 
-const ALL: [Scenario; 9] = [
+const ALL: [Scenario; 10] = [
     Scenario::Footprint,
     Scenario::B1,
     Scenario::Gossipsub,
@@ -80,6 +82,7 @@ const ALL: [Scenario; 9] = [
     Scenario::B4,
     Scenario::B5,
     Scenario::B6,
+    Scenario::Calibrate,
 ];
 
 impl Scenario {
@@ -94,6 +97,7 @@ impl Scenario {
             Scenario::B4 => "b4-failure-detection",
             Scenario::B5 => "b5-throughput",
             Scenario::B6 => "b6-convergence-64",
+            Scenario::Calibrate => "calibrate-sim",
         }
     }
 
@@ -324,6 +328,9 @@ fn main() {
                 &mut report,
                 scenario!(scenarios::convergence_64),
             ),
+            Scenario::Calibrate => {
+                run_async(limit, &cfg, &mut report, scenario!(calibrate::calibrate))
+            }
         };
         let secs = t.elapsed().as_secs_f64();
         println!("({} took {secs:.1} s)", sc.name());

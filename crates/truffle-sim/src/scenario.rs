@@ -104,6 +104,8 @@ pub struct Outcome {
     pub bytes_recv: f64,
     /// Distinct messages handed to the engine.
     pub delivered: f64,
+    /// Distinct gossip messages handed to the engine.
+    pub gossip: f64,
     /// Mean devices tracked per node at the end.
     pub devices_tracked: f64,
     /// Mean slices held per node at the end.
@@ -144,6 +146,7 @@ impl Outcome {
                 "msgs_recv": round(self.msgs_recv),
                 "bytes_recv": round(self.bytes_recv),
                 "delivered": round(self.delivered),
+                "gossip_delivered": round(self.gossip),
             },
             "state_per_node": {
                 "devices_tracked": round(self.devices_tracked),
@@ -359,6 +362,7 @@ pub fn run(scenario: Scenario, cfg: SimConfig, seconds: f64) -> Outcome {
     out.msgs_recv = per(&|i| sim.traffic(i).recv_msgs);
     out.bytes_recv = per(&|i| sim.traffic(i).recv_bytes);
     out.delivered = per(&|i| sim.traffic(i).delivered);
+    out.gossip = per(&|i| sim.traffic(i).gossip);
     let mean = |f: &dyn Fn(usize) -> usize| {
         live.iter().map(|&i| f(i) as f64).sum::<f64>() / live.len().max(1) as f64
     };

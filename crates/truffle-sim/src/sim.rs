@@ -137,6 +137,9 @@ pub struct Traffic {
     pub recv_bytes: u64,
     /// Distinct messages handed to the engine (gossip first copies, requests, answers).
     pub delivered: u64,
+    /// Distinct gossip messages handed to the engine (what a node's `presence_received`
+    /// and gossip `delivered` counters count).
+    pub gossip: u64,
 }
 
 struct Node {
@@ -166,6 +169,33 @@ enum Gossip {
     Heartbeat(Arc<Heartbeat>),
     Goodbye(DeviceId, u64),
     Slice(Arc<Slice>),
+}
+
+/// An event on the queue, ordered by time, then by when it was scheduled.
+struct Queued {
+    at: Micros,
+    seq: u64,
+    ev: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 enum Event {
@@ -204,8 +234,7 @@ pub struct Sim {
     now: Micros,
     base: Instant,
     seq: u64,
-    queue: BinaryHeap<Reverse<(Micros, u64)>>,
-    events: DetMap<u64, Event>,
+    queue: BinaryHeap<Reverse<Queued>>,
     nodes: Vec<Node>,
     index: DetMap<DeviceId, usize>,
     store_ids: Vec<StoreId>,
@@ -226,6 +255,9 @@ pub struct Sim {
     /// Engine inputs handled, mesh-wide.
     pub steps: u64,
     out: Vec<Output>,
+    /// `mark[n] == stamp`: node `n` already got the message being spread.
+    mark: Vec<u64>,
+    stamp: u64,
 }
 
 impl Sim {
@@ -282,7 +314,6 @@ impl Sim {
             base: Instant::now(),
             seq: 0,
             queue: BinaryHeap::new(),
-            events: DetMap::default(),
             nodes,
             index,
             store_ids,
@@ -297,6 +328,8 @@ impl Sim {
             stale: 0,
             steps: 0,
             out: Vec::new(),
+            mark: vec![0; n],
+            stamp: 0,
         }
     }
 
@@ -355,8 +388,11 @@ impl Sim {
 
     fn push(&mut self, at: Micros, ev: Event) {
         self.seq += 1;
-        self.queue.push(Reverse((at.max(self.now), self.seq)));
-        self.events.insert(self.seq, ev);
+        self.queue.push(Reverse(Queued {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn latency(&mut self) -> Micros {
@@ -576,15 +612,11 @@ impl Sim {
 
     /// Runs events until `until` or a scenario action is due; returns that action.
     pub fn run_until(&mut self, until: Micros) -> Option<usize> {
-        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
-            if at > until {
+        while self.queue.peek().is_some_and(|Reverse(q)| q.at <= until) {
+            let Some(Reverse(Queued { at, ev, .. })) = self.queue.pop() else {
                 break;
-            }
-            self.queue.pop();
-            self.now = at;
-            let Some(ev) = self.events.remove(&seq) else {
-                continue;
             };
+            self.now = at;
             match ev {
                 Event::Action(k) => return Some(k),
                 Event::Timer(i, g, t) => {
@@ -601,12 +633,10 @@ impl Sim {
                 Event::Gossip(i, g, via, msg) => {
                     if self.nodes[i].generation == g {
                         self.nodes[i].traffic.delivered += 1;
+                        self.nodes[i].traffic.gossip += 1;
                         let via = self.nodes[via].id;
                         let input = match msg {
-                            Gossip::Heartbeat(h) => Input::Heartbeat {
-                                via,
-                                heartbeat: (*h).clone(),
-                            },
+                            Gossip::Heartbeat(h) => Input::Heartbeat { via, heartbeat: h },
                             Gossip::Goodbye(device, incarnation) => Input::Goodbye {
                                 device,
                                 incarnation,
@@ -730,7 +760,9 @@ impl Sim {
         }
         // Dijkstra over the links: each node handles the first copy to arrive, in time
         // order, and forwards from then.
-        let mut seen = BTreeSet::from([src]);
+        self.stamp += 1;
+        let stamp = self.stamp;
+        self.mark[src] = stamp;
         let mut queue = BinaryHeap::new();
         for p in first {
             if let Some(d) = self.send(src, p, bytes) {
@@ -738,9 +770,10 @@ impl Sim {
             }
         }
         while let Some(Reverse((at, n, from))) = queue.pop() {
-            if !seen.insert(n) {
+            if self.mark[n] == stamp {
                 continue;
             }
+            self.mark[n] = stamp;
             if self.lost() {
                 // Dropped on arrival: neither handled nor forwarded.
                 continue;

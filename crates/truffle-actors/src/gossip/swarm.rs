@@ -682,6 +682,7 @@ impl SwarmTask {
                     MessageAcceptance::Ignore
                 }
                 Ok((device, PresenceMsg::Presence(p))) => {
+                    inc(&self.counters.presence_received);
                     let heartbeat = Heartbeat {
                         device: device.into(),
                         incarnation: p.incarnation,
@@ -701,11 +702,12 @@ impl SwarmTask {
                     };
                     self.forward(Input::Heartbeat {
                         via: via.into(),
-                        heartbeat,
+                        heartbeat: Arc::new(heartbeat),
                     });
                     MessageAcceptance::Accept
                 }
                 Ok((device, PresenceMsg::Leave(l))) => {
+                    inc(&self.counters.presence_received);
                     self.forward(goodbye(device.into(), l.incarnation));
                     MessageAcceptance::Accept
                 }

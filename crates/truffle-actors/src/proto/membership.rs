@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::DetMap;
+use super::{DetMap, DetState};
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::store::RemovalReason;
 
@@ -32,14 +32,14 @@ struct DeviceState {
 }
 
 impl DeviceState {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, h: &DetState) -> Self {
         Self {
             online: false,
             last_seen: now,
             presence: (0, 0),
             incarnation: 0,
             left: None,
-            stores: DetMap::default(),
+            stores: DetMap::with_hasher(h.clone()),
         }
     }
 
@@ -96,6 +96,7 @@ pub(crate) struct Removal {
 #[derive(Debug)]
 pub(crate) struct Membership {
     timeout: Duration,
+    hasher: DetState,
     devices: DetMap<DeviceId, DeviceState>,
     /// How many devices are online, kept in step with every `online` change so that the
     /// gauge costs nothing per message.
@@ -103,10 +104,11 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, hasher: DetState) -> Self {
         Self {
             timeout,
-            devices: DetMap::default(),
+            devices: DetMap::with_hasher(hasher.clone()),
+            hasher,
             online: 0,
         }
     }
@@ -138,7 +140,7 @@ impl Membership {
         let d = self
             .devices
             .entry(device)
-            .or_insert_with(|| DeviceState::new(now));
+            .or_insert_with(|| DeviceState::new(now, &self.hasher));
         if d.has_left(incarnation) || (incarnation, seq) <= d.presence {
             return PresenceOutcome::default();
         }
@@ -193,7 +195,7 @@ impl Membership {
         let d = self
             .devices
             .entry(device)
-            .or_insert_with(|| DeviceState::new(now));
+            .or_insert_with(|| DeviceState::new(now, &self.hasher));
         if d.has_left(version.incarnation) {
             return Admit::AfterLeave;
         }
@@ -230,7 +232,7 @@ impl Membership {
         let d = self
             .devices
             .entry(device)
-            .or_insert_with(|| DeviceState::new(now));
+            .or_insert_with(|| DeviceState::new(now, &self.hasher));
         // A leave of an earlier run (a replay, or one that arrived late) must not end the
         // current run, whichever of its messages we heard first.
         if d.has_left(incarnation) || incarnation < d.presence.0 || incarnation < d.incarnation {
@@ -310,7 +312,7 @@ mod tests {
 
     #[test]
     fn newer_applies_older_and_equal_are_stale() {
-        let mut m = Membership::new(Duration::from_secs(3));
+        let mut m = Membership::new(Duration::from_secs(3), DetState::default());
         let (d, st, t0) = (dev(), s("a"), Instant::now());
         assert_eq!(m.admit(d, &st, Version::new(1, 2), t0), Admit::Apply);
         assert_eq!(m.admit(d, &st, Version::new(1, 2), t0), Admit::Stale);
@@ -320,7 +322,7 @@ mod tests {
 
     #[test]
     fn leave_removes_and_blocks_that_incarnation() {
-        let mut m = Membership::new(Duration::from_secs(3));
+        let mut m = Membership::new(Duration::from_secs(3), DetState::default());
         let (d, st, t0) = (dev(), s("a"), Instant::now());
         m.admit(d, &st, Version::new(5, 1), t0);
         let r = m.on_leave(d, 5, t0).unwrap();
@@ -334,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_leave_of_an_earlier_run_does_not_end_the_current_one() {
-        let mut m = Membership::new(Duration::from_secs(3));
+        let mut m = Membership::new(Duration::from_secs(3), DetState::default());
         let (d, st, t0) = (dev(), s("a"), Instant::now());
         // The new run's slice arrives before any of its presence does.
         assert_eq!(m.admit(d, &st, Version::new(7, 1), t0), Admit::Apply);
@@ -345,7 +347,7 @@ mod tests {
     #[test]
     fn timeout_removes_and_fresh_presence_revives() {
         let timeout = Duration::from_secs(3);
-        let mut m = Membership::new(timeout);
+        let mut m = Membership::new(timeout, DetState::default());
         let (d, st, t0) = (dev(), s("a"), Instant::now());
         assert!(m.on_presence(d, 1, 1, &[], true, t0).came_online);
         m.admit(d, &st, Version::new(1, 3), t0);
@@ -367,7 +369,7 @@ mod tests {
 
     #[test]
     fn an_old_run_cannot_come_back_through_a_relay() {
-        let mut m = Membership::new(Duration::from_secs(3));
+        let mut m = Membership::new(Duration::from_secs(3), DetState::default());
         let (d, t0) = (dev(), Instant::now());
         // This node first hears of the device through a relayed slice of its old run…
         assert_eq!(m.admit(d, &s("a"), Version::new(1, 4), t0), Admit::Apply);
@@ -382,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_online_count_follows_every_change() {
-        let mut m = Membership::new(Duration::from_secs(1));
+        let mut m = Membership::new(Duration::from_secs(1), DetState::default());
         let t0 = Instant::now();
         let recount = |m: &Membership| m.devices.values().filter(|d| d.online).count();
         let (a, b, c) = (dev(), dev(), dev());
@@ -403,7 +405,7 @@ mod tests {
     #[test]
     fn silent_devices_are_forgotten_after_a_while() {
         let timeout = Duration::from_secs(1);
-        let mut m = Membership::new(timeout);
+        let mut m = Membership::new(timeout, DetState::default());
         let t0 = Instant::now();
         for _ in 0..100 {
             m.on_presence(dev(), 1, 1, &[], true, t0);
@@ -417,7 +419,7 @@ mod tests {
 
     #[test]
     fn restart_drops_stores_the_new_incarnation_does_not_have() {
-        let mut m = Membership::new(Duration::from_secs(3));
+        let mut m = Membership::new(Duration::from_secs(3), DetState::default());
         let (d, t0) = (dev(), Instant::now());
         m.on_presence(d, 1, 1, &[], true, t0);
         m.admit(d, &s("a"), Version::new(1, 1), t0);

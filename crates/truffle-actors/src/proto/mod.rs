@@ -34,9 +34,7 @@ mod membership;
 #[cfg(test)]
 mod tests;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,11 +48,15 @@ use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::store::RemovalReason;
 use crate::wire::{RejectReason, MAX_DIGEST_ENTRIES, MAX_PRESENCE_ADDRS};
 
-/// A hash map whose iteration order depends only on what was inserted (no per-process
-/// random keys), so that a simulation replays exactly from its seed.
-pub type DetMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// The hasher of the engine's maps: keyed by the engine's seed, not by per-process random
+/// keys, so that iteration order depends only on the seed and what was inserted and a
+/// simulation replays exactly. A node seeds its engine randomly, so peers cannot predict
+/// the keys (their device ids are map keys here).
+pub type DetState = foldhash::fast::FixedState;
+/// A hash map with a [`DetState`] hasher.
+pub type DetMap<K, V> = HashMap<K, V, DetState>;
 /// The set counterpart of [`DetMap`].
-pub type DetSet<K> = HashSet<K, BuildHasherDefault<DefaultHasher>>;
+pub type DetSet<K> = HashSet<K, DetState>;
 
 /// Most wants honoured from one sync request, and slices accepted from one response.
 pub const MAX_WANTS: usize = 4096;
@@ -215,8 +217,8 @@ pub enum Input {
     Heartbeat {
         /// The neighbour that forwarded it.
         via: DeviceId,
-        /// The verified heartbeat.
-        heartbeat: Heartbeat,
+        /// The verified heartbeat (shared: a simulator hands one to many engines).
+        heartbeat: Arc<Heartbeat>,
     },
     /// A signed leave (gossiped), or a direct leave request (authenticated stream).
     Goodbye {
@@ -412,6 +414,7 @@ struct PendingLeave {
 
 /// One node's protocol state. See the [module docs](self).
 pub struct Engine {
+    hasher: DetState,
     me: DeviceId,
     incarnation: Incarnation,
     cfg: ProtoConfig,
@@ -452,26 +455,28 @@ impl Engine {
         bootstrap: Vec<Multiaddr>,
     ) -> Self {
         let timeout = cfg.presence_timeout;
+        let h = DetState::with_seed(seed.rotate_left(17) ^ 0x7275_6666_6c65);
         Self {
+            hasher: h.clone(),
             me,
             incarnation,
             cfg,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             bootstrap,
             listen_addrs: Vec::new(),
-            joined: DetSet::default(),
+            joined: DetSet::with_hasher(h.clone()),
             own: BTreeMap::new(),
-            held: DetMap::default(),
-            unpublished: DetMap::default(),
-            membership: Membership::new(timeout),
+            held: DetMap::with_hasher(h.clone()),
+            unpublished: DetMap::with_hasher(h.clone()),
+            membership: Membership::new(timeout, h.clone()),
             seq: 0,
             digest_cursor: 0,
-            fetched: DetMap::default(),
-            fetches: DetMap::default(),
+            fetched: DetMap::with_hasher(h.clone()),
+            fetches: DetMap::with_hasher(h.clone()),
             next_request: 0,
-            conns: DetMap::default(),
-            subs: DetMap::default(),
-            reconnect: DetSet::default(),
+            conns: DetMap::with_hasher(h.clone()),
+            subs: DetMap::with_hasher(h.clone()),
+            reconnect: DetSet::with_hasher(h.clone()),
             leaving: false,
             leave: None,
         }
@@ -544,9 +549,10 @@ impl Engine {
                 reached_nobody,
             } => {
                 self.own.insert(store.clone(), version);
+                let h = &self.hasher;
                 self.held
                     .entry(store.clone())
-                    .or_default()
+                    .or_insert_with(|| DetMap::with_hasher(h.clone()))
                     .insert(self.me, raw.clone());
                 if reached_nobody {
                     self.unpublished.insert(store, (version, raw));
@@ -671,7 +677,11 @@ impl Engine {
         if peer == self.me {
             return;
         }
-        self.subs.entry(peer).or_default().insert(store.clone());
+        let h = &self.hasher;
+        self.subs
+            .entry(peer)
+            .or_insert_with(|| DetSet::with_hasher(h.clone()))
+            .insert(store.clone());
         if let Some((version, raw)) = self.unpublished.get(&store).cloned() {
             // Publish again now that someone listens, so the slice spreads through the
             // mesh, not only to the neighbours that fetch it.
@@ -700,9 +710,10 @@ impl Engine {
         }
         match self.membership.admit(v.device, &v.store, v.version, now) {
             Admit::Apply => {
+                let h = &self.hasher;
                 self.held
                     .entry(v.store.clone())
-                    .or_default()
+                    .or_insert_with(|| DetMap::with_hasher(h.clone()))
                     .insert(v.device, v.raw.clone());
                 self.fetched.remove(&(v.device, v.store.clone()));
                 out.push(Output::Deliver(v));
@@ -753,7 +764,13 @@ impl Engine {
         }
     }
 
-    fn on_heartbeat(&mut self, via: DeviceId, p: Heartbeat, now: Instant, out: &mut Vec<Output>) {
+    fn on_heartbeat(
+        &mut self,
+        via: DeviceId,
+        p: Arc<Heartbeat>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let device = p.device;
         if device == self.me {
             return;
@@ -772,7 +789,7 @@ impl Engine {
         }
         // Anti-entropy: fetch what the digest shows we are missing, from whoever relayed it.
         let mut want = Vec::new();
-        for (store, version) in p.digest {
+        for (store, version) in p.digest.iter().cloned() {
             if !self.joined.contains(&store) || !self.membership.wants(&device, &store, version) {
                 continue;
             }
@@ -1017,7 +1034,7 @@ impl Engine {
         });
         let mut peers: Vec<DeviceId> = self.conns.keys().copied().collect();
         peers.sort();
-        let mut waiting = DetSet::default();
+        let mut waiting = DetSet::with_hasher(self.hasher.clone());
         for peer in peers {
             let id = self.request_id();
             waiting.insert(id);

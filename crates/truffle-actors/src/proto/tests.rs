@@ -54,7 +54,7 @@ fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
         &mut e,
         Input::Heartbeat {
             via: dev(1),
-            heartbeat: hb(1),
+            heartbeat: Arc::new(hb(1)),
         },
         t0,
     );
@@ -73,7 +73,7 @@ fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
         &mut e,
         Input::Heartbeat {
             via: dev(1),
-            heartbeat: hb(2),
+            heartbeat: Arc::new(hb(2)),
         },
         t0 + Duration::from_millis(100),
     );
@@ -99,14 +99,14 @@ fn a_fetch_the_relay_cannot_answer_goes_to_another_subscriber() {
         &mut e,
         Input::Heartbeat {
             via: dev(1),
-            heartbeat: Heartbeat {
+            heartbeat: Arc::new(Heartbeat {
                 device: dev(2),
                 incarnation: 5,
                 seq: 1,
                 addrs: vec![],
                 partial: false,
                 digest: vec![(s.clone(), Version::new(5, 3))],
-            },
+            }),
         },
         t0,
     );
