@@ -536,12 +536,9 @@ impl SwarmTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 for (peer, addr) in found {
-                    if !self.swarm.is_connected(&peer) {
-                        tracing::debug!(%peer, %addr, "mdns discovered a peer; dialling");
-                        let _ = self
-                            .swarm
-                            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
-                    }
+                    tracing::debug!(%peer, %addr, "mdns discovered a peer");
+                    self.swarm.add_peer_address(peer, addr);
+                    self.forward(Input::Discovered { peer: peer.into() });
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

@@ -241,6 +241,11 @@ pub enum Input {
         /// The store.
         store: StoreId,
     },
+    /// Local discovery (mDNS) found `peer`; the runtime knows its addresses.
+    Discovered {
+        /// The peer.
+        peer: DeviceId,
+    },
     /// A connection to `peer` was established.
     Connected {
         /// The peer.
@@ -582,6 +587,11 @@ impl Engine {
             Input::Unsubscribed { peer, store } => {
                 if let Some(s) = self.subs.get_mut(&peer) {
                     s.remove(&store);
+                }
+            }
+            Input::Discovered { peer } => {
+                if peer != self.me && !self.leaving && !self.conns.contains_key(&peer) {
+                    out.push(Output::Dial { peer });
                 }
             }
             Input::Connected { peer } => *self.conns.entry(peer).or_default() += 1,
