@@ -385,13 +385,18 @@ pub fn heartbeat_wire_len(h: &crate::proto::Heartbeat) -> usize {
     let body = rmp_serde::to_vec_named(&presence_of(h))
         .map(|b| b.len())
         .unwrap_or(0);
-    // {v, kind: "presence", body: bin, sig: bin(64)} with named fields.
-    body + SIGNED_ENVELOPE_OVERHEAD + "presence".len()
+    let bin_header = match body {
+        0..=255 => 2,
+        256..=65_535 => 3,
+        _ => 5,
+    };
+    SIGNED_ENVELOPE_OVERHEAD + "presence".len() + bin_header + body
 }
 
-/// The bytes a [`SignedMsg`] adds around its body, besides the kind's name: the map and
-/// field names, the version, the bin headers and the 64-byte ed25519 signature.
-const SIGNED_ENVELOPE_OVERHEAD: usize = 1 + 2 + 1 + 5 + 5 + 3 + 5 + 2 + 64;
+/// The bytes a [`SignedMsg`] adds around its body besides the kind's name and the body's
+/// bin header: the map, the field names, the version, the kind's string header and the
+/// 64-byte ed25519 signature with its bin header.
+const SIGNED_ENVELOPE_OVERHEAD: usize = 1 + (2 + 1) + (5 + 1) + 5 + (4 + 2 + 64);
 
 /// Encodes and signs a presence message.
 pub(crate) fn encode_presence(key: &Keypair, p: &Presence) -> Result<Vec<u8>, String> {
@@ -575,6 +580,31 @@ mod tests {
         let k = Keypair::generate_ed25519();
         let d = DeviceId::from(k.public().to_peer_id());
         (k, d)
+    }
+
+    /// What the simulator charges for a presence is what a node sends.
+    #[test]
+    fn the_heartbeat_wire_length_is_the_signed_presence_length() {
+        let (k, d) = key();
+        for stores in [0usize, 1, 3, 300] {
+            let h = crate::proto::Heartbeat {
+                device: d,
+                incarnation: 1_764_000_000_000,
+                seq: 77,
+                addrs: vec!["/ip4/10.0.0.7/tcp/4001".into()],
+                partial: stores > MAX_DIGEST_ENTRIES,
+                digest: (0..stores.min(MAX_DIGEST_ENTRIES))
+                    .map(|i| {
+                        (
+                            StoreId::new(format!("store-{i}")).unwrap(),
+                            Version::new(1, i as u64),
+                        )
+                    })
+                    .collect(),
+            };
+            let signed = encode_presence(&k, &presence_of(&h)).unwrap();
+            assert_eq!(heartbeat_wire_len(&h), signed.len(), "{stores} stores");
+        }
     }
 
     #[test]
