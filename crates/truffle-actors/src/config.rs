@@ -19,6 +19,7 @@ pub(crate) struct Config {
     pub connect_timeout: Duration,
     pub mdns: bool,
     pub psk: Option<PreSharedKey>,
+    pub offline_view: bool,
 }
 
 impl Default for Config {
@@ -35,6 +36,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             mdns: true,
             psk: None,
+            offline_view: false,
         }
     }
 }

@@ -93,6 +93,22 @@ pub enum Error {
     /// The node configuration is inconsistent.
     #[error("invalid node configuration: {0}")]
     Config(String),
+    /// The data directory (or another [`crate::storage::Storage`]) could not be used:
+    /// unreadable, damaged, not a Truffle data file, or holding a slice that no longer
+    /// decodes as the store's type. The file is never changed or deleted on this error.
+    #[error("data file {path}: {reason}")]
+    Storage {
+        /// The file (or the storage's location).
+        path: PathBuf,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+    /// Another process (or another node in this one) has the data directory open.
+    #[error("data file {path} is in use by another process (redb holds a lock on it); stop the other node or give this one another data directory")]
+    DataDirInUse {
+        /// The locked file.
+        path: PathBuf,
+    },
     /// libp2p refused to build the swarm.
     #[error("could not build the libp2p swarm: {0}")]
     Transport(String),

@@ -58,6 +58,7 @@ mod metrics;
 mod node;
 pub mod proto;
 mod slice;
+pub mod storage;
 mod store;
 pub mod wire;
 
@@ -71,7 +72,7 @@ pub use metrics::Metrics;
 pub use node::{MeshNode, MeshNodeBuilder};
 pub use slice::DeviceSlice;
 pub use store::{
-    RemovalReason, SliceStore, Store, StoreEvent, StoreEvents, StoreSnapshot, Syncable,
+    OfflineSlice, RemovalReason, SliceStore, Store, StoreEvent, StoreEvents, StoreSnapshot, Syncable,
     SyncableStore,
 };
 pub use wire::RejectReason;

@@ -25,10 +25,17 @@ use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::metrics::{Counters, Metrics};
 use crate::proto::{Engine, Input, ProtoConfig};
 use crate::slice::now_millis;
+use crate::storage::{Persistence, RedbStorage, Storage};
 use crate::store::{
     sink_for, spawn_store, Outbox, SliceStore, Store, StoreParams, StorePort, Syncable,
     SyncableStore,
 };
+
+enum StorageSource {
+    None,
+    Dir(PathBuf),
+    Custom(Arc<dyn Storage>),
+}
 
 enum KeySource {
     Generate,
@@ -60,6 +67,7 @@ pub struct MeshNodeBuilder {
     bootstrap: Vec<Multiaddr>,
     key: KeySource,
     psk_file: Option<PathBuf>,
+    storage: StorageSource,
     cfg: Config,
 }
 
@@ -166,6 +174,39 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// Keeps this device's slices in `dir` (created if missing), in one `redb` file,
+    /// `truffle.redb`: on the next start each store begins with the slice it had, published
+    /// under the new run's incarnation, so peers see the old data again instead of an
+    /// empty slice. Writes are saved in the background, coalesced (see
+    /// [`Store::persisted`]); after a crash or `kill -9` the node restarts with a slice
+    /// that was written, never a torn one.
+    ///
+    /// Without it (the default) nothing is saved and every start begins with
+    /// `Default::default()`. Only one process can use a data directory at a time: a
+    /// second one fails to start with [`Error::DataDirInUse`]. Use it with
+    /// [`key_file`](Self::key_file), so the restarted node is also the same device.
+    pub fn data_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.storage = StorageSource::Dir(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Saves slices in `storage` instead of a data directory: another backend, or a
+    /// shared [`crate::storage::MemoryStorage`] to test restarts without a disk.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = StorageSource::Custom(storage);
+        self
+    }
+
+    /// Keeps the last slice of each device that goes offline, with when it was last seen,
+    /// readable through [`Store::offline`] (default off). The live
+    /// [`Store::snapshot`] is unchanged. With a data directory, the view is saved too
+    /// (each remote device's newest slice is written, coalesced), so a node started
+    /// without network shows what it last knew.
+    pub fn offline_view(mut self, on: bool) -> Self {
+        self.cfg.offline_view = on;
+        self
+    }
+
     /// How long a connection may take to be established, handshakes included (default 10 s).
     /// With a mismatched pre-shared key, a dial fails only after this long.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -205,6 +246,18 @@ impl MeshNodeBuilder {
         }
         let device = DeviceId::from(key.public().to_peer_id());
         let name = self.name.unwrap_or_else(|| device.to_string());
+        let storage: Option<Arc<dyn Storage>> = match self.storage {
+            StorageSource::None => None,
+            StorageSource::Dir(dir) => Some(Arc::new(RedbStorage::open(dir)?)),
+            StorageSource::Custom(s) => Some(s),
+        };
+        // The storage remembers the incarnations it saw: a restored slice must be newer
+        // than anything an earlier run published, even if the clock went back.
+        let incarnation = match &storage {
+            Some(s) => s.claim_incarnation(incarnation)?,
+            None => incarnation,
+        };
+        let persistence = storage.map(Persistence::start).transpose()?;
         let listen = if self.listen.is_empty() {
             vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")]
         } else {
@@ -348,6 +401,7 @@ impl MeshNodeBuilder {
             swarm_task: Some(swarm_task),
             cmds: cmd_tx,
             faults,
+            persistence,
         })
     }
 }
@@ -456,6 +510,8 @@ pub struct MeshNode {
     cmds: mpsc::UnboundedSender<SwarmCmd>,
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     faults: FaultHandle,
+    /// The storage and its writer thread, with a data directory.
+    persistence: Option<Persistence>,
 }
 
 impl std::fmt::Debug for MeshNode {
@@ -477,6 +533,7 @@ impl MeshNode {
             bootstrap: Vec::new(),
             key: KeySource::Generate,
             psk_file: None,
+            storage: StorageSource::None,
             cfg: Config::default(),
         }
     }
@@ -563,6 +620,8 @@ impl MeshNode {
                 max_slice_size: self.cfg.max_slice_size,
                 event_buffer: self.cfg.event_buffer,
                 counters: self.counters.clone(),
+                persist: self.persistence.as_ref().map(|p| p.for_store(id.clone())),
+                offline_view: self.cfg.offline_view,
             },
         )
         .await?;
@@ -683,6 +742,10 @@ impl MeshNode {
             let _ = actor
                 .stop_and_wait(None, Some(Duration::from_secs(5)))
                 .await;
+        }
+        // The stores are stopped: what they saved last is queued. Write it before returning.
+        if let Some(p) = self.persistence.take() {
+            p.close().await;
         }
         let _ = self
             .gossip

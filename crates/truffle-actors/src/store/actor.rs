@@ -6,11 +6,13 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{broadcast, watch};
 
+use super::durable::Durable;
 use super::{RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
 use crate::error::Error;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::slice::{now_millis, DeviceSlice};
+use crate::storage::StorePersist;
 use crate::wire::{RejectReason, VerifiedSlice};
 
 /// What the network side tells a store.
@@ -140,6 +142,10 @@ pub(crate) struct StoreParams {
     pub event_buffer: usize,
     pub counters: Arc<Counters>,
     pub port: StorePort,
+    /// The store's way to the node's storage, if it has a data directory.
+    pub persist: Option<StorePersist>,
+    /// Keep departed devices' last slices ([`crate::MeshNodeBuilder::offline_view`]).
+    pub offline_view: bool,
 }
 
 pub(crate) struct StoreArgs<S: SyncableStore> {
@@ -152,6 +158,7 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
     port: StorePort,
     events: broadcast::Sender<StoreEvent<S::Data>>,
     view: watch::Sender<Arc<StoreSnapshot<S::Data>>>,
+    durable: Durable<S::Data>,
 }
 
 pub(crate) struct StoreState<S: SyncableStore> {
@@ -175,7 +182,16 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
 ) -> Result<SpawnedStore<S::Data>, Error> {
     let id = store.store_id();
     let version = Version::new(p.incarnation, 0);
-    let local = store.init(p.device, version, now_millis());
+    let mut local = store.init(p.device, version, now_millis());
+    let mut durable = Durable::new(id.clone(), p.persist, p.offline_view);
+    // A saved slice becomes the local slice, published under this run's incarnation so
+    // that peers take it over whatever they remember of earlier runs.
+    if let Some(restored) = durable.restore(p.device, version)? {
+        local = Arc::new(restored);
+        store.set_local_slice(local.clone());
+    }
+    let persisted = durable.persisted();
+    let offline = durable.offline_rx();
     let (events, _) = broadcast::channel(p.event_buffer.max(1));
     let (view, view_rx) = watch::channel(Arc::new(StoreSnapshot {
         local: local.clone(),
@@ -191,6 +207,7 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         port: p.port,
         events: events.clone(),
         view,
+        durable,
     };
     let flushed_rx = args.port.outbox.flushed();
     let initial = Pending {
@@ -208,6 +225,8 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
             events,
             view: view_rx,
             flushed: flushed_rx,
+            persisted,
+            offline,
         },
         initial,
     })
@@ -271,6 +290,7 @@ impl<S: SyncableStore> StoreState<S> {
         self.counter += 1;
         let slice = Arc::new(slice);
         self.args.store.set_local_slice(slice.clone());
+        self.args.durable.local_written(&slice, &data);
         let pending = Pending {
             version: slice.version,
             updated_at: slice.updated_at,
@@ -293,6 +313,14 @@ impl<S: SyncableStore> StoreState<S> {
                     &v.device,
                     &format!("store `{}`: {e}", self.args.id),
                 );
+                if self.args.durable.first_decode_failure(v.device) {
+                    tracing::warn!(store = %self.args.id, device = %v.device, version = %v.version, error = %e, "a device's slice does not decode as this node's type of the store; its slices are dropped (and counted as data_decode) until one decodes");
+                    self.emit(StoreEvent::RemoteUndecodable {
+                        device_id: v.device,
+                        version: v.version,
+                        reason: e.to_string(),
+                    });
+                }
                 self.args.port.undecodable(v.device);
                 return;
             }
@@ -305,6 +333,7 @@ impl<S: SyncableStore> StoreState<S> {
         });
         if self.args.store.apply_remote_slice(slice.clone()) {
             inc(&self.args.counters.applied);
+            self.args.durable.remote_applied(&slice, &v.data);
             tracing::debug!(store = %self.args.id, device = %v.device, version = %v.version, "applied remote slice");
             self.emit(StoreEvent::RemoteUpdated { slice });
         } else {
@@ -315,12 +344,8 @@ impl<S: SyncableStore> StoreState<S> {
     }
 
     fn remove(&mut self, device: DeviceId, reason: RemovalReason) {
-        if self
-            .args
-            .store
-            .remove_remote_slice(&device, reason)
-            .is_some()
-        {
+        if let Some(slice) = self.args.store.remove_remote_slice(&device, reason) {
+            self.args.durable.remote_removed(slice);
             tracing::info!(store = %self.args.id, %device, %reason, "removed remote slice");
             self.emit(StoreEvent::RemoteRemoved {
                 device_id: device,
@@ -364,6 +389,8 @@ impl<S: SyncableStore> Actor for StoreActor<S> {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let live = state.args.store.remote_slices();
+        state.args.durable.stopping(live.into_values());
         state.args.store.clear_remote_slices();
         Ok(())
     }

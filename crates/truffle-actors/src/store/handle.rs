@@ -1,5 +1,6 @@
 //! The typed handle an application holds for one store.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use ractor::ActorRef;
 use tokio::sync::{broadcast, watch};
 
 use super::actor::StoreMsg;
-use super::{StoreEvent, StoreSnapshot};
+use super::durable::OfflineView;
+use super::{OfflineSlice, StoreEvent, StoreSnapshot};
 use crate::error::Error;
 use crate::ids::{DeviceId, StoreId, Version};
 use crate::slice::DeviceSlice;
@@ -43,6 +45,8 @@ pub struct Store<T> {
     pub(crate) events: broadcast::Sender<StoreEvent<T>>,
     pub(crate) view: watch::Receiver<Arc<StoreSnapshot<T>>>,
     pub(crate) flushed: watch::Receiver<Version>,
+    pub(crate) persisted: watch::Receiver<Version>,
+    pub(crate) offline: watch::Receiver<OfflineView<T>>,
 }
 
 impl<T> Clone for Store<T> {
@@ -53,6 +57,8 @@ impl<T> Clone for Store<T> {
             events: self.events.clone(),
             view: self.view.clone(),
             flushed: self.flushed.clone(),
+            persisted: self.persisted.clone(),
+            offline: self.offline.clone(),
         }
     }
 }
@@ -141,6 +147,46 @@ impl<T: Clone + Send + Sync + 'static> Store<T> {
     /// ```
     pub fn flushed(&self) -> watch::Receiver<Version> {
         self.flushed.clone()
+    }
+
+    /// The newest version of this device's slice that is durable in the node's storage
+    /// ([`crate::MeshNodeBuilder::data_dir`]): after a crash, the node restarts with this
+    /// version's data or a newer one.
+    ///
+    /// [`update`](Self::update) never waits for the disk: writes are coalesced (a write
+    /// made while an earlier one waits to be saved replaces it), so not every version
+    /// shows up here. A caller that needs a write to be durable waits for it. Without
+    /// storage nothing is saved: the channel is closed and waiting fails at once.
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # use truffle_actors::prelude::*;
+    /// # #[derive(Syncable, Clone, Debug, Default, Serialize, Deserialize)]
+    /// # #[syncable(id = "notes")]
+    /// # struct Notes { text: String }
+    /// # async fn run(notes: Store<Notes>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let written = notes.update(|n| n.text = "keep me".into()).await?.version;
+    /// notes.persisted().wait_for(|v| *v >= written).await?;
+    /// // A crash from here on restarts with "keep me" (or something newer).
+    /// # Ok(()) }
+    /// ```
+    pub fn persisted(&self) -> watch::Receiver<Version> {
+        self.persisted.clone()
+    }
+
+    /// The offline view: the last slice of every device that is no longer live, with when
+    /// it was last seen. Empty unless the node was built with
+    /// [`offline_view(true)`](crate::MeshNodeBuilder::offline_view). Separate from
+    /// [`snapshot`](Self::snapshot), which holds live devices only; a device moves back to
+    /// the snapshot as soon as it sends a slice again. With a data directory the view is
+    /// saved, so a node started without network shows what it last knew.
+    pub fn offline(&self) -> Arc<BTreeMap<DeviceId, OfflineSlice<T>>> {
+        self.offline.borrow().clone()
+    }
+
+    /// Follows [`offline`](Self::offline).
+    pub fn watch_offline(&self) -> watch::Receiver<Arc<BTreeMap<DeviceId, OfflineSlice<T>>>> {
+        self.offline.clone()
     }
 
     /// The latest snapshot, updated after every change: for UIs that redraw on change.

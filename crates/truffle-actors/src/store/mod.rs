@@ -2,6 +2,7 @@
 //! the actor that owns one, and the typed handle ([`Store`]) the application holds.
 
 mod actor;
+mod durable;
 mod handle;
 
 use std::collections::BTreeMap;
@@ -79,6 +80,19 @@ pub enum StoreEvent<T> {
         /// Why.
         reason: RemovalReason,
     },
+    /// A slice from a remote device did not decode as this node's type of the store (the
+    /// two apps changed the type incompatibly; see the book's "Changing a store type").
+    /// Reported once per device until a slice of it decodes again; the store keeps the
+    /// device's last readable slice, if any, and goes on syncing with everyone else.
+    /// Each such slice is also counted in [`crate::Metrics`] as `data_decode`.
+    RemoteUndecodable {
+        /// The device whose slice was dropped.
+        device_id: DeviceId,
+        /// The dropped version.
+        version: Version,
+        /// The decoder's message: which field or variant did not fit.
+        reason: String,
+    },
     /// This subscriber fell more than the event buffer behind and missed `missed` events.
     /// Nothing was dropped silently: read [`Store::snapshot`] to resynchronise.
     Lagged {
@@ -100,7 +114,36 @@ impl<T> Clone for StoreEvent<T> {
                 device_id: *device_id,
                 reason: *reason,
             },
+            StoreEvent::RemoteUndecodable {
+                device_id,
+                version,
+                reason,
+            } => StoreEvent::RemoteUndecodable {
+                device_id: *device_id,
+                version: *version,
+                reason: reason.clone(),
+            },
             StoreEvent::Lagged { missed } => StoreEvent::Lagged { missed: *missed },
+        }
+    }
+}
+
+/// The last slice of a device that is no longer live, kept for the offline view (see
+/// [`crate::MeshNodeBuilder::offline_view`] and [`Store::offline`]).
+#[derive(Debug)]
+pub struct OfflineSlice<T> {
+    /// The device's last slice this node received.
+    pub slice: Arc<DeviceSlice<T>>,
+    /// When this node last saw the device, in milliseconds since the Unix epoch (this
+    /// node's clock): when it was removed, or when this node stopped while it was live.
+    pub last_seen: u64,
+}
+
+impl<T> Clone for OfflineSlice<T> {
+    fn clone(&self) -> Self {
+        Self {
+            slice: self.slice.clone(),
+            last_seen: self.last_seen,
         }
     }
 }
