@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::*;
 use truffle_actors::identity::Keypair;
 use truffle_actors::prelude::*;
-use truffle_actors::storage::{
-    MemoryStorage, SavedRemote, SavedSlice, SavedWrite, Storage,
-};
+use truffle_actors::storage::{MemoryStorage, SavedRemote, SavedSlice, SavedWrite, Storage};
 use truffle_actors::{Incarnation, StoreId, Version};
 
 async fn persisted(store: &Store<Todos>, version: Version) {
@@ -75,10 +73,14 @@ async fn a_restarted_node_publishes_its_saved_slice_under_the_new_incarnation() 
     assert_eq!(local.version, Version::new(second.incarnation(), 0));
     assert!(second.incarnation() > inc1);
     // Peers get the old data back, never an empty list.
-    let first_seen = next_event("the restarted device's first slice", &mut seen, |e| match e {
-        StoreEvent::RemoteUpdated { slice } if slice.device_id == dev => Some(slice),
-        _ => None,
-    })
+    let first_seen = next_event(
+        "the restarted device's first slice",
+        &mut seen,
+        |e| match e {
+            StoreEvent::RemoteUpdated { slice } if slice.device_id == dev => Some(slice),
+            _ => None,
+        },
+    )
     .await;
     assert_eq!(first_seen.data.items.len(), 5, "{first_seen:?}");
     assert_eq!(first_seen.version.incarnation, second.incarnation());
@@ -243,11 +245,18 @@ async fn a_saved_slice_that_no_longer_decodes_fails_the_join_and_is_kept() {
     let err = node.store::<Incompatible>().await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Storage { .. }), "{err:?}");
-    assert!(msg.contains("truffle.redb") && msg.contains("`todos`"), "{msg}");
+    assert!(
+        msg.contains("truffle.redb") && msg.contains("`todos`"),
+        "{msg}"
+    );
     node.shutdown().await.unwrap();
 
     // Nothing was overwritten: the old type still reads it.
-    let node = builder("v1 again").data_dir(dir.path()).start().await.unwrap();
+    let node = builder("v1 again")
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
     let s = node.store::<Todos>().await.unwrap();
     assert_eq!(s.local().data.items, ["precious"]);
     node.shutdown().await.unwrap();
@@ -280,7 +289,10 @@ async fn the_offline_view_keeps_departed_devices_and_survives_a_restart_without_
         s.get(&other_id).is_some()
     })
     .await;
-    assert!(on_viewer.offline().is_empty(), "a live device is not offline");
+    assert!(
+        on_viewer.offline().is_empty(),
+        "a live device is not offline"
+    );
 
     let before = truffle_actors_now();
     other.shutdown().await.unwrap();
@@ -289,14 +301,11 @@ async fn the_offline_view_keeps_departed_devices_and_survives_a_restart_without_
     })
     .await;
     let mut offline = on_viewer.watch_offline();
-    let view = tokio::time::timeout(
-        DEADLINE,
-        offline.wait_for(|o| o.contains_key(&other_id)),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .clone();
+    let view = tokio::time::timeout(DEADLINE, offline.wait_for(|o| o.contains_key(&other_id)))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
     let kept = &view[&other_id];
     assert_eq!(kept.slice.data.items, ["from the other device"]);
     assert!(kept.last_seen >= before, "{} < {before}", kept.last_seen);
@@ -316,7 +325,11 @@ async fn the_offline_view_keeps_departed_devices_and_survives_a_restart_without_
         view.get(&other_id).map(|o| o.slice.data.items.clone()),
         Some(vec!["from the other device".to_string()])
     );
-    assert_eq!(on_viewer.snapshot().len(), 1, "the live snapshot has only us");
+    assert_eq!(
+        on_viewer.snapshot().len(),
+        1,
+        "the live snapshot has only us"
+    );
     viewer.shutdown().await.unwrap();
 }
 

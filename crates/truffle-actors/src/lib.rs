@@ -72,8 +72,8 @@ pub use metrics::Metrics;
 pub use node::{MeshNode, MeshNodeBuilder};
 pub use slice::DeviceSlice;
 pub use store::{
-    OfflineSlice, RemovalReason, SliceStore, Store, StoreEvent, StoreEvents, StoreSnapshot, Syncable,
-    SyncableStore,
+    OfflineSlice, RemovalReason, SliceStore, Store, StoreEvent, StoreEvents, StoreSnapshot,
+    Syncable, SyncableStore,
 };
 pub use wire::RejectReason;
 

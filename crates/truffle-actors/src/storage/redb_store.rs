@@ -103,7 +103,9 @@ impl RedbStorage {
     }
 
     fn db(&self) -> &Database {
-        self.db.as_ref().expect("the database is only taken when dropped")
+        self.db
+            .as_ref()
+            .expect("the database is only taken when dropped")
     }
 
     /// The database file.

@@ -113,7 +113,11 @@ fn expect_storage_error(dir: &std::path::Path, want: &str) {
 fn foreign_and_damaged_files_are_refused_with_the_path() {
     let dir = tempfile::tempdir().unwrap();
     // Not a database at all.
-    std::fs::write(dir.path().join("truffle.redb"), b"hello, I am a text file\n").unwrap();
+    std::fs::write(
+        dir.path().join("truffle.redb"),
+        b"hello, I am a text file\n",
+    )
+    .unwrap();
     expect_storage_error(dir.path(), "move it away");
 
     // Random bytes of a plausible size.
@@ -193,10 +197,7 @@ fn records_refuse_garbage_and_future_formats() {
     assert!(SavedSlice::from_record(b"junk").is_err());
     let mut future: Vec<u8> = r.clone();
     // The first field after the map header and key "v" is the format byte.
-    let pos = future
-        .windows(2)
-        .position(|w| w == [0xa1, b'v'])
-        .unwrap();
+    let pos = future.windows(2).position(|w| w == [0xa1, b'v']).unwrap();
     future[pos + 2] = 9;
     let err = SavedSlice::from_record(&future).unwrap_err();
     assert!(err.contains("format 9"), "{err}");

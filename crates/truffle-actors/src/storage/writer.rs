@@ -140,8 +140,8 @@ fn run(storage: &dyn Storage, shared: &Shared) {
             std::mem::take(&mut q.pending)
         };
         let writes: Vec<SavedWrite> = batch.values().map(|e| e.write.clone()).collect();
-        let result = catch_unwind(AssertUnwindSafe(|| storage.write(&writes)))
-            .unwrap_or_else(|_| {
+        let result =
+            catch_unwind(AssertUnwindSafe(|| storage.write(&writes))).unwrap_or_else(|_| {
                 Err(Error::Storage {
                     path: storage_path(storage),
                     reason: "the storage backend panicked while writing".into(),
