@@ -3,11 +3,15 @@
 //! ```text
 //! cargo run --example todo -- [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]...
 //!                             [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json]
+//!                             [--data-dir PATH]
 //! ```
 //!
 //! Commands on stdin: `add <text>`, `done <n>`, `list`, `quit` (end of input = `quit`,
 //! which leaves the mesh gracefully and exits 0). With `--json`, stdout carries only JSON
 //! lines: one `ready` event, then a `state` event after every change, local or remote.
+//! With `--data-dir`, this device's list is saved there and comes back on the next start
+//! (after `quit`, Ctrl-C or a crash); in `--json` mode a `persisted` event gives the write
+//! counter of the newest version on disk.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -35,7 +39,7 @@ struct Todo {
 }
 // ANCHOR_END: types
 
-const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json]";
+const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json] [--data-dir PATH]";
 
 struct Args {
     name: String,
@@ -45,6 +49,7 @@ struct Args {
     key_file: Option<String>,
     psk_file: Option<String>,
     json: bool,
+    data_dir: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         key_file: None,
         psk_file: None,
         json: false,
+        data_dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
             "--key-file" => args.key_file = Some(value("a path")?),
             "--psk-file" => args.psk_file = Some(value("a path")?),
             "--json" => args.json = true,
+            "--data-dir" => args.data_dir = Some(value("a path")?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -168,6 +175,12 @@ async fn run(args: Args) -> Result<(), Error> {
         // A private mesh: only nodes with the same swarm.key can connect.
         builder = builder.psk_file(path);
     }
+    // ANCHOR: data_dir
+    if let Some(dir) = &args.data_dir {
+        // This device's list is saved here and restored on the next start.
+        builder = builder.data_dir(dir);
+    }
+    // ANCHOR_END: data_dir
     let node = builder.start().await?;
     // ANCHOR_END: node
     let name = if args.name.is_empty() {
@@ -217,6 +230,19 @@ async fn run(args: Args) -> Result<(), Error> {
         }
     });
     // ANCHOR_END: events
+
+    if json_out && args.data_dir.is_some() {
+        let mut persisted = todos.persisted();
+        tokio::spawn(async move {
+            while persisted.changed().await.is_ok() {
+                let v = *persisted.borrow_and_update();
+                println!(
+                    "{}",
+                    json!({ "event": "persisted", "incarnation": v.incarnation, "counter": v.counter })
+                );
+            }
+        });
+    }
 
     todos.update(move |s| s.name = name).await?;
 

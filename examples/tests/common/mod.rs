@@ -145,6 +145,33 @@ impl Device {
         self.child.wait().unwrap();
     }
 
+    /// SIGKILL, then every line the process wrote that was not read yet.
+    pub fn kill_and_drain(mut self) -> Vec<Value> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        // The reader thread ends at end of output, which the kill brings.
+        let mut rest = Vec::new();
+        while let Ok((_, v)) = self.lines.recv_timeout(DEADLINE) {
+            rest.push(v);
+        }
+        rest
+    }
+
+    /// SIGINT (Ctrl-C), then waits for the process to end however it handles it.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -INT {pid} failed");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "todo did not exit after Ctrl-C");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn wait_gone(&self, device: &str) -> Value {
         self.wait_for(&format!("{device} removed"), |v| {
             v["event"] == "state" && v["devices"].get(device).is_none()
