@@ -1,7 +1,7 @@
 //! Persistence: what a node keeps on disk between runs, behind a small [`Storage`] trait.
 //!
 //! The store actors never touch the disk. A write hands the newest slice to the node's
-//! writer thread ([`Persistence`]), which keeps only the newest pending slice per store
+//! writer thread, which keeps only the newest pending slice per store
 //! (last write wins, like publishing) and commits whatever is pending in one transaction.
 //! So `Store::update` never waits for the disk, and a burst of writes costs one commit.
 
