@@ -561,6 +561,14 @@ fn target_rows(r: &Report) -> Vec<TargetRow> {
             "Store::update loop, lone node, 1 task",
         ),
         row(
+            "B5 coalesced local writes, persistence on",
+            r.get("b5.persisted_local_writes_per_s"),
+            "/s",
+            Bound::AtLeast,
+            500_000.0,
+            "Store::update loop, lone node with a data dir (redb), 1 task",
+        ),
+        row(
             "idle node RSS",
             r.get("idle.rss_kb").map(|kb| kb * 1024.0 / 1e6),
             "MB",

@@ -725,6 +725,52 @@ pub async fn throughput(cfg: &Cfg, report: &mut Report) -> Value {
             out.insert("local".into(), json!({ "error": e }));
         }
     }
+    match b5_persisted(local).await {
+        Ok(r) => {
+            table.row(vec![
+                "local writes, lone node with a data dir (redb), 1 task".into(),
+                num(r.writes_per_s),
+                format!(
+                    "{} writes, {} durable versions seen; write -> durable p50 {} ms, p99 {} ms, max {} ms ({} sampled writes)",
+                    r.writes,
+                    r.commits,
+                    ms(r.loaded.p50()),
+                    ms(r.loaded.p99()),
+                    ms(r.loaded.max()),
+                    r.loaded.count()
+                ),
+            ]);
+            table.row(vec![
+                "one write at a time, wait until durable (Store::persisted)".into(),
+                num(r.lockstep_per_s),
+                format!(
+                    "write -> durable p50 {} ms, p99 {} ms, max {} ms over {} writes",
+                    ms(r.lockstep.p50()),
+                    ms(r.lockstep.p99()),
+                    ms(r.lockstep.max()),
+                    r.lockstep.count()
+                ),
+            ]);
+            report.figure("b5.persisted_local_writes_per_s", Some(r.writes_per_s));
+            report.figure("b5.write_to_durable_p50_ms", r.loaded.p50());
+            report.figure("b5.write_to_durable_p99_ms", r.loaded.p99());
+            out.insert(
+                "persisted".into(),
+                json!({
+                    "secs": local.as_secs_f64(),
+                    "writes": r.writes, "writes_per_s": r.writes_per_s,
+                    "commits": r.commits,
+                    "write_to_durable_while_writing": r.loaded.to_json(false),
+                    "lockstep_per_s": r.lockstep_per_s,
+                    "write_to_durable_one_at_a_time": r.lockstep.to_json(false),
+                }),
+            );
+        }
+        Err(e) => {
+            table.row(vec!["persisted".into(), format!("error: {e}")]);
+            out.insert("persisted".into(), json!({ "error": e }));
+        }
+    }
     table.print();
     Value::Object(out)
 }
@@ -925,6 +971,101 @@ async fn b5_local(secs: Duration) -> Result<(f64, f64), String> {
     drop(store);
     let _ = tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await;
     Ok((one, eight))
+}
+
+struct Persisted {
+    writes: u64,
+    writes_per_s: f64,
+    commits: u64,
+    /// Write -> durable while writing flat out (every 256th write sampled).
+    loaded: Samples,
+    lockstep_per_s: f64,
+    /// Write -> durable, one write at a time.
+    lockstep: Samples,
+}
+
+/// B5 with persistence: a lone node with a data directory (redb in a temporary folder)
+/// writes back to back; how fast `Store::update` goes, and how long a write takes to
+/// become durable (`Store::persisted`), under that load and one write at a time.
+async fn b5_persisted(secs: Duration) -> Result<Persisted, String> {
+    let dir = std::env::temp_dir().join(format!("truffle-bench-b5-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = b5_persisted_in(&dir, secs).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn b5_persisted_in(dir: &std::path::Path, secs: Duration) -> Result<Persisted, String> {
+    let node = builder(0).data_dir(dir).start().await.map_err(err)?;
+    let store = node.store::<Payload>().await.map_err(err)?;
+    store.update(|p| p.data = filler(64)).await.map_err(err)?;
+    // Watches durability: (counter, when) for every version the writer reports.
+    let mut persisted = store.persisted();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut commits = 0u64;
+        while persisted.changed().await.is_ok() {
+            commits += 1;
+            seen.push((persisted.borrow_and_update().counter, Instant::now()));
+        }
+        (seen, commits)
+    });
+    let mut sampled = Vec::new();
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    let mut last = 0;
+    while t0.elapsed() < secs {
+        for _ in 0..64 {
+            n += 1;
+            let s = n;
+            let v = store.update(move |p| p.seq = s).await.map_err(err)?.version;
+            last = v.counter;
+            if n % 256 == 0 {
+                sampled.push((v.counter, Instant::now()));
+            }
+        }
+    }
+    let writes_per_s = n as f64 / t0.elapsed().as_secs_f64();
+    let mut rx = store.persisted();
+    tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|v| v.counter >= last))
+        .await
+        .map_err(|_| "the last write never became durable".to_string())?
+        .map_err(err)?;
+
+    // One write at a time.
+    let mut lockstep = Samples::default();
+    let t1 = Instant::now();
+    let mut k = 0u64;
+    while t1.elapsed() < secs / 2 {
+        k += 1;
+        let s = k;
+        let start = Instant::now();
+        let v = store.update(move |p| p.seq = s).await.map_err(err)?.version;
+        match tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|d| *d >= v)).await {
+            Ok(Ok(_)) => lockstep.push(start.elapsed()),
+            _ => lockstep.timeout(),
+        }
+    }
+    let lockstep_per_s = k as f64 / t1.elapsed().as_secs_f64();
+    drop(rx);
+    drop(store);
+    let _ = tokio::time::timeout(Duration::from_secs(5), node.shutdown()).await;
+    let (seen, commits) = watcher.await.map_err(err)?;
+    let mut loaded = Samples::default();
+    for (counter, at) in sampled {
+        match seen.iter().find(|(c, _)| *c >= counter) {
+            Some((_, done)) => loaded.push(done.saturating_duration_since(at)),
+            None => loaded.timeout(),
+        }
+    }
+    Ok(Persisted {
+        writes: n,
+        writes_per_s,
+        commits,
+        loaded,
+        lockstep_per_s,
+        lockstep,
+    })
 }
 
 /// B6: 64 nodes started one after another (each dialling 3 earlier ones and joining the
