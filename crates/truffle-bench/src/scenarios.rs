@@ -1020,7 +1020,7 @@ async fn b5_persisted_in(dir: &std::path::Path, secs: Duration) -> Result<Persis
             let s = n;
             let v = store.update(move |p| p.seq = s).await.map_err(err)?.version;
             last = v.counter;
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 sampled.push((v.counter, Instant::now()));
             }
         }
