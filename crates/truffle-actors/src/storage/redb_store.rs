@@ -2,6 +2,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{Database, ReadableTable, TableDefinition, TableError};
 
@@ -32,6 +33,9 @@ pub struct RedbStorage {
     /// Always `Some` until dropped (see the `Drop` impl).
     db: Option<Database>,
     path: PathBuf,
+    /// Set once redb panicked on this file: it is damaged, and every later call fails at
+    /// once instead of reaching redb again.
+    broken: AtomicBool,
 }
 
 impl Drop for RedbStorage {
@@ -97,7 +101,11 @@ impl RedbStorage {
             }
             Err(e) => return Err(err(damaged(&e.to_string()))),
         };
-        let s = Self { db: Some(db), path };
+        let s = Self {
+            db: Some(db),
+            path,
+            broken: AtomicBool::new(false),
+        };
         s.guarded(|s| s.check_format())?;
         Ok(s)
     }
@@ -127,11 +135,16 @@ impl RedbStorage {
 
     /// Runs `f`, turning a panic inside the storage engine into an error naming the file.
     fn guarded<R>(&self, f: impl FnOnce(&Self) -> Result<R>) -> Result<R> {
+        let failed = || Error::Storage {
+            path: self.path.clone(),
+            reason: damaged("the storage engine failed on it"),
+        };
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(failed());
+        }
         catch_unwind(AssertUnwindSafe(|| f(self))).unwrap_or_else(|_| {
-            Err(Error::Storage {
-                path: self.path.clone(),
-                reason: damaged("the storage engine panicked reading it"),
-            })
+            self.broken.store(true, Ordering::Relaxed);
+            Err(failed())
         })
     }
 

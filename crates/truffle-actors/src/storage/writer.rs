@@ -140,13 +140,12 @@ fn run(storage: &dyn Storage, shared: &Shared) {
             std::mem::take(&mut q.pending)
         };
         let writes: Vec<SavedWrite> = batch.values().map(|e| e.write.clone()).collect();
-        let result =
-            catch_unwind(AssertUnwindSafe(|| storage.write(&writes))).unwrap_or_else(|_| {
-                Err(Error::Storage {
-                    path: storage_path(storage),
-                    reason: "the storage backend panicked while writing".into(),
-                })
-            });
+        let Ok(result) = catch_unwind(AssertUnwindSafe(|| storage.write(&writes))) else {
+            // A backend that panics is in no state to be retried: stop saving, say so
+            // once, and let the node run on in memory.
+            tracing::error!(path = %storage.location().display(), "the storage backend panicked while writing; nothing more is saved in this run");
+            return;
+        };
         match result {
             Ok(()) => {
                 if failing {
