@@ -129,7 +129,7 @@ fn after(cmds: &[String], k: usize) -> Vec<(String, bool)> {
 
 #[test]
 fn a_kill_9_mid_burst_restores_a_state_that_was_written() {
-    let cmds = burst(300);
+    let cmds = burst(400);
     for (round, kill_after_items) in [10usize, 120, 250].into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("k.key");

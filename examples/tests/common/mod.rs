@@ -56,9 +56,19 @@ impl Device {
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
+            let mut out = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                match out.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                // A line without its newline is the last one of a killed process, cut
+                // off mid-write: not a line the program finished.
+                let Some(line) = line.strip_suffix('\n') else {
+                    break;
+                };
+                let v: Value = serde_json::from_str(line)
                     .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
                 if tx.send((Instant::now(), v)).is_err() {
                     break;
