@@ -360,3 +360,61 @@ async fn without_storage_persisted_is_closed_and_nothing_is_restored() {
     assert!(waited);
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_comes_back_leaves_the_offline_view() {
+    init_tracing();
+    // No data directory: the offline view also works in memory.
+    let viewer = builder("viewer").offline_view(true).start().await.unwrap();
+    let addr = viewer.listen_addrs()[0].clone();
+    let on_viewer = viewer.store::<Todos>().await.unwrap();
+    let key = Keypair::generate_ed25519();
+    let start_other = || {
+        builder("other")
+            .keypair(key.clone())
+            .bootstrap(addr.clone())
+            .start()
+    };
+    let other = start_other().await.unwrap();
+    let other_id = other.device_id();
+    other
+        .store::<Todos>()
+        .await
+        .unwrap()
+        .set(Todos {
+            items: vec!["first run".into()],
+        })
+        .await
+        .unwrap();
+    eventually("viewer holds the first run", &on_viewer, |s| {
+        s.get(&other_id)
+            .is_some_and(|x| x.data.items == ["first run"])
+    })
+    .await;
+    other.shutdown().await.unwrap();
+    let mut offline = on_viewer.watch_offline();
+    tokio::time::timeout(DEADLINE, offline.wait_for(|o| o.contains_key(&other_id)))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let other = start_other().await.unwrap();
+    let on_other = other.store::<Todos>().await.unwrap();
+    on_other
+        .set(Todos {
+            items: vec!["second run".into()],
+        })
+        .await
+        .unwrap();
+    eventually("viewer holds the second run", &on_viewer, |s| {
+        s.get(&other_id)
+            .is_some_and(|x| x.data.items == ["second run"])
+    })
+    .await;
+    tokio::time::timeout(DEADLINE, offline.wait_for(|o| !o.contains_key(&other_id)))
+        .await
+        .expect("the live device left the offline view")
+        .unwrap();
+    drop(on_other);
+    shutdown_all(vec![viewer, other]).await;
+}
