@@ -83,6 +83,18 @@ impl Counters {
         }
     }
 
+    /// Counts a rejection that the caller reports itself (at most once per sender);
+    /// logged here at `debug` only.
+    pub fn reject_quietly(
+        &self,
+        reason: RejectReason,
+        from: &dyn std::fmt::Display,
+        context: &str,
+    ) {
+        let n = self.rejected[reason.index()].fetch_add(1, Relaxed) + 1;
+        tracing::debug!(%reason, %from, context, total = n, "dropped a message from the network");
+    }
+
     pub fn snapshot(&self) -> Metrics {
         Metrics {
             published: self.published.load(Relaxed),

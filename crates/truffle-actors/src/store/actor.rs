@@ -308,7 +308,8 @@ impl<S: SyncableStore> StoreState<S> {
         let data: S::Data = match rmp_serde::from_slice(&v.data) {
             Ok(d) => d,
             Err(e) => {
-                self.args.counters.reject(
+                // Counted every time, logged at `warn` once per device (below).
+                self.args.counters.reject_quietly(
                     RejectReason::DataDecode,
                     &v.device,
                     &format!("store `{}`: {e}", self.args.id),
