@@ -69,8 +69,9 @@ pub enum SavedWrite {
 /// [`crate::MeshNodeBuilder::data_dir`] uses) and [`MemoryStorage`] (tests) are built in;
 /// an application can bring its own through [`crate::MeshNodeBuilder::storage`].
 ///
-/// Every method is called from a thread that may block (the node's writer thread, or once
-/// while a store is joined). Errors should name the file and say what to do
+/// `write` is called from the node's writer thread; `claim_incarnation` once from
+/// `start()` and the loads once per store from `store()` / `join()`, which they block
+/// while they run, so keep them short. Errors should name the file and say what to do
 /// ([`crate::Error::Storage`]).
 pub trait Storage: Send + Sync + 'static {
     /// Where the data lives, for errors and logs.
