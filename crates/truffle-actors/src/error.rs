@@ -50,24 +50,36 @@ pub enum Error {
         "store `{0}` is already joined on this node; clone the existing `Store` handle instead"
     )]
     StoreAlreadyJoined(StoreId),
+    /// [`MeshNode::store`](crate::MeshNode::store) was asked for a data type whose store id
+    /// is already joined on this node with another data type (two instances of a generic
+    /// type, say, which share the id of their derive).
+    #[error("store id `{id}` is already joined on this node with a data type other than `{requested}`; each data type needs its own store id: give it one with #[syncable(id = \"...\")], or join it under another id with `node.join(truffle_actors::SliceStore::<{requested}>::with_id(StoreId::new(\"other-id\")?)?)`")]
+    StoreIdInUse {
+        /// The store id both types use.
+        id: StoreId,
+        /// The data type asked for.
+        requested: &'static str,
+    },
     /// The store's actor is gone (the node shut down or the store was closed).
     #[error("store `{0}` is closed (the node shut down); no further reads or writes are possible")]
     StoreClosed(StoreId),
     /// The node is shut down or its network actor stopped.
     #[error("the mesh node is not running ({0}); start a new node")]
     NodeStopped(String),
-    /// A listen address could not be bound.
-    #[error(
-        "cannot listen on {addr}: {reason} (is the port in use, or the address not on this host?)"
-    )]
+    /// A listen address could not be bound: its port is in use (by another process, or
+    /// another node of this one), the address is not on this host, or binding it is not
+    /// allowed. The reason says which, with the operating system's words.
+    #[error("cannot listen on {addr}: {reason}")]
     Listen {
         /// The address given to `listen`.
         addr: String,
         /// The transport's message.
         reason: String,
     },
-    /// A bootstrap address could not be dialled at all (malformed or unsupported).
-    #[error("cannot dial bootstrap peer {addr}: {reason} (use a /ip4/.../tcp/PORT address, optionally with /p2p/PEER_ID)")]
+    /// A bootstrap address can never be dialled: not a TCP address (`/ip4`, `/ip6` or
+    /// `/dns*` with `/tcp`, optionally `/p2p`). A peer that is merely unreachable is not an
+    /// error: the node starts, logs why, and keeps trying.
+    #[error("cannot dial bootstrap peer {addr}: {reason}")]
     Dial {
         /// The address given to `bootstrap`.
         addr: String,

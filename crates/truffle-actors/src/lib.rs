@@ -49,11 +49,14 @@
 //! The book (`book/` in the repository) covers the wire protocol, the architecture and
 //! running a mesh.
 
+mod addrs;
 mod config;
+mod connect_errors;
 mod error;
 mod faults;
 mod gossip;
 mod ids;
+mod key_file;
 mod metrics;
 mod node;
 pub mod proto;

@@ -16,12 +16,16 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::mpsc;
 
+use crate::addrs::{
+    check_dialable, check_listen_addr, error_chain, is_own_address, is_unspecified,
+};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
 use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
+use crate::key_file::load_or_create_key;
 use crate::metrics::{Counters, Metrics};
 use crate::proto::{Engine, Input, ProtoConfig};
 use crate::slice::now_millis;
@@ -85,9 +89,11 @@ impl MeshNodeBuilder {
         self
     }
 
-    /// Adds a peer to dial at start. With a `/p2p/<peer id>` suffix the dial checks who
-    /// answers, and the peer is re-dialled every second while not connected; a bare
-    /// address is re-dialled only while this node has no connection at all.
+    /// Adds a peer to dial at start: `/ip4/ADDR/tcp/PORT`, `/ip6/...` or
+    /// `/dns4/HOST/tcp/PORT` (resolved at each dial). With a `/p2p/<peer id>` suffix the
+    /// dial checks who answers, and the peer is re-dialled every second while not
+    /// connected; a bare address is re-dialled only while this node has no connection at
+    /// all. This node's own addresses are skipped, so every node can share one seed list.
     pub fn bootstrap(mut self, addr: Multiaddr) -> Self {
         self.bootstrap.push(addr);
         self
@@ -111,7 +117,10 @@ impl MeshNodeBuilder {
     }
 
     /// Keeps the identity in a file, created (mode 0600) if missing, so the device id
-    /// survives restarts. Without it every start is a new device.
+    /// survives restarts. Without it every start is a new device. A key file that other
+    /// users can read or write is refused (anyone who reads it can write as this device).
+    /// The run's incarnation is kept beside it, in `<path>.incarnation`; both files are
+    /// written atomically.
     pub fn key_file(mut self, path: impl AsRef<Path>) -> Self {
         self.key = KeySource::File(path.as_ref().to_owned());
         self
@@ -215,7 +224,14 @@ impl MeshNodeBuilder {
     }
 
     /// Starts the node: binds the listen addresses, dials the bootstrap peers and spawns
-    /// the actors. Returns once every listen address is bound.
+    /// the actors. Returns once every listen address is bound; for a `0.0.0.0` (or `::`)
+    /// listener, once the addresses of the host's interfaces are known, so that
+    /// [`MeshNode::listen_addrs`] lists the ones to hand to other hosts.
+    ///
+    /// Fails with [`Error::Listen`] when a listen port is already in use (even by another
+    /// Truffle node: libp2p would share it) or the address is not on this host, and with
+    /// [`Error::Dial`] for a bootstrap address that is not a TCP address. Bootstrap
+    /// addresses of this node itself (a shared seed list) are skipped.
     pub async fn start(self) -> Result<MeshNode> {
         let mut cfg = self.cfg;
         if let Some(path) = &self.psk_file {
@@ -236,7 +252,7 @@ impl MeshNodeBuilder {
         let (key, incarnation) = match self.key {
             KeySource::Generate => (Keypair::generate_ed25519(), now_millis()),
             KeySource::Keypair(k) => (k, now_millis()),
-            KeySource::File(path) => load_or_create_key(&path)?,
+            KeySource::File(path) => load_or_create_key(&path, now_millis())?,
         };
         if key.clone().try_into_ed25519().is_err() {
             return Err(Error::Config(
@@ -264,34 +280,68 @@ impl MeshNodeBuilder {
             self.listen
         };
 
+        for addr in &self.bootstrap {
+            check_dialable(addr).map_err(|reason| Error::Dial {
+                addr: addr.to_string(),
+                reason,
+            })?;
+        }
+        for addr in &listen {
+            check_listen_addr(addr).map_err(|reason| Error::Listen {
+                addr: addr.to_string(),
+                reason,
+            })?;
+        }
+
         let mut swarm = build_swarm(key.clone(), &cfg)?;
         let mut pending = std::collections::HashSet::new();
         for addr in &listen {
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                 addr: addr.to_string(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             })?;
             pending.insert((id, addr.clone()));
         }
         let mut bound = Vec::new();
         let deadline = tokio::time::Instant::now() + cfg.listen_timeout;
-        while !pending.is_empty() {
-            let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
-                .await
-                .map_err(|_| Error::Listen {
-                    addr: format!(
-                        "{:?}",
-                        pending.iter().map(|p| p.1.to_string()).collect::<Vec<_>>()
-                    ),
-                    reason: "no address bound in time".into(),
-                })?;
+        // A listener on 0.0.0.0 (or ::) reports one address per interface as libp2p finds
+        // them, the first one usually alone: after every listener has an address, keep
+        // collecting until the reports pause, so the caller sees them all.
+        let wildcard = listen.iter().any(is_unspecified);
+        loop {
+            let wait_until = if !pending.is_empty() {
+                deadline
+            } else if wildcard {
+                deadline.min(tokio::time::Instant::now() + INTERFACES_SETTLE)
+            } else {
+                break;
+            };
+            let ev = match tokio::time::timeout_at(wait_until, swarm.select_next_some()).await {
+                Ok(ev) => ev,
+                Err(_) if pending.is_empty() => break,
+                Err(_) => {
+                    return Err(Error::Listen {
+                        addr: pending
+                            .iter()
+                            .map(|p| p.1.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        reason: format!(
+                            "no address bound within {:?}; is the network up?",
+                            cfg.listen_timeout
+                        ),
+                    })
+                }
+            };
             match ev {
                 SwarmEvent::NewListenAddr {
                     listener_id,
                     address,
                 } => {
                     pending.retain(|(id, _)| *id != listener_id);
-                    bound.push(address);
+                    if !bound.contains(&address) {
+                        bound.push(address);
+                    }
                 }
                 SwarmEvent::ListenerClosed {
                     listener_id,
@@ -301,7 +351,10 @@ impl MeshNodeBuilder {
                     if let Some((_, addr)) = pending.iter().find(|(id, _)| *id == listener_id) {
                         return Err(Error::Listen {
                             addr: addr.to_string(),
-                            reason: format!("{reason:?}"),
+                            reason: match reason {
+                                Ok(()) => "the listener closed".into(),
+                                Err(e) => error_chain(&e),
+                            },
                         });
                     }
                 }
@@ -309,17 +362,25 @@ impl MeshNodeBuilder {
                     if let Some((_, addr)) = pending.iter().find(|(id, _)| *id == listener_id) {
                         return Err(Error::Listen {
                             addr: addr.to_string(),
-                            reason: error.to_string(),
+                            reason: error_chain(&error),
                         });
                     }
                 }
                 _ => {}
             }
         }
-        for addr in &self.bootstrap {
+        let me = key.public().to_peer_id();
+        let (own, bootstrap): (Vec<Multiaddr>, Vec<Multiaddr>) = self
+            .bootstrap
+            .into_iter()
+            .partition(|a| is_own_address(a, &me, &bound));
+        for addr in &own {
+            tracing::debug!(%addr, "not dialling this node's own address among the bootstrap peers");
+        }
+        for addr in &bootstrap {
             swarm.dial(addr.clone()).map_err(|e| Error::Dial {
                 addr: addr.to_string(),
-                reason: e.to_string(),
+                reason: error_chain(&e),
             })?;
         }
 
@@ -335,7 +396,7 @@ impl MeshNodeBuilder {
             incarnation,
             proto_config(&cfg),
             seed_for(&device),
-            self.bootstrap,
+            bootstrap.clone(),
         );
         let mut ignored = Vec::new();
         let addrs = listen_addrs
@@ -367,11 +428,12 @@ impl MeshNodeBuilder {
             cmds: cmd_rx,
             actor: gossip.clone(),
             counters: counters.clone(),
+            bootstrap: bootstrap.clone(),
             listen_addrs: listen_addrs.clone(),
             max_slice: cfg.max_slice_size,
             faults: faults.clone(),
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
-            last_handshake_warning: None,
+            dial_warnings: Default::default(),
             keys: Default::default(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
@@ -424,44 +486,6 @@ fn seed_for(device: &DeviceId) -> u64 {
     h.finish()
 }
 
-/// Reads the identity from `path`, or creates it. The incarnation is kept beside it
-/// (`<path>.incarnation`) so that it grows across restarts even if the clock goes back.
-fn load_or_create_key(path: &Path) -> Result<(Keypair, Incarnation)> {
-    let err = |reason: String| Error::KeyFile {
-        path: path.to_owned(),
-        reason,
-    };
-    let key = match std::fs::read(path) {
-        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
-            err(format!(
-                "not a libp2p protobuf-encoded keypair ({e}); delete it to create a new identity"
-            ))
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = Keypair::generate_ed25519();
-            let bytes = key
-                .to_protobuf_encoding()
-                .map_err(|e| err(format!("cannot encode new key: {e}")))?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| err(format!("cannot create folder: {e}")))?;
-            }
-            write_private(path, &bytes).map_err(|e| err(format!("cannot write: {e}")))?;
-            key
-        }
-        Err(e) => return Err(err(format!("cannot read: {e}"))),
-    };
-    let inc_path = PathBuf::from(format!("{}.incarnation", path.display()));
-    let last: Incarnation = std::fs::read_to_string(&inc_path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let incarnation = now_millis().max(last + 1);
-    std::fs::write(&inc_path, incarnation.to_string())
-        .map_err(|e| err(format!("cannot write {}: {e}", inc_path.display())))?;
-    Ok((key, incarnation))
-}
-
 /// Reads a pre-shared key in the `swarm.key` format.
 fn read_psk(path: &Path) -> Result<PreSharedKey> {
     let err = |reason: String| Error::Psk {
@@ -476,17 +500,9 @@ fn read_psk(path: &Path) -> Result<PreSharedKey> {
     })
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(bytes)
-}
+/// How long `start()` waits for more interface addresses of a `0.0.0.0` listener after
+/// the last one reported.
+const INTERFACES_SETTLE: Duration = Duration::from_millis(150);
 
 struct Joined {
     handle: Box<dyn Any + Send + Sync>,
@@ -569,7 +585,8 @@ impl MeshNode {
     }
 
     /// Joins the store of a [`Syncable`] type (what `#[derive(Syncable)]` gives you).
-    /// Calling it again for the same type returns another handle to the same store.
+    /// Calling it again for the same type returns another handle to the same store; for
+    /// another type with the same store id it fails with [`Error::StoreIdInUse`].
     pub async fn store<T: Syncable>(&self) -> Result<Store<T>> {
         let id = StoreId::new(T::STORE_ID)?;
         {
@@ -579,7 +596,10 @@ impl MeshNode {
                     .handle
                     .downcast_ref::<Store<T>>()
                     .cloned()
-                    .ok_or(Error::StoreAlreadyJoined(id));
+                    .ok_or(Error::StoreIdInUse {
+                        id,
+                        requested: std::any::type_name::<T>(),
+                    });
             }
         }
         self.join(SliceStore::<T>::new()?).await

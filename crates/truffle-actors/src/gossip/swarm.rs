@@ -25,12 +25,14 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{dns, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::{goodbye, GossipMsg};
+use crate::addrs::error_chain;
 use crate::config::Config;
+use crate::connect_errors::{ConnectFailure, WarnLimiter};
 use crate::error::Error;
 use crate::faults::{blocked, drop_inbound, FaultHandle};
 use crate::ids::{DeviceId, StoreId, Version};
@@ -125,8 +127,19 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
         .with_tokio()
         .with_other_transport(
             |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                // TCP, then (with a pre-shared key) the pnet handshake, then noise and yamux.
-                let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+                // TCP (with /dns* addresses resolved at each dial), then (with a pre-shared
+                // key) the pnet handshake, then noise and yamux.
+                let tcp = || tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+                let tcp = dns::tokio::Transport::system(tcp()).unwrap_or_else(|e| {
+                    // No /etc/resolv.conf (a bare container, say): names resolve from the
+                    // hosts file only.
+                    tracing::warn!(error = %e, "cannot read the system's DNS settings; /dns addresses resolve from the hosts file only");
+                    dns::tokio::Transport::custom(
+                        tcp(),
+                        dns::ResolverConfig::default(),
+                        dns::ResolverOpts::default(),
+                    )
+                });
                 let private = tcp.and_then(move |socket, _| async move {
                     match psk {
                         Some(psk) => PnetConfig::new(psk)
@@ -269,7 +282,10 @@ pub(crate) struct SwarmTask {
     pub faults: FaultHandle,
     /// Fingerprint of the pre-shared key, when the mesh is private.
     pub psk_fingerprint: Option<String>,
-    pub last_handshake_warning: Option<std::time::Instant>,
+    /// Rate limits the warnings about failed connections, per cause.
+    pub dial_warnings: WarnLimiter,
+    /// The bootstrap addresses (the engine dials them), to name them in warnings.
+    pub bootstrap: Vec<Multiaddr>,
     /// Keys of the devices whose signatures this task checks.
     pub keys: KeyCache,
     /// Our requests in flight, by libp2p id, with the engine's id.
@@ -594,42 +610,46 @@ impl SwarmTask {
                 inc(&self.counters.connection_failures);
                 self.connection_failed(
                     &format!("incoming connection from {send_back_addr}"),
-                    &error.to_string(),
+                    &error_chain(&error),
                 );
             }
             _ => {}
         }
     }
 
-    /// A connection that fails its handshake is the only sign of a key mismatch (libp2p
-    /// reports no specific error): say so plainly, at most every few seconds.
+    /// Logs a failed connection with its cause first and what to check, each cause at most
+    /// every 30 s (a bootstrap peer that is down is re-dialled every second). A connection
+    /// that fails or stalls in its handshake is the only sign of a pre-shared-key
+    /// mismatch (libp2p reports no specific error), so only those mention the key.
     fn connection_failed(&mut self, what: &str, error: &str) {
-        let refused = error.contains("Connection refused") || error.contains("os error 111");
-        if refused {
+        let inbound = what.starts_with("incoming");
+        let kind = ConnectFailure::classify(error, inbound);
+        // A bootstrap peer that cannot be reached is worth naming as such.
+        let bootstrap = self.bootstrap.iter().find(|b| {
+            let plain: Multiaddr = b
+                .iter()
+                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                .collect();
+            error.contains(&format!("{plain}/")) || error.contains(&format!("{plain}:"))
+        });
+        let what = match bootstrap {
+            Some(addr) => format!("bootstrap peer {addr} unreachable"),
+            None => what.to_string(),
+        };
+        let repeats = match kind.is_quiet() {
+            true => None,
+            false => self.dial_warnings.allow(kind, std::time::Instant::now()),
+        };
+        let Some(repeats) = repeats else {
             tracing::debug!(what, error, "connection failed");
             return;
-        }
-        let now = std::time::Instant::now();
-        if self
-            .last_handshake_warning
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
-        {
-            tracing::debug!(what, error, "connection failed");
-            return;
-        }
-        self.last_handshake_warning = Some(now);
+        };
+        let hint = kind.explain(self.psk_fingerprint.is_some());
         match &self.psk_fingerprint {
-            Some(fp) => tracing::warn!(
-                what,
-                error,
-                psk_fingerprint = %fp,
-                "connection failed during the handshake: this mesh is private; the other node must use the same pre-shared key (compare fingerprints)"
-            ),
-            None => tracing::warn!(
-                what,
-                error,
-                "connection failed: if the other node uses a pre-shared key (private mesh), this node needs the same key"
-            ),
+            Some(fp) if matches!(kind, ConnectFailure::Handshake | ConnectFailure::Timeout) => {
+                tracing::warn!(psk_fingerprint = %fp, error, repeats, "{what}: {hint}")
+            }
+            _ => tracing::warn!(error, repeats, "{what}: {hint}"),
         }
     }
 

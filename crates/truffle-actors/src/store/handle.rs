@@ -120,6 +120,47 @@ impl<T: Clone + Send + Sync + 'static> Store<T> {
         StoreEvents::new(self.events.subscribe())
     }
 
+    /// The current snapshot and every change after it, with no gap between the two: the
+    /// way to build a view that starts from the present and then follows changes.
+    ///
+    /// [`snapshot`](Self::snapshot) then [`subscribe`](Self::subscribe) loses the events in
+    /// between; the other order may show the first events twice. Here the stream starts
+    /// right after the snapshot: applying its events in order to the snapshot gives the
+    /// store's state. (In the rare case of changes landing while it subscribes, an event
+    /// already in the snapshot may still be delivered; applying it again is harmless,
+    /// since a later event in the stream supersedes it.)
+    ///
+    /// ```no_run
+    /// # use serde::{Deserialize, Serialize};
+    /// # use truffle_actors::prelude::*;
+    /// # #[derive(Syncable, Clone, Debug, Default, Serialize, Deserialize)]
+    /// # #[syncable(id = "status")]
+    /// # struct Status { text: String }
+    /// # async fn run(status: Store<Status>) {
+    /// let (snapshot, mut events) = status.subscribe_with_snapshot();
+    /// let mut view = snapshot.remote.clone();
+    /// while let Some(event) = events.recv().await {
+    ///     match event {
+    ///         StoreEvent::RemoteUpdated { slice } => {
+    ///             view.insert(slice.device_id, slice);
+    ///         }
+    ///         StoreEvent::RemoteRemoved { device_id, .. } => {
+    ///             view.remove(&device_id);
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe_with_snapshot(&self) -> (Arc<StoreSnapshot<T>>, StoreEvents<T>) {
+        // The store actor replaces the snapshot before it sends the event for a change, so
+        // subscribing first and reading the snapshot second misses nothing. Events sent
+        // between the two are in the snapshot already: skip them while they are.
+        let rx = self.events.subscribe();
+        let snap = self.snapshot();
+        (snap.clone(), StoreEvents::after_snapshot(rx, snap))
+    }
+
     /// The version of this device's slice most recently published: signed and handed to
     /// gossipsub (or, while no peer has joined the store, kept to publish as soon as one
     /// does).
@@ -244,6 +285,34 @@ impl<T: Clone + Send + Sync + 'static> StoreEvents<T> {
         }
     }
 
+    /// Like [`new`](Self::new), but first skips the events already reflected in `snap`.
+    ///
+    /// Only a prefix of the stream can be in the snapshot (events sent after subscribing
+    /// and before the snapshot was read), so skipping stops at the first event that is not:
+    /// a newer slice than the snapshot holds, or the removal of a device it holds. A new
+    /// event is never skipped: its slice is newer than any the snapshot holds, and a device
+    /// it removes is in the snapshot unless an earlier, unskipped event added it.
+    fn after_snapshot(rx: broadcast::Receiver<StoreEvent<T>>, snap: Arc<StoreSnapshot<T>>) -> Self {
+        let mut inner = Self::new(rx);
+        let mut snap = Some(snap);
+        let filtered = futures::stream::poll_fn(move |cx| loop {
+            let ev = match inner.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(ev)) => ev,
+                other => return other,
+            };
+            if let Some(s) = &snap {
+                if in_snapshot(s, &ev) {
+                    continue;
+                }
+                snap = None;
+            }
+            return Poll::Ready(Some(ev));
+        });
+        Self {
+            inner: Box::pin(filtered),
+        }
+    }
+
     /// The next event. `None` only once the store actor and every [`Store`] handle are
     /// gone; a subscriber that should stop earlier (at shutdown, say) drops the stream.
     pub async fn recv(&mut self) -> Option<StoreEvent<T>> {
@@ -261,5 +330,16 @@ impl<T> Stream for StoreEvents<T> {
 impl<T> fmt::Debug for StoreEvents<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("StoreEvents")
+    }
+}
+
+/// Whether `ev` is already reflected in `snap` (see [`StoreEvents::after_snapshot`]).
+fn in_snapshot<T>(snap: &StoreSnapshot<T>, ev: &StoreEvent<T>) -> bool {
+    match ev {
+        StoreEvent::LocalChanged { slice } | StoreEvent::RemoteUpdated { slice } => snap
+            .get(&slice.device_id)
+            .is_some_and(|held| held.version >= slice.version),
+        StoreEvent::RemoteRemoved { device_id, .. } => snap.get(device_id).is_none(),
+        StoreEvent::Lagged { .. } => false,
     }
 }

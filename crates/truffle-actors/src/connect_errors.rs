@@ -1,0 +1,249 @@
+//! Why a connection failed, in words that say what to do, and how often to say it.
+//!
+//! libp2p reports a failed dial as one error whose text nests the transport's chain
+//! (`Failed to negotiate transport protocol(s): [(/ip4/…/tcp/…: Connection refused …)]`).
+//! This module reads that text: the runtime hands over what libp2p printed, and the log
+//! line leads with the cause instead of burying it in a field.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What went wrong with a connection, as far as the error text tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ConnectFailure {
+    /// TCP connection refused: nothing listens at that address and port.
+    Refused,
+    /// No route to the host, or the network is down.
+    Unreachable,
+    /// A different device answered than the `/p2p/` id asked for.
+    WrongPeer,
+    /// The address is this node itself.
+    OwnAddress,
+    /// No address is known for the device.
+    NoAddress,
+    /// The transport cannot dial this kind of address.
+    Unsupported,
+    /// A `/dns*` name did not resolve.
+    Dns,
+    /// TCP connected but the handshake (pre-shared key, noise, multiplexer) failed.
+    Handshake,
+    /// No connection or handshake within the connect timeout.
+    Timeout,
+    /// Anything else.
+    Other,
+}
+
+impl ConnectFailure {
+    /// Reads the error text of a failed connection. `inbound` failures always come after
+    /// TCP accepted the connection, so they are handshake failures unless the text says
+    /// otherwise.
+    pub(crate) fn classify(error: &str, inbound: bool) -> Self {
+        let has = |needles: &[&str]| needles.iter().any(|n| error.contains(n));
+        if has(&["Connection refused", "os error 111"]) {
+            ConnectFailure::Refused
+        } else if has(&[
+            "No route to host",
+            "Network is unreachable",
+            "os error 113",
+            "os error 101",
+        ]) {
+            ConnectFailure::Unreachable
+        } else if has(&["Unexpected peer ID"]) {
+            ConnectFailure::WrongPeer
+        } else if has(&["local peer id", "Local peer ID"]) {
+            ConnectFailure::OwnAddress
+        } else if has(&["no addresses for peer"]) {
+            ConnectFailure::NoAddress
+        } else if has(&["Multiaddr is not supported"]) {
+            ConnectFailure::Unsupported
+        } else if has(&[
+            "no record found",
+            "no connections available",
+            "NXDomain",
+            "failed to resolve",
+            "ResolveError",
+            "proto error",
+        ]) {
+            ConnectFailure::Dns
+        } else if has(&["Timeout has been reached", "timed out", "os error 110"]) {
+            ConnectFailure::Timeout
+        } else if inbound
+            || has(&[
+                "Handshake",
+                "handshake",
+                "noise",
+                "Noise",
+                "Multistream",
+                "multistream",
+                "Select",
+                "unexpected end of file",
+                "early eof",
+                "Connection reset",
+                "Broken pipe",
+                "Invalid",
+                "Decrypt",
+                "decrypt",
+            ])
+        {
+            ConnectFailure::Handshake
+        } else {
+            ConnectFailure::Other
+        }
+    }
+
+    /// The log message: the cause first, then what to check. The pre-shared key is
+    /// mentioned only where a key mismatch could be the cause (a failed or stalled
+    /// handshake).
+    pub(crate) fn explain(self, private_mesh: bool) -> &'static str {
+        match (self, private_mesh) {
+            (ConnectFailure::Refused, _) => {
+                "connection refused: nothing listens at that address; is the other node running, and is this its current address and port?"
+            }
+            (ConnectFailure::Unreachable, _) => {
+                "host unreachable: no route to that address from here (another network, a VPN that is down, a wrong address?)"
+            }
+            (ConnectFailure::WrongPeer, _) => {
+                "a different device answered at that address: the /p2p/ id in the address is out of date (the node there has a new identity); copy its current address"
+            }
+            (ConnectFailure::OwnAddress, _) => "that address is this node itself; not dialling it",
+            (ConnectFailure::NoAddress, _) => {
+                "no address is known for that device; give its address (with /ip4/.../tcp/PORT) to bootstrap"
+            }
+            (ConnectFailure::Unsupported, _) => {
+                "unsupported address: this node dials /ip4, /ip6 and /dns* addresses over /tcp only"
+            }
+            (ConnectFailure::Dns, _) => {
+                "the host name did not resolve: check the name, and this host's DNS settings"
+            }
+            (ConnectFailure::Handshake, true) => {
+                "connection failed during the handshake: this mesh is private; the other node must use the same pre-shared key (compare the psk_fingerprint of both nodes' start lines)"
+            }
+            (ConnectFailure::Handshake, false) => {
+                "connection failed during the handshake: if the other node uses a pre-shared key (private mesh), this node needs the same key (--psk-file); otherwise it may not be a Truffle node"
+            }
+            (ConnectFailure::Timeout, true) => {
+                "no connection within the connect timeout: the host may be down or a firewall drops the packets; or, this mesh being private, the other node uses a different pre-shared key (a key mismatch stalls the handshake)"
+            }
+            (ConnectFailure::Timeout, false) => {
+                "no connection within the connect timeout: the host may be down, or a firewall drops the packets (open the node's TCP port)"
+            }
+            (ConnectFailure::Other, _) => "connection failed",
+        }
+    }
+
+    /// Failures that are expected in normal operation and logged at debug level only.
+    pub(crate) fn is_quiet(self) -> bool {
+        matches!(self, ConnectFailure::OwnAddress)
+    }
+}
+
+/// Says each kind of failure at once, then at most once per `every`, with the number of
+/// repeats left unsaid in between (a bootstrap peer that is down is re-dialled every
+/// second).
+#[derive(Debug)]
+pub(crate) struct WarnLimiter {
+    every: Duration,
+    last: HashMap<ConnectFailure, (Instant, u64)>,
+}
+
+impl Default for WarnLimiter {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(30),
+            last: HashMap::new(),
+        }
+    }
+}
+
+impl WarnLimiter {
+    /// `Some(repeats since the last warning)` when `kind` should be logged now.
+    pub(crate) fn allow(&mut self, kind: ConnectFailure, now: Instant) -> Option<u64> {
+        match self.last.get_mut(&kind) {
+            Some((at, suppressed)) if now.duration_since(*at) < self.every => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                let n = *suppressed;
+                *at = now;
+                *suppressed = 0;
+                Some(n)
+            }
+            None => {
+                self.last.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_read_from_libp2p_error_text() {
+        use ConnectFailure::*;
+        let cases = [
+            ("Failed to negotiate transport protocol(s): [(/ip4/127.0.0.1/tcp/9/p2p/12D3KooWA: : Connection refused (os error 111))]", Refused),
+            ("Dial error: Unexpected peer ID 12D3KooWB at Dialer { address: /ip4/127.0.0.1/tcp/9 }.", WrongPeer),
+            ("Failed to negotiate transport protocol(s): [(/ip4/127.0.0.1/udp/9/quic-v1: : Multiaddr is not supported: /ip4/127.0.0.1/udp/9/quic-v1)]", Unsupported),
+            ("Dial error: no addresses for peer.", NoAddress),
+            ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : Timeout has been reached)]", Timeout),
+            ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : No route to host (os error 113))]", Unreachable),
+            ("Listen error: Failed to negotiate transport protocol(s)", Handshake),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                ConnectFailure::classify(text, text.starts_with("Listen")),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pre_shared_key_is_mentioned_only_for_handshake_trouble() {
+        use ConnectFailure::*;
+        for kind in [
+            Refused,
+            Unreachable,
+            WrongPeer,
+            NoAddress,
+            Unsupported,
+            Dns,
+            Other,
+        ] {
+            for psk in [false, true] {
+                assert!(!kind.explain(psk).contains("pre-shared"), "{kind:?}");
+            }
+        }
+        assert!(Handshake.explain(false).contains("pre-shared key"));
+        assert!(Handshake.explain(true).contains("fingerprint"));
+        assert!(Timeout.explain(true).contains("pre-shared key"));
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_per_cause() {
+        let mut w = WarnLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(w.allow(ConnectFailure::Refused, t0), Some(0));
+        assert_eq!(
+            w.allow(ConnectFailure::Refused, t0 + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(
+            w.allow(ConnectFailure::Refused, t0 + Duration::from_secs(2)),
+            None
+        );
+        // Another cause is not held back by the first.
+        assert_eq!(
+            w.allow(ConnectFailure::WrongPeer, t0 + Duration::from_secs(2)),
+            Some(0)
+        );
+        assert_eq!(
+            w.allow(ConnectFailure::Refused, t0 + Duration::from_secs(31)),
+            Some(2)
+        );
+    }
+}
