@@ -6,14 +6,16 @@
 //!                             [--data-dir PATH]
 //! ```
 //!
-//! Commands on stdin: `add <text>`, `done <n>`, `list`, `quit` (end of input = `quit`,
-//! which leaves the mesh gracefully and exits 0). With `--json`, stdout carries only JSON
-//! lines: one `ready` event, then a `state` event after every change, local or remote.
+//! Commands on stdin: `add <text>`, `done <n>`, `list`, `quit` (end of input, Ctrl-C and
+//! SIGTERM do the same: leave the mesh gracefully and exit 0). With `--json`, stdout
+//! carries only JSON lines: one `ready` event, then a `state` event after every change,
+//! local or remote; a state line after a removal also has a `removed` field
+//! (`device_id`, `name`, `reason`).
 //! With `--data-dir`, this device's list is saved there and comes back on the next start
 //! (after `quit`, Ctrl-C or a crash); in `--json` mode a `persisted` event gives the write
 //! counter of the newest version on disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 
 use serde::{Deserialize, Serialize};
@@ -135,8 +137,23 @@ fn print_human(snap: &StoreSnapshot<TodoState>) {
     }
 }
 
-#[tokio::main]
-pub(crate) async fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(app());
+    // tokio reads stdin on a blocking thread that stays in `read` until the next line or
+    // end of input; after a signal neither may come, and waiting for that thread would
+    // keep the process alive after the node has left.
+    runtime.shutdown_background();
+    code
+}
+
+async fn app() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -159,9 +176,38 @@ pub(crate) async fn main() -> ExitCode {
     }
 }
 
+/// Resolves at Ctrl-C (SIGINT) or SIGTERM with the signal's name. Registered before the
+/// node starts, so a signal never kills the app without a leave.
+fn stop_signals() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
+    }
+}
+
 async fn run(args: Args) -> Result<(), Error> {
+    let stop = stop_signals().map_err(|e| Error::Config(format!("cannot handle signals: {e}")))?;
     // ANCHOR: node
     let mut builder = MeshNode::builder().mdns(args.mdns);
+    if !args.name.is_empty() {
+        // Names this node in its log lines.
+        builder = builder.name(&args.name);
+    }
     for addr in args.listen {
         builder = builder.listen(addr);
     }
@@ -212,17 +258,39 @@ async fn run(args: Args) -> Result<(), Error> {
     let view = todos.clone();
     let json_out = args.json;
     let printer = tokio::spawn(async move {
+        // Names of the devices seen, to name them when they are gone.
+        let mut names: HashMap<DeviceId, String> = HashMap::new();
         while let Some(event) = events.recv().await {
             let snap = view.snapshot();
+            let removed = match &event {
+                StoreEvent::RemoteRemoved { device_id, reason } => {
+                    Some((*device_id, names.remove(device_id), *reason))
+                }
+                _ => None,
+            };
+            for s in snap.iter().filter(|s| !s.data.name.is_empty()) {
+                names.insert(s.device_id, s.data.name.clone());
+            }
             if json_out {
-                println!("{}", state_json(&snap));
+                let mut line = state_json(&snap);
+                if let Some((device_id, name, reason)) = removed {
+                    line["removed"] = json!({
+                        "device_id": device_id.to_string(),
+                        "name": name,
+                        "reason": reason.to_string(),
+                    });
+                }
+                println!("{line}");
                 continue;
             }
-            match event {
-                StoreEvent::RemoteUpdated { slice } => {
+            match (event, removed) {
+                (StoreEvent::RemoteUpdated { slice }, _) => {
                     println!("~ {} updated their list", slice.data.name)
                 }
-                StoreEvent::RemoteRemoved { device_id, reason } => {
+                (_, Some((device_id, Some(name), reason))) => {
+                    println!("~ {name} ({device_id}) is gone ({reason})")
+                }
+                (_, Some((device_id, None, reason))) => {
                     println!("~ {device_id} is gone ({reason})")
                 }
                 _ => {}
@@ -247,8 +315,16 @@ async fn run(args: Args) -> Result<(), Error> {
     todos.update(move |s| s.name = name).await?;
 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    tokio::pin!(stop);
     loop {
-        let line = match lines.next_line().await {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            signal = &mut stop => {
+                eprintln!("{signal}: leaving the mesh");
+                break;
+            }
+        };
+        let line = match line {
             Ok(Some(l)) => l,
             Ok(None) => break,
             Err(e) => {
@@ -263,18 +339,20 @@ async fn run(args: Args) -> Result<(), Error> {
             "" => {}
             // ANCHOR: update
             "add" if !rest.is_empty() => {
-                todos
+                let added = todos
                     .update(move |s| {
                         s.items.push(Todo {
                             text: rest,
                             done: false,
                         })
                     })
-                    .await?;
+                    .await;
+                keep_going(added, "not added")?;
             }
             "done" => match rest.parse::<usize>() {
                 Ok(n) if n >= 1 && n <= todos.local().data.items.len() => {
-                    todos.update(move |s| s.items[n - 1].done = true).await?;
+                    let marked = todos.update(move |s| s.items[n - 1].done = true).await;
+                    keep_going(marked, "not marked")?;
                 }
                 _ => eprintln!("done needs the number of one of your items (see `list`)"),
             },
@@ -299,4 +377,17 @@ async fn run(args: Args) -> Result<(), Error> {
     // ANCHOR_END: shutdown
     printer.abort();
     Ok(())
+}
+
+/// A failed write leaves the list as it was: say so and carry on (an item too large for a
+/// slice, say). Only a closed store ends the app.
+fn keep_going<T>(result: Result<T, Error>, what: &str) -> Result<(), Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e @ Error::StoreClosed(_)) => Err(e),
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            Ok(())
+        }
+    }
 }

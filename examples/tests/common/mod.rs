@@ -16,6 +16,8 @@ pub struct Device {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<(Instant, Value)>,
+    /// Lines the process wrote to stderr (also echoed to the test's stderr).
+    errors: Receiver<String>,
     pub id: String,
     pub listen: Vec<String>,
 }
@@ -50,9 +52,10 @@ impl Device {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn todo");
+        let errors = echo_stderr(&mut child);
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -80,6 +83,7 @@ impl Device {
             child,
             stdin,
             lines,
+            errors,
             id: String::new(),
             listen: Vec::new(),
         };
@@ -99,6 +103,47 @@ impl Device {
             d.listen
         );
         d
+    }
+
+    /// The process id, to send it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `text`; panics at the deadline.
+    pub fn wait_stderr(&self, text: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.errors.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("timed out waiting for {text:?} on stderr"),
+            }
+        }
+    }
+
+    /// Sends `signal` (`"INT"`, `"TERM"`) and waits for a successful exit.
+    pub fn signal_and_wait(mut self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+        self.wait_exit(true);
+    }
+
+    fn wait_exit(&mut self, success: bool) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert_eq!(status.success(), success, "todo exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "todo did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn send(&mut self, line: &str) {
@@ -191,15 +236,7 @@ impl Device {
     /// Closes stdin (EOF = quit) and waits for a clean exit.
     pub fn quit(mut self) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "todo exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "todo did not exit after EOF");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(true);
     }
 }
 
@@ -208,4 +245,19 @@ impl Drop for Device {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Echoes the child's stderr to ours (so a failing test shows it) and hands each line to
+/// the returned channel.
+pub fn echo_stderr(child: &mut Child) -> Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
