@@ -57,7 +57,9 @@ impl ConnectFailure {
         } else if has(&["Multiaddr is not supported"]) {
             ConnectFailure::Unsupported
         } else if has(&[
+            "DNS error",
             "no record found",
+            "no records found",
             "no connections available",
             "NXDomain",
             "failed to resolve",
@@ -131,6 +133,17 @@ impl ConnectFailure {
         }
     }
 
+    /// Failures that mean the peer could not be reached at all.
+    pub(crate) fn is_unreachable(self) -> bool {
+        matches!(
+            self,
+            ConnectFailure::Refused
+                | ConnectFailure::Unreachable
+                | ConnectFailure::Dns
+                | ConnectFailure::Timeout
+        )
+    }
+
     /// Failures that are expected in normal operation and logged at debug level only.
     pub(crate) fn is_quiet(self) -> bool {
         matches!(self, ConnectFailure::OwnAddress)
@@ -192,6 +205,7 @@ mod tests {
             ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : Timeout has been reached)]", Timeout),
             ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : No route to host (os error 113))]", Unreachable),
             ("Listen error: Failed to negotiate transport protocol(s)", Handshake),
+            ("Failed to negotiate transport protocol(s): [(/dns4/no-such-host.invalid/tcp/4001: : Multiple dial errors occurred:\n - DNS error: no records found for Query)]", Dns),
         ];
         for (text, want) in cases {
             assert_eq!(

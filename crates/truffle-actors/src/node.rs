@@ -390,7 +390,9 @@ impl MeshNodeBuilder {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         // Every log line of this node's gossip actor and swarm task carries its name, so
         // several nodes in one process (tests, benchmarks) can be told apart.
-        let span = tracing::info_span!("node", name = %name);
+        // At error level, so that it is enabled whenever any of its lines is (an info span
+        // under a `warn` filter would be dropped, and its warnings would lose the name).
+        let span = tracing::error_span!("node", name = %name);
         let mut engine = Engine::new(
             device,
             incarnation,

@@ -633,7 +633,8 @@ impl SwarmTask {
             error.contains(&format!("{plain}/")) || error.contains(&format!("{plain}:"))
         });
         let what = match bootstrap {
-            Some(addr) => format!("bootstrap peer {addr} unreachable"),
+            Some(addr) if kind.is_unreachable() => format!("bootstrap peer {addr} unreachable"),
+            Some(addr) => format!("bootstrap peer {addr}"),
             None => what.to_string(),
         };
         let repeats = match kind.is_quiet() {
