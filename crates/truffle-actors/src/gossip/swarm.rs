@@ -637,7 +637,10 @@ impl SwarmTask {
             Some(addr) => format!("bootstrap peer {addr}"),
             None => what.to_string(),
         };
-        let repeats = match kind.is_quiet() {
+        // A refused re-dial of a peer that was met in the mesh (not a bootstrap address) is
+        // the normal sequel of its leaving: not worth a warning.
+        let quiet = kind.is_quiet() || (kind == ConnectFailure::Refused && bootstrap.is_none());
+        let repeats = match quiet {
             true => None,
             false => self.dial_warnings.allow(kind, std::time::Instant::now()),
         };
