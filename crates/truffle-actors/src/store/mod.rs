@@ -20,22 +20,7 @@ pub(crate) use actor::{
 };
 pub use handle::{Store, StoreEvents};
 
-/// A data type that is a synced store of its own: what `#[derive(Syncable)]` implements.
-///
-/// ```
-/// use serde::{Deserialize, Serialize};
-/// use truffle_actors::Syncable;
-///
-/// #[derive(Syncable, Clone, Debug, Default, Serialize, Deserialize)]
-/// #[syncable(id = "presence")]
-/// struct Presence { status: String }
-///
-/// assert_eq!(Presence::STORE_ID, "presence");
-/// ```
-pub trait Syncable: Serialize + DeserializeOwned + Clone + Default + Send + Sync + 'static {
-    /// The store id; every node that joins this store uses it to name the gossip topic.
-    const STORE_ID: &'static str;
-}
+include!("syncable.rs");
 
 /// Why a remote device's slice was removed from a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
