@@ -611,7 +611,7 @@ async fn local_errors_are_clear_and_change_nothing() {
     let again = node.store::<Todos>().await.unwrap();
     assert_eq!(again.local().version.counter, 2);
     let err = node.store::<OtherTodos>().await.unwrap_err();
-    assert!(matches!(err, Error::StoreAlreadyJoined(_)), "{err:?}");
+    assert!(matches!(err, Error::StoreIdInUse { .. }), "{err:?}");
 
     node.shutdown().await.unwrap();
     // After shutdown, writes fail clearly.
