@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 
 #[derive(Default)]
 #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
@@ -15,7 +17,9 @@ pub(crate) struct Faults {
     pub blocked: HashSet<PeerId>,
     /// Messages dropped so far, so a test can check that the fault really happened.
     pub dropped: u64,
-    rng: u64,
+    /// Picks the messages to lose; seeded by the test (the same generator as the
+    /// protocol core's, so a seed replays the same losses).
+    rng: Option<Xoshiro256PlusPlus>,
 }
 
 pub(crate) type FaultHandle = Arc<Mutex<Faults>>;
@@ -36,19 +40,14 @@ impl Faults {
         if self.drop_fraction <= 0.0 {
             return false;
         }
-        // xorshift64*: fast and good enough to pick messages to lose.
-        if self.rng == 0 {
-            self.rng = 0x9E37_79B9_7F4A_7C15;
-        }
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
-        (x as f64 / (1u64 << 53) as f64) < self.drop_fraction
+        self.rng
+            .get_or_insert_with(|| Xoshiro256PlusPlus::seed_from_u64(0))
+            .random::<f64>()
+            < self.drop_fraction
     }
 
     pub fn seed(&mut self, seed: u64) {
-        self.rng = seed | 1;
+        self.rng = Some(Xoshiro256PlusPlus::seed_from_u64(seed));
     }
 }
 

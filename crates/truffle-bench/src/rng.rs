@@ -1,39 +1,30 @@
-//! A tiny seeded generator (xorshift64*) for trial spacing and topologies: no dependency,
-//! and reproducible with `--seed`.
+//! The seeded generator for trial spacing and topologies, reproducible with `--seed`:
+//! `rand`'s Xoshiro256++, the generator the protocol core and the simulator use, behind
+//! the few helpers the scenarios need.
 
 use std::time::Duration;
 
-/// xorshift64* generator.
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+/// A seeded generator.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(Xoshiro256PlusPlus);
 
 impl Rng {
-    /// A generator from `seed` (any value; 0 is remapped).
+    /// A generator from `seed` (any value).
     pub fn new(seed: u64) -> Self {
-        let mut r = Self(seed ^ 0x9E37_79B9_7F4A_7C15);
-        if r.0 == 0 {
-            r.0 = 1;
-        }
-        r.next_u64();
-        r
+        Self(Xoshiro256PlusPlus::seed_from_u64(seed))
     }
 
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (`n` > 0).
+    /// Uniform in `0..n` (`n` > 0; 0 is taken as 1).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
+        self.0.random_range(0..n.max(1))
     }
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.random()
     }
 
     /// A duration uniform in `[lo, hi]` milliseconds.
