@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
 use truffle_actors::prelude::*;
 use truffle_actors::{SliceStore, Version};
 
@@ -91,18 +93,15 @@ async fn more_than_100_stores_sync() {
     }
 }
 
-/// A small deterministic generator, so a failing schedule can be replayed from its seed.
-struct Rng(u64);
+/// A seeded generator, so a failing schedule can be replayed from its seed.
+struct Rng(Xoshiro256PlusPlus);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.random()
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.random_range(0..n)
     }
 }
 
@@ -159,11 +158,9 @@ impl Cluster {
 }
 
 async fn run_schedule(seed: u64) -> Result<(), String> {
-    // splitmix64 of the seed: neighbouring seeds give unrelated schedules.
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    let mut rng = Rng((z ^ (z >> 31)) | 1);
+    // seed_from_u64 expands the seed (splitmix64): neighbouring seeds give unrelated
+    // schedules.
+    let mut rng = Rng(Xoshiro256PlusPlus::seed_from_u64(seed));
     let mut c = Cluster {
         dir: tempfile::tempdir().unwrap(),
         nodes: (0..SCHEDULE_NODES).map(|_| None).collect(),
