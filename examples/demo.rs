@@ -101,33 +101,13 @@ fn all_at(
     }
 }
 
-fn parse_nodes() -> Result<usize, String> {
-    let mut nodes = 5;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--nodes" | "-n" => {
-                let v = args.next().ok_or("--nodes needs a number")?;
-                nodes = v
-                    .parse()
-                    .map_err(|_| format!("--nodes {v:?} is not a number"))?;
-            }
-            "-h" | "--help" => {
-                return Err("usage: demo [--nodes N]   (N from 3 to 64, default 5)".into())
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument {other:?}; usage: demo [--nodes N]"
-                ))
-            }
-        }
-    }
-    if !(3..=64).contains(&nodes) {
-        return Err(format!(
-            "--nodes must be between 3 and 64 (one node leaves, one is dropped), got {nodes}"
-        ));
-    }
-    Ok(nodes)
+/// Several nodes in one process on loopback, syncing a store, step by step.
+#[derive(clap::Parser)]
+#[command(name = "demo")]
+struct Args {
+    /// How many nodes (one leaves, one is dropped, so at least 3).
+    #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(3..=64))]
+    nodes: u16,
 }
 
 #[tokio::main]
@@ -138,14 +118,8 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let n = match parse_nodes() {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(n).await {
+    let args = <Args as clap::Parser>::parse();
+    match run(usize::from(args.nodes)).await {
         Ok(()) => {
             println!("\nevery step converged");
             ExitCode::SUCCESS
