@@ -24,20 +24,7 @@ use serde_json::{json, Value};
 
 use crate::report::{fmt_fig, Bound, Report, Table, TargetRow};
 
-const USAGE: &str = "\
-truffle-bench: Truffle macro benchmark (loopback, in-process nodes)
-
-USAGE:
-    truffle-bench [--quick] [--json PATH] [--scenario NAME]... [--seed N]
-
-OPTIONS:
-    --quick          small N and few trials (under a minute on 2 cores); a smoke test
-    --json PATH      where to write the JSON report (default: <target>/truffle-bench.json)
-    --scenario NAME  run only this scenario (repeatable); default: all
-    --seed N         seed for dial graphs and trial spacing (default 1)
-    --list           list the scenarios
-    -h, --help       this text
-
+const SCENARIOS_HELP: &str = "\
 SCENARIOS:
     footprint        idle node RSS and memory per held slice (child processes)
     b1               propagation: 1 writer, N = 2, 8, 32 (quick: 2, 8)
@@ -110,53 +97,29 @@ impl Scenario {
     }
 }
 
+/// truffle-bench: Truffle macro benchmark (loopback, in-process nodes)
+#[derive(clap::Parser)]
+#[command(name = "truffle-bench", after_help = SCENARIOS_HELP)]
 struct Opts {
+    /// Small N and few trials (under a minute on 2 cores); a smoke test.
+    #[arg(long)]
     quick: bool,
+    /// Where to write the JSON report (default: <target>/truffle-bench.json).
+    #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Run only this scenario (repeatable; a name, its first part or its end); default: all.
+    #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
+    /// Seed for dial graphs and trial spacing.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     seed: u64,
-    help: bool,
+    /// List the scenarios.
+    #[arg(long)]
     list: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Opts, String> {
-    let mut o = Opts {
-        quick: false,
-        json: None,
-        scenarios: Vec::new(),
-        seed: 1,
-        help: false,
-        list: false,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--json" => o.json = Some(PathBuf::from(value("--json")?)),
-            "--scenario" => {
-                let v = value("--scenario")?;
-                let sc = Scenario::parse(&v).ok_or_else(|| format!("unknown scenario `{v}`"))?;
-                if !o.scenarios.contains(&sc) {
-                    o.scenarios.push(sc);
-                }
-            }
-            "--seed" => {
-                let v = value("--seed")?;
-                o.seed = v
-                    .parse()
-                    .map_err(|_| format!("--seed: not a number: {v}"))?;
-            }
-            "--list" => o.list = true,
-            "-h" | "--help" => o.help = true,
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-    }
-    Ok(o)
+fn parse_scenario(s: &str) -> Result<Scenario, String> {
+    Scenario::parse(s).ok_or_else(|| format!("unknown scenario `{s}` (see --list)"))
 }
 
 /// `<target dir>/truffle-bench.json` when running from `target/<profile>/`, else
@@ -236,17 +199,13 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let opts = match parse_args(&args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
-    if opts.help {
-        println!("{USAGE}");
-        return;
-    }
+    let mut opts = <Opts as clap::Parser>::parse();
+    let mut seen = Vec::new();
+    opts.scenarios.retain(|sc| {
+        let first = !seen.contains(sc);
+        seen.push(*sc);
+        first
+    });
     if opts.list {
         for sc in ALL {
             println!("{}", sc.name());
@@ -604,14 +563,21 @@ mod tests {
 
     #[test]
     fn args_parse() {
-        let a: Vec<String> = ["--quick", "--scenario", "b1", "--json", "x.json"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let o = parse_args(&a).unwrap();
+        use clap::Parser;
+        let o = Opts::try_parse_from([
+            "truffle-bench",
+            "--quick",
+            "--scenario",
+            "b1",
+            "--json",
+            "x.json",
+        ])
+        .unwrap();
         assert!(o.quick);
         assert_eq!(o.scenarios, vec![Scenario::B1]);
         assert_eq!(o.json, Some(PathBuf::from("x.json")));
-        assert!(parse_args(&["--bogus".to_string()]).is_err());
+        assert_eq!(o.seed, 1);
+        assert!(Opts::try_parse_from(["truffle-bench", "--bogus"]).is_err());
+        assert!(Opts::try_parse_from(["truffle-bench", "--scenario", "nope"]).is_err());
     }
 }
