@@ -34,7 +34,8 @@ SCENARIOS:
     b3               late joiner, 32 x 64 KiB (quick: 8)
     b4               failure detection at defaults
     b5               throughput: remote versions/s and local writes/s
-    b6               convergence of 64 nodes (skipped with --quick)";
+    b6               convergence of 64 nodes (skipped with --quick)
+    calibrate        real nodes beside truffle-sim's model, N = 8, 32, 64";
 
 /// Run-wide settings every scenario reads.
 #[derive(Clone, Debug)]
