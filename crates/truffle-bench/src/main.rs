@@ -105,7 +105,7 @@ struct Opts {
     /// Small N and few trials (under a minute on 2 cores); a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Where to write the JSON report (default: <target>/truffle-bench.json).
+    /// Where to write the JSON report (default: truffle-bench.json in the target dir).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Run only this scenario (repeatable; a name, its first part or its end); default: all.
