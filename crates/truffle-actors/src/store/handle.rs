@@ -340,6 +340,8 @@ fn in_snapshot<T>(snap: &StoreSnapshot<T>, ev: &StoreEvent<T>) -> bool {
             .get(&slice.device_id)
             .is_some_and(|held| held.version >= slice.version),
         StoreEvent::RemoteRemoved { device_id, .. } => snap.get(device_id).is_none(),
-        StoreEvent::Lagged { .. } => false,
+        // Changes nothing in the snapshot, so it cannot tell: deliver it (ending the
+        // skipping) rather than risk losing a new one.
+        StoreEvent::RemoteUndecodable { .. } | StoreEvent::Lagged { .. } => false,
     }
 }
