@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Value};
-use truffle_actors::RemovalReason;
 
 use crate::sim::{Micros, Observation, Sim, SimConfig};
 
@@ -337,20 +336,7 @@ pub fn run(scenario: Scenario, cfg: SimConfig, seconds: f64) -> Outcome {
         }
         out.detection = Spread::of(times);
     }
-    out.false_removals = sim
-        .observations
-        .iter()
-        .filter(|o| {
-            matches!(
-                o,
-                Observation::Removed {
-                    reason: RemovalReason::Timeout,
-                    reachable: true,
-                    ..
-                }
-            )
-        })
-        .count();
+    out.false_removals = sim.false_removals().len();
 
     let live: Vec<usize> = (0..n).filter(|&i| sim.is_up(i)).collect();
     let span = (sim.now() - sim.traffic_since).max(1) as f64 / 1e6;

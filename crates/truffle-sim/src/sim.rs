@@ -587,6 +587,23 @@ impl Sim {
         self.input(i, Input::Leave);
     }
 
+    /// Removals by timeout of a device that was up and reachable from the remover.
+    pub fn false_removals(&self) -> Vec<&Observation> {
+        self.observations
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Observation::Removed {
+                        reason: RemovalReason::Timeout,
+                        reachable: true,
+                        ..
+                    }
+                )
+            })
+            .collect()
+    }
+
     /// Whether every live node holds every other live device's current slice of the
     /// first store.
     pub fn converged(&self) -> bool {

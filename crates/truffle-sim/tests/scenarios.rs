@@ -9,7 +9,6 @@ use std::time::Duration;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use truffle_actors::proto::ProtoConfig;
-use truffle_actors::RemovalReason;
 use truffle_sim::scenario::{run, Scenario};
 use truffle_sim::sim::{Micros, Observation, Sim, SimConfig, Topology};
 
@@ -24,19 +23,7 @@ fn cfg(nodes: usize, seed: u64) -> SimConfig {
 }
 
 fn false_removals(sim: &Sim) -> Vec<&Observation> {
-    sim.observations
-        .iter()
-        .filter(|o| {
-            matches!(
-                o,
-                Observation::Removed {
-                    reason: RemovalReason::Timeout,
-                    reachable: true,
-                    ..
-                }
-            )
-        })
-        .collect()
+    sim.false_removals()
 }
 
 /// Starts every node, one every `gap`, and runs until `until`.

@@ -433,12 +433,7 @@ impl SwarmTask {
                         .collect(),
                     incarnation: 0,
                 };
-                let rid = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_request(&peer.peer_id(), req);
-                self.outbound.insert(rid, id);
+                self.request(peer, id, req);
             }
             SwarmCmd::SendGoodbye {
                 peer,
@@ -451,12 +446,7 @@ impl SwarmTask {
                     want: Vec::new(),
                     incarnation,
                 };
-                let rid = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_request(&peer.peer_id(), req);
-                self.outbound.insert(rid, id);
+                self.request(peer, id, req);
             }
             SwarmCmd::Respond { token, slices } => {
                 if let Some(channel) = self.inbound.remove(&token) {
@@ -504,6 +494,16 @@ impl SwarmTask {
                 let _ = self.swarm.disconnect_peer_id(peer.peer_id());
             }
         }
+    }
+
+    /// Sends a sync request, remembering the engine's id for its answer.
+    fn request(&mut self, peer: DeviceId, id: RequestId, req: SyncRequest) {
+        let rid = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer.peer_id(), req);
+        self.outbound.insert(rid, id);
     }
 
     /// Takes the store's newest local slice out of its outbox and encodes and signs it.
