@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -14,6 +14,13 @@ use crate::ids::{DeviceId, StoreId, Version};
 
 /// How long the writer waits before retrying after a failed commit (disk full, say).
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The least time between the starts of two commits while writes come faster than the
+/// disk takes them (the last batch coalesced several). Writes made meanwhile coalesce into
+/// the next commit, so an application writing flat out costs at most a few hundred fsynced
+/// commits a second instead of one per write the disk can take. A write that finds the
+/// writer keeping up (one write per commit, such as a caller waiting on
+/// `Store::persisted` before the next) is committed at once.
+const MIN_COMMIT_GAP: Duration = Duration::from_millis(5);
 
 /// `None` for this device's slice, the device for another's.
 type Key = (StoreId, Option<DeviceId>);
@@ -27,6 +34,9 @@ struct Entry {
 #[derive(Default)]
 struct Queue {
     pending: BTreeMap<Key, Entry>,
+    /// Writes queued since the last batch was taken (several per entry when they
+    /// coalesce).
+    puts: u64,
     closing: bool,
 }
 
@@ -44,6 +54,7 @@ impl Shared {
         let mut q = self.lock();
         let was_empty = q.pending.is_empty();
         q.pending.insert(key, entry);
+        q.puts += 1;
         // The writer only sleeps with an empty queue, so only the write that fills it
         // needs to wake it: a burst costs one wake-up.
         if was_empty {
@@ -128,8 +139,10 @@ fn storage_path(s: &dyn Storage) -> std::path::PathBuf {
 
 fn run(storage: &dyn Storage, shared: &Shared) {
     let mut failing = false;
+    // When the last commit started, if writes were outpacing commits.
+    let mut busy_since: Option<Instant> = None;
     loop {
-        let batch = {
+        {
             let mut q = shared.lock();
             while q.pending.is_empty() && !q.closing {
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
@@ -137,8 +150,23 @@ fn run(storage: &dyn Storage, shared: &Shared) {
             if q.pending.is_empty() {
                 return;
             }
-            std::mem::take(&mut q.pending)
+            // Right after a commit, let more writes gather (not when stopping).
+            let due = busy_since.map(|t| t + MIN_COMMIT_GAP);
+            if let Some(wait) = due.and_then(|d| d.checked_duration_since(Instant::now())) {
+                if !q.closing {
+                    drop(q);
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        let (batch, puts) = {
+            let mut q = shared.lock();
+            (std::mem::take(&mut q.pending), std::mem::take(&mut q.puts))
         };
+        if batch.is_empty() {
+            continue;
+        }
+        busy_since = (puts > batch.len() as u64).then(Instant::now);
         let writes: Vec<SavedWrite> = batch.values().map(|e| e.write.clone()).collect();
         let Ok(result) = catch_unwind(AssertUnwindSafe(|| storage.write(&writes))) else {
             // A backend that panics is in no state to be retried: stop saving, say so
