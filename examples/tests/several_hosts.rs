@@ -11,33 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::Device;
-
-fn skip_reason() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .is_some_and(|euid| euid == "0");
-    if !root {
-        return Some("not running as root (network namespaces need CAP_NET_ADMIN)".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("the `ip` command (iproute2) is not available".into()),
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{ip, netns_skip_reason as skip_reason, Device};
 
 const HOSTS: [&str; 3] = ["a", "b", "c"];
 

@@ -1,6 +1,6 @@
 //! The scenarios and what they measure.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
@@ -369,9 +369,4 @@ enum Action {
     Split(Vec<u32>),
     Heal,
     ResetTraffic,
-}
-
-/// A duration in milliseconds, for tables.
-pub fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

@@ -616,16 +616,15 @@ impl Engine {
                 let slices = self.answer(&want);
                 out.push(Output::Respond { token, slices });
             }
-            Input::Response { peer, id, slices } => {
+            Input::Response { id, slices, .. } => {
                 if self.leave_answered(id, out) {
                     return;
                 }
                 if let Some(fetch) = self.fetches.remove(&id) {
                     let answered: Vec<(StoreId, DeviceId)> =
                         slices.iter().map(|s| (s.store.clone(), s.device)).collect();
-                    self.fetch_elsewhere(fetch, &answered, now, out);
+                    self.fetch_elsewhere(fetch, &answered, out);
                 }
-                let _ = peer;
                 for s in slices.into_iter().take(MAX_WANTS) {
                     self.ingest(s, now, out);
                 }
@@ -635,7 +634,7 @@ impl Engine {
                     return;
                 }
                 if let Some(fetch) = self.fetches.remove(&id) {
-                    self.fetch_elsewhere(fetch, &[], now, out);
+                    self.fetch_elsewhere(fetch, &[], out);
                 }
             }
             Input::Timer(t) => self.on_timer(t, now, out),
@@ -860,7 +859,6 @@ impl Engine {
         &mut self,
         fetch: PendingFetch,
         answered: &[(StoreId, DeviceId)],
-        _now: Instant,
         out: &mut Vec<Output>,
     ) {
         let missing: Vec<Want> = fetch
