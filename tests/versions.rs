@@ -12,8 +12,10 @@ use truffle_actors::prelude::*;
 use truffle_actors::{RejectReason, StoreEvents};
 
 /// Two nodes on loopback: `old` joins the store as `A`, `new` as `B`. Each side subscribes
-/// as it joins, before the other side's first slice can arrive: even the initial (default)
-/// slice may be undecodable, and it is reported only once.
+/// before the other side's first slice can reach it: even the initial (default) slice may
+/// be undecodable, and it is reported only once. `old` joins while alone; `new` holds
+/// back what `old` sends until it has subscribed (the test hook drops it; the next
+/// write, or anti-entropy, brings it).
 struct Pair<A, B> {
     old: MeshNode,
     new: MeshNode,
@@ -33,8 +35,12 @@ async fn pair<A: Syncable, B: Syncable>() -> Pair<A, B> {
         .start()
         .await
         .unwrap();
+    // Without this, `old`'s answer to the join exchange may arrive between `store()` and
+    // `subscribe()`, and its one report is lost to the test.
+    new.test_block(&[old.device_id()]);
     let on_new = new.store::<B>().await.unwrap();
     let new_events = on_new.subscribe();
+    new.test_block(&[]);
     Pair {
         old,
         new,

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Remote devices currently considered live.
     pub peers_online: u64,
+    /// Peers with an open connection to this node (its view; kept near
+    /// [`MeshNodeBuilder::target_peers`](crate::MeshNodeBuilder::target_peers) whatever the
+    /// size of the mesh).
+    pub connected_peers: u64,
     /// Remote devices removed (left, timed out or restarted) since start.
     pub devices_removed: u64,
     /// Connections (dialled or accepted) that failed before they were established,
@@ -53,6 +57,7 @@ pub(crate) struct Counters {
     pub applied: AtomicU64,
     pub presence_received: AtomicU64,
     pub peers_online: AtomicU64,
+    pub connected_peers: AtomicU64,
     pub devices_removed: AtomicU64,
     pub connection_failures: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -106,6 +111,7 @@ impl Counters {
                 .map(|r| (r.as_str(), self.rejected[r.index()].load(Relaxed)))
                 .collect(),
             peers_online: self.peers_online.load(Relaxed),
+            connected_peers: self.connected_peers.load(Relaxed),
             devices_removed: self.devices_removed.load(Relaxed),
             connection_failures: self.connection_failures.load(Relaxed),
         }

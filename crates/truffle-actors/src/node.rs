@@ -152,6 +152,23 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// How many peers this node keeps connections to (default 8, at least 1), whatever
+    /// the size of the mesh. Bootstrap addresses only seed this view: the node dials
+    /// random members (at the addresses they announce in their signed heartbeats) while
+    /// it has fewer connections, and closes random older ones while it has more than one
+    /// and a half times as many, so the mesh stays connected when any node, the bootstrap
+    /// node included, goes away. More peers: faster spreading and more redundancy, at more
+    /// traffic per node.
+    ///
+    /// ```
+    /// # use truffle_actors::MeshNode;
+    /// let builder = MeshNode::builder().target_peers(12);
+    /// ```
+    pub fn target_peers(mut self, peers: usize) -> Self {
+        self.cfg.target_peers = peers.max(1);
+        self
+    }
+
     /// Events a subscriber may fall behind before it gets `Lagged` (default 1024).
     pub fn event_buffer(mut self, events: usize) -> Self {
         self.cfg.event_buffer = events;
@@ -475,6 +492,7 @@ fn proto_config(cfg: &Config) -> ProtoConfig {
     let mut p = ProtoConfig::default().with_presence(cfg.presence_interval, cfg.presence_timeout);
     p.max_response_bytes = cfg.max_response_bytes;
     p.leave_timeout = cfg.leave_timeout;
+    p.target_peers = cfg.target_peers;
     p
 }
 

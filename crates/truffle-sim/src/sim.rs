@@ -962,7 +962,7 @@ impl Sim {
                 Output::Schedule { after, timer } => {
                     self.push(self.now + us(after), Event::Timer(i, g, timer));
                 }
-                Output::Dial { peer } => {
+                Output::Dial { peer, .. } => {
                     if let Some(p) = self.peer_index(&peer) {
                         self.dial(i, p);
                     }

@@ -152,7 +152,7 @@ impl GossipState {
                     // The timer task ends by itself; a message to a stopped actor is dropped.
                     drop(myself.send_after(after, move || GossipMsg::Timer(timer)));
                 }
-                Output::Dial { peer } => self.cmd(SwarmCmd::Dial(peer)),
+                Output::Dial { peer, addrs } => self.cmd(SwarmCmd::Dial(peer, addrs)),
                 Output::DialAddr { addr } => self.cmd(SwarmCmd::DialAddr(addr)),
                 Output::Disconnect { peer } => self.cmd(SwarmCmd::Disconnect(peer)),
                 Output::LeaveDone { unanswered } => {
@@ -257,6 +257,11 @@ impl Actor for GossipActor {
             .counters
             .peers_online
             .store(state.args.engine.online_count() as u64, Relaxed);
+        state
+            .args
+            .counters
+            .connected_peers
+            .store(state.args.engine.connected_count() as u64, Relaxed);
         Ok(())
     }
 }

@@ -266,7 +266,8 @@ pub(crate) enum SwarmCmd {
         token: Token,
         slices: Vec<Arc<[u8]>>,
     },
-    Dial(DeviceId),
+    /// Dial a peer by id, with these addresses besides those the swarm knows.
+    Dial(DeviceId, Vec<Multiaddr>),
     DialAddr(Multiaddr),
     Disconnect(DeviceId),
 }
@@ -464,12 +465,19 @@ impl SwarmTask {
                         .send_response(channel, response);
                 }
             }
-            SwarmCmd::Dial(peer) => {
-                let _ = self.swarm.dial(
-                    DialOpts::peer_id(peer.peer_id())
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
+            SwarmCmd::Dial(peer, addrs) => {
+                let opts = DialOpts::peer_id(peer.peer_id())
+                    .condition(PeerCondition::DisconnectedAndNotDialing);
+                let opts = match addrs.is_empty() {
+                    true => opts.build(),
+                    false => opts
+                        .addresses(addrs)
+                        .extend_addresses_through_behaviour()
                         .build(),
-                );
+                };
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::trace!(%peer, error = %e, "dial not started");
+                }
             }
             SwarmCmd::DialAddr(addr) => {
                 let peer = addr.iter().find_map(|p| match p {
@@ -490,7 +498,7 @@ impl SwarmTask {
                 }
             }
             SwarmCmd::Disconnect(peer) => {
-                tracing::debug!(%peer, "disconnecting to reconnect afresh");
+                tracing::debug!(%peer, "disconnecting (to reconnect afresh, or to trim the view)");
                 let _ = self.swarm.disconnect_peer_id(peer.peer_id());
             }
         }

@@ -262,6 +262,11 @@ impl Membership {
         });
     }
 
+    /// Whether `device` is tracked (online or remembered).
+    pub fn knows(&self, device: &DeviceId) -> bool {
+        self.devices.contains_key(device)
+    }
+
     /// Devices tracked (online or remembered).
     pub fn known(&self) -> usize {
         self.devices.len()

@@ -67,6 +67,15 @@ const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
 const REFETCH_AFTER: Duration = Duration::from_secs(1);
 /// Most peers asked, one after the other, for a slice that the first one asked lacked.
 const FETCH_TRIES: usize = 4;
+/// A member dialled to fill the view is not dialled again sooner than this.
+const DIAL_BACKOFF: Duration = Duration::from_secs(2);
+/// A connection younger than this is never closed to trim the view: the peer at the other
+/// end may have just joined through it and not yet met anyone else.
+const TRIM_MIN_AGE: Duration = Duration::from_secs(10);
+/// Every this many redial ticks the view is refreshed: one random member (or bootstrap
+/// peer) is dialled even when the view is full, so the overlay keeps mixing and the two
+/// sides of a healed partition find each other.
+const REFRESH_TICKS: u64 = 30;
 
 /// The protocol's timings and limits (the subset of the node's settings it decides with).
 #[derive(Clone, Debug)]
@@ -80,8 +89,14 @@ pub struct ProtoConfig {
     pub max_response_bytes: usize,
     /// How long a graceful leave waits for acknowledgements.
     pub leave_timeout: Duration,
-    /// How often bootstrap peers (and peers disconnected on purpose) are re-dialled.
+    /// How often the view of connected peers is checked: filled up to
+    /// [`target_peers`](Self::target_peers), trimmed above 1.5 times that, and bootstrap
+    /// peers (and peers disconnected on purpose) re-dialled while it is short.
     pub redial_every: Duration,
+    /// How many connections a node keeps (its view): it dials random members, chosen from
+    /// the addresses they announce in their signed heartbeats, while it has fewer, and
+    /// closes random older connections while it has more than one and a half times this.
+    pub target_peers: usize,
 }
 
 impl Default for ProtoConfig {
@@ -92,6 +107,7 @@ impl Default for ProtoConfig {
             max_response_bytes: 64 * 1024 * 1024,
             leave_timeout: Duration::from_secs(2),
             redial_every: Duration::from_secs(1),
+            target_peers: 8,
         }
     }
 }
@@ -354,17 +370,20 @@ pub enum Output {
         /// Which timer.
         timer: Timer,
     },
-    /// Dial a known peer (by id, with the addresses the runtime knows).
+    /// Dial a known peer: by id, with `addrs` (what it announced in its heartbeats, may be
+    /// empty) and the addresses the runtime knows.
     Dial {
         /// The peer.
         peer: DeviceId,
+        /// Addresses to try.
+        addrs: Vec<Multiaddr>,
     },
     /// Dial an address (a bootstrap peer).
     DialAddr {
         /// The address, possibly ending in `/p2p/<id>`.
         addr: Multiaddr,
     },
-    /// Close every connection to `peer`.
+    /// Close every connection to `peer` (to reconnect afresh, or to trim the view).
     Disconnect {
         /// The peer.
         peer: DeviceId,
@@ -441,6 +460,15 @@ pub struct Engine {
     next_request: RequestId,
     /// Open connections per peer.
     conns: DetMap<DeviceId, u32>,
+    /// When the first of the open connections to each peer came up.
+    connected_at: DetMap<DeviceId, Instant>,
+    /// The addresses each device announced in its latest heartbeat: where to dial it to
+    /// fill the view. Kept while membership remembers the device.
+    addrs: DetMap<DeviceId, Vec<Multiaddr>>,
+    /// When each member was last dialled to fill the view.
+    dialled: DetMap<DeviceId, Instant>,
+    /// Redial ticks so far (every [`REFRESH_TICKS`]th refreshes the view).
+    ticks: u64,
     /// The store topics each connected peer joined.
     subs: DetMap<DeviceId, DetSet<StoreId>>,
     /// Peers disconnected on purpose, to dial again at the next redial tick.
@@ -480,6 +508,10 @@ impl Engine {
             fetches: DetMap::with_hasher(h.clone()),
             next_request: 0,
             conns: DetMap::with_hasher(h.clone()),
+            connected_at: DetMap::with_hasher(h.clone()),
+            addrs: DetMap::with_hasher(h.clone()),
+            dialled: DetMap::with_hasher(h.clone()),
+            ticks: 0,
             subs: DetMap::with_hasher(h.clone()),
             reconnect: DetSet::with_hasher(h.clone()),
             leaving: false,
@@ -514,6 +546,11 @@ impl Engine {
     /// Remote devices currently considered live.
     pub fn online_count(&self) -> usize {
         self.membership.online_count()
+    }
+
+    /// Peers with at least one open connection (the view).
+    pub fn connected_count(&self) -> usize {
+        self.conns.len()
     }
 
     /// Whether `device` is currently considered live.
@@ -590,15 +627,26 @@ impl Engine {
                 }
             }
             Input::Discovered { peer } => {
-                if peer != self.me && !self.leaving && !self.conns.contains_key(&peer) {
-                    out.push(Output::Dial { peer });
+                // A local peer feeds the view like any member: dialled while it is short.
+                if peer != self.me
+                    && !self.leaving
+                    && !self.conns.contains_key(&peer)
+                    && self.conns.len() < self.cfg.target_peers
+                {
+                    self.dialled.insert(peer, now);
+                    let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
+                    out.push(Output::Dial { peer, addrs });
                 }
             }
-            Input::Connected { peer } => *self.conns.entry(peer).or_default() += 1,
+            Input::Connected { peer } => {
+                *self.conns.entry(peer).or_default() += 1;
+                self.connected_at.entry(peer).or_insert(now);
+            }
             Input::ConnectionClosed { peer, remaining } => {
                 if remaining == 0 {
                     // Not a liveness signal on its own: presence timeouts decide removals.
                     self.conns.remove(&peer);
+                    self.connected_at.remove(&peer);
                     self.subs.remove(&peer);
                 } else {
                     // One connection closed while another stays: typically a device that
@@ -790,6 +838,7 @@ impl Engine {
         if !outcome.fresh {
             return;
         }
+        self.learn_addrs(device, &p.addrs);
         if outcome.came_online {
             out.push(Output::Report(Report::DeviceOnline { device }));
         }
@@ -979,6 +1028,10 @@ impl Engine {
                 });
                 let forget_after = (self.cfg.presence_timeout * 10).max(FORGET_AFTER_MIN);
                 self.membership.forget_silent(now, forget_after);
+                let m = &self.membership;
+                self.addrs.retain(|d, _| m.knows(d));
+                self.dialled
+                    .retain(|_, t| now.saturating_duration_since(*t) < DIAL_BACKOFF);
                 for r in self.membership.expire(now) {
                     self.remove(r, out);
                 }
@@ -991,6 +1044,7 @@ impl Engine {
                     timer: Timer::Redial,
                 });
                 self.redial(out);
+                self.maintain_view(now, out);
             }
             Timer::LeaveDeadline => {
                 if let Some(l) = self.leave.take() {
@@ -1002,33 +1056,138 @@ impl Engine {
         }
     }
 
-    /// Re-dials bootstrap peers we are not connected to (after a restart, a partition, a
-    /// network change). Addresses with `/p2p/<id>` are re-dialled whenever that peer is
-    /// not connected; bare addresses only while we have no connection at all.
+    /// Re-dials peers disconnected on purpose, and bootstrap peers we are not connected to
+    /// while the view is short (after a restart, a partition, a network change). Addresses
+    /// with `/p2p/<id>` are re-dialled whenever that peer is not connected; bare addresses
+    /// only while we have no connection at all. Every [`REFRESH_TICKS`]th tick one
+    /// bootstrap address is dialled even when the view is full, so that the two sides of a
+    /// healed partition meet again.
     fn redial(&mut self, out: &mut Vec<Output>) {
         if self.leaving {
             return;
         }
+        self.ticks += 1;
         let mut again: Vec<DeviceId> = self.reconnect.drain().collect();
         again.sort();
         for peer in again {
             if !self.conns.contains_key(&peer) {
-                out.push(Output::Dial { peer });
+                let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
+                out.push(Output::Dial { peer, addrs });
             }
         }
+        let short = self.conns.len() < self.cfg.target_peers;
+        let refresh = self.ticks.is_multiple_of(REFRESH_TICKS) && !self.bootstrap.is_empty();
+        let refresh_pick = match refresh {
+            true => self.rng.random_range(0..self.bootstrap.len()),
+            false => usize::MAX,
+        };
         let none_connected = self.conns.is_empty();
-        for addr in &self.bootstrap {
-            let peer = addr.iter().find_map(|p| match p {
-                Protocol::P2p(id) => Some(DeviceId::from(id)),
-                _ => None,
-            });
+        for (i, addr) in self.bootstrap.iter().enumerate() {
+            let peer = bootstrap_peer(addr);
             let dial = match peer {
-                Some(peer) => peer != self.me && !self.conns.contains_key(&peer),
+                Some(peer) => {
+                    peer != self.me
+                        && !self.conns.contains_key(&peer)
+                        && (short || i == refresh_pick)
+                }
                 None => none_connected,
             };
             if dial {
                 out.push(Output::DialAddr { addr: addr.clone() });
             }
+        }
+    }
+
+    /// Remembers where `device` says it listens (its latest heartbeat, signed by it).
+    fn learn_addrs(&mut self, device: DeviceId, announced: &[String]) {
+        let parsed: Vec<Multiaddr> = announced
+            .iter()
+            .take(MAX_PRESENCE_ADDRS)
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            // An address naming another peer is not one of the device's own.
+            .filter(|a| bootstrap_peer(a).is_none_or(|p| p == device))
+            .collect();
+        if parsed.is_empty() {
+            return;
+        }
+        if self.addrs.get(&device) != Some(&parsed) {
+            self.addrs.insert(device, parsed);
+        }
+    }
+
+    /// Keeps the view (the peers this node is connected to) near the target: dials random
+    /// members while it is short, closes random connections (never young ones) while it
+    /// is more than half as large again, and every [`REFRESH_TICKS`] ticks dials one more
+    /// member so the overlay keeps mixing. Members come from the addresses announced in
+    /// heartbeats: live ones first when filling, ones silent lately (perhaps the other
+    /// side of a partition) first when refreshing.
+    fn maintain_view(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.leaving {
+            return;
+        }
+        let target = self.cfg.target_peers;
+        let high = target + target.div_ceil(2);
+        let have = self.conns.len();
+        let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
+        let short = have < target;
+        let want = match (short, refresh) {
+            (true, _) => target - have,
+            (false, true) => 1,
+            (false, false) => 0,
+        };
+        if want > 0 {
+            let mut candidates: Vec<(bool, DeviceId)> = self
+                .addrs
+                .keys()
+                .filter(|d| {
+                    **d != self.me
+                        && !self.conns.contains_key(*d)
+                        && self
+                            .dialled
+                            .get(*d)
+                            .is_none_or(|t| now.saturating_duration_since(*t) >= DIAL_BACKOFF)
+                })
+                // Sorted live members first; when refreshing a full view, silent ones first
+                // (most likely across a partition that may have healed).
+                .map(|d| (self.membership.is_online(d) == (refresh && !short), *d))
+                .collect();
+            candidates.sort();
+            self.shuffle_within_groups(&mut candidates);
+            for (_, peer) in candidates.into_iter().take(want) {
+                self.dialled.insert(peer, now);
+                let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
+                out.push(Output::Dial { peer, addrs });
+            }
+        }
+        if have > high {
+            let mut old: Vec<DeviceId> = self
+                .connected_at
+                .iter()
+                .filter(|(_, t)| now.saturating_duration_since(**t) >= TRIM_MIN_AGE)
+                .map(|(d, _)| *d)
+                .collect();
+            old.sort();
+            for k in (1..old.len()).rev() {
+                let j = self.rng.random_range(0..=k);
+                old.swap(k, j);
+            }
+            for peer in old.into_iter().take(have - high) {
+                out.push(Output::Disconnect { peer });
+            }
+        }
+    }
+
+    /// Shuffles each run of equal first elements (live members first, then silent ones,
+    /// each group in random order).
+    fn shuffle_within_groups(&mut self, v: &mut [(bool, DeviceId)]) {
+        let mut start = 0;
+        while start < v.len() {
+            let end = start + v[start..].iter().take_while(|x| x.0 == v[start].0).count();
+            for k in (start + 1..end).rev() {
+                let j = self.rng.random_range(start..=k);
+                v.swap(k, j);
+            }
+            start = end;
         }
     }
 
@@ -1076,4 +1235,12 @@ impl Engine {
         }
         true
     }
+}
+
+/// The peer an address names with a trailing `/p2p/<id>`, if it does.
+fn bootstrap_peer(addr: &Multiaddr) -> Option<DeviceId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(DeviceId::from(id)),
+        _ => None,
+    })
 }

@@ -222,7 +222,7 @@ fn a_second_connection_closing_reconnects_afresh() {
     let out = step(&mut e, Input::Timer(Timer::Redial), t0);
     assert!(out
         .iter()
-        .any(|o| matches!(o, Output::Dial { peer } if *peer == dev(1))));
+        .any(|o| matches!(o, Output::Dial { peer, .. } if *peer == dev(1))));
 }
 
 #[test]
@@ -271,4 +271,141 @@ fn the_same_seed_gives_the_same_timers() {
     };
     assert_eq!(run(9), run(9));
     assert_ne!(run(9), run(10));
+}
+
+/// A heartbeat of `dev(n)`, announcing a listen address.
+fn announce(e: &mut Engine, n: u8, seq: u64, now: Instant) -> Vec<Output> {
+    let d = dev(n);
+    let hb = Heartbeat {
+        device: d,
+        incarnation: 1,
+        seq,
+        addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 4000 + u16::from(n))],
+        partial: false,
+        digest: vec![],
+    };
+    step(
+        e,
+        Input::Heartbeat {
+            via: d,
+            heartbeat: Arc::new(hb),
+        },
+        now,
+    )
+}
+
+fn dials(out: &[Output]) -> Vec<DeviceId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Dial { peer, addrs } => {
+                assert!(
+                    !addrs.is_empty(),
+                    "a view dial carries the announced addresses"
+                );
+                Some(*peer)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_short_view_dials_announced_members_up_to_the_target_and_backs_off() {
+    let (mut e, t0) = engine();
+    // Connected to one peer (the bootstrap, say); 20 members announced themselves.
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    for n in 1..=20 {
+        announce(&mut e, n, 1, t0);
+    }
+    let first = dials(&step(&mut e, Input::Timer(Timer::Redial), t0));
+    let target = ProtoConfig::default().target_peers;
+    assert_eq!(first.len(), target - 1, "fills the view: {first:?}");
+    assert!(!first.contains(&dev(1)), "not the peer already connected");
+    // Dials in flight are not repeated within the backoff...
+    let t1 = t0 + Duration::from_millis(500);
+    let again = dials(&step(&mut e, Input::Timer(Timer::Redial), t1));
+    assert!(again.iter().all(|d| !first.contains(d)), "{again:?}");
+    // ...and once the view is full, nothing more is dialled.
+    for d in first.iter().chain(&again) {
+        step(&mut e, Input::Connected { peer: *d }, t1);
+    }
+    let t2 = t1 + Duration::from_secs(3);
+    assert!(dials(&step(&mut e, Input::Timer(Timer::Redial), t2)).is_empty());
+}
+
+#[test]
+fn an_overfull_view_closes_old_connections_down_to_one_and_a_half_times_the_target() {
+    let (mut e, t0) = engine();
+    for n in 1..=20 {
+        step(&mut e, Input::Connected { peer: dev(n) }, t0);
+    }
+    // Young connections are kept: their peers may know no one else yet.
+    let out = step(
+        &mut e,
+        Input::Timer(Timer::Redial),
+        t0 + Duration::from_secs(1),
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Disconnect { .. })));
+    let out = step(
+        &mut e,
+        Input::Timer(Timer::Redial),
+        t0 + Duration::from_secs(11),
+    );
+    let closed = out
+        .iter()
+        .filter(|o| matches!(o, Output::Disconnect { .. }))
+        .count();
+    assert_eq!(closed, 20 - 12);
+}
+
+#[test]
+fn bootstrap_peers_are_redialled_only_while_the_view_is_short() {
+    let boot = dev(9);
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{}", boot.peer_id())
+        .parse()
+        .unwrap();
+    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, vec![addr]);
+    let t0 = Instant::now();
+    e.start(t0, &mut Vec::new());
+    let redials = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::DialAddr { .. }))
+            .count()
+    };
+    assert_eq!(redials(&step(&mut e, Input::Timer(Timer::Redial), t0)), 1);
+    for n in 1..=8 {
+        step(&mut e, Input::Connected { peer: dev(n) }, t0);
+    }
+    // A full view without the bootstrap peer: it is not needed (until a refresh tick).
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(redials(&step(&mut e, Input::Timer(Timer::Redial), t1)), 0);
+}
+
+#[test]
+fn a_refresh_of_a_full_view_dials_a_silent_member_first() {
+    let (mut e, t0) = engine();
+    // Member 20 was heard once, long ago, and timed out; 1..=8 are live and connected.
+    announce(&mut e, 20, 1, t0);
+    let later = t0 + Duration::from_secs(10);
+    step(&mut e, Input::Timer(Timer::Expire), later);
+    assert!(!e.is_online(&dev(20)));
+    for n in 1..=8 {
+        announce(&mut e, n, 1, later);
+        step(&mut e, Input::Connected { peer: dev(n) }, later);
+    }
+    announce(&mut e, 30, 1, later);
+    let mut dialled = Vec::new();
+    for k in 1..=REFRESH_TICKS {
+        let out = step(
+            &mut e,
+            Input::Timer(Timer::Redial),
+            later + Duration::from_millis(10 * k),
+        );
+        dialled.extend(dials(&out));
+    }
+    assert_eq!(
+        dialled,
+        vec![dev(20)],
+        "one dial per refresh, the silent member"
+    );
 }
