@@ -23,7 +23,7 @@ use crate::scenarios::{B1_PAYLOAD, SETUP_DEADLINE};
 use crate::Cfg;
 
 /// Free UDP ports on loopback (bound, read, released: chitchat binds them again).
-fn free_udp_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
+pub(crate) fn free_udp_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
     let socks = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
@@ -34,7 +34,12 @@ fn free_udp_addrs(n: usize) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
-fn config(i: usize, addr: SocketAddr, seed: SocketAddr, interval: Duration) -> ChitchatConfig {
+pub(crate) fn config(
+    i: usize,
+    addr: SocketAddr,
+    seed: SocketAddr,
+    interval: Duration,
+) -> ChitchatConfig {
     ChitchatConfig {
         chitchat_id: ChitchatId::new(format!("n{i}"), 0, addr),
         cluster_id: "truffle-bench".into(),

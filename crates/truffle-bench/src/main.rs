@@ -11,6 +11,7 @@ mod calibrate;
 mod footprint;
 mod idle;
 mod mesh;
+mod overlay;
 mod report;
 mod rng;
 mod scenarios;
@@ -35,7 +36,10 @@ SCENARIOS:
     b4               failure detection at defaults
     b5               throughput: remote versions/s and local writes/s
     b6               convergence of 64 nodes (skipped with --quick)
-    calibrate        real nodes beside truffle-sim's model, N = 8, 32, 64";
+    calibrate        real nodes beside truffle-sim's model, N = 8, 32, 64
+    idle-cost        idle mesh from one seed address, CPU/RSS/connections, N = 16..128
+                     (quick: 8), chitchat at 1 s beside it
+    hub-crash        32 nodes (quick: 8) from one seed address; the seed crashes";
 
 /// Run-wide settings every scenario reads.
 #[derive(Clone, Debug)]
@@ -58,9 +62,11 @@ enum Scenario {
     B5,
     B6,
     Calibrate,
+    IdleCost,
+    HubCrash,
 }
 
-const ALL: [Scenario; 10] = [
+const ALL: [Scenario; 12] = [
     Scenario::Footprint,
     Scenario::B1,
     Scenario::Gossipsub,
@@ -71,6 +77,8 @@ const ALL: [Scenario; 10] = [
     Scenario::B5,
     Scenario::B6,
     Scenario::Calibrate,
+    Scenario::IdleCost,
+    Scenario::HubCrash,
 ];
 
 impl Scenario {
@@ -86,6 +94,8 @@ impl Scenario {
             Scenario::B5 => "b5-throughput",
             Scenario::B6 => "b6-convergence-64",
             Scenario::Calibrate => "calibrate-sim",
+            Scenario::IdleCost => "idle-cost",
+            Scenario::HubCrash => "hub-crash",
         }
     }
 
@@ -290,6 +300,12 @@ fn main() {
             ),
             Scenario::Calibrate => {
                 run_async(limit, &cfg, &mut report, scenario!(calibrate::calibrate))
+            }
+            Scenario::IdleCost => {
+                run_async(limit, &cfg, &mut report, scenario!(overlay::idle_cost))
+            }
+            Scenario::HubCrash => {
+                run_async(limit, &cfg, &mut report, scenario!(overlay::hub_crash))
             }
         };
         let secs = t.elapsed().as_secs_f64();
