@@ -115,3 +115,26 @@ async fn the_mesh_outlives_the_node_everyone_bootstrapped_from() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_mesh_smaller_than_the_view_everyone_connects_to_everyone() {
+    const N: usize = 5;
+    let nodes = star(N, |b| b).await;
+    let mut stores = Vec::new();
+    for node in &nodes {
+        stores.push(node.store::<Status>().await.unwrap());
+    }
+    until(
+        "every node connected to every other",
+        Duration::from_secs(30),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.metrics().connected_peers as usize == N - 1)
+        },
+    )
+    .await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -152,7 +152,10 @@ impl GossipState {
                     // The timer task ends by itself; a message to a stopped actor is dropped.
                     drop(myself.send_after(after, move || GossipMsg::Timer(timer)));
                 }
-                Output::Dial { peer, addrs } => self.cmd(SwarmCmd::Dial(peer, addrs)),
+                Output::Dial { peer, addrs } => {
+                    tracing::debug!(%peer, addrs = addrs.len(), "dialling a member");
+                    self.cmd(SwarmCmd::Dial(peer, addrs))
+                }
                 Output::DialAddr { addr } => self.cmd(SwarmCmd::DialAddr(addr)),
                 Output::Disconnect { peer } => self.cmd(SwarmCmd::Disconnect(peer)),
                 Output::LeaveDone { unanswered } => {
