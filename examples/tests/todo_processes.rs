@@ -80,3 +80,112 @@ fn a_killed_process_is_removed_after_the_timeout_and_accepted_on_return() {
     alice2.quit();
     bob.quit();
 }
+
+/// The port of a loopback listen address such as `/ip4/127.0.0.1/tcp/PORT/p2p/ID`.
+fn port_of(listen: &str) -> String {
+    let parts: Vec<&str> = listen.split('/').collect();
+    let at = parts
+        .iter()
+        .position(|p| *p == "tcp")
+        .expect("a tcp address");
+    parts[at + 1].to_string()
+}
+
+/// Whether processes `a` and `b` hold an established TCP connection between them (one
+/// dialled the other's listen port), from `ss`; `None` when `ss` cannot tell.
+fn linked(a: &Device, b: &Device) -> Option<bool> {
+    let out = std::process::Command::new("ss")
+        .args(["-Htnp", "state", "established"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dialled = |from: &Device, to: &Device| {
+        let pid = format!("pid={},", from.pid());
+        let peer = format!("127.0.0.1:{}", port_of(&to.listen[0]));
+        text.lines()
+            .any(|l| l.contains(&pid) && l.split_whitespace().nth(3).is_some_and(|p| p == peer))
+    };
+    Some(dialled(a, b) || dialled(b, a))
+}
+
+#[test]
+fn processes_started_from_one_seed_outlive_its_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Device::start("hub", &dir.path().join("hub.key"), &[]);
+    let mut nodes: Vec<Device> = (1..=4)
+        .map(|i| {
+            let key = dir.path().join(format!("n{i}.key"));
+            Device::start(&format!("n{i}"), &key, &hub.listen)
+        })
+        .collect();
+    for (i, d) in nodes.iter_mut().enumerate() {
+        d.send(&format!("add from n{}", i + 1));
+    }
+    let ids: Vec<String> = nodes.iter().map(|d| d.id.clone()).collect();
+    for d in &nodes {
+        d.wait_for("every node's item", |v| {
+            v["event"] == "state"
+                && ids.iter().all(|id| {
+                    v["devices"][id]["items"]
+                        .as_array()
+                        .is_some_and(|a| a.len() == 1)
+                })
+        });
+    }
+    // The survivors-to-be have connected to each other on their own (from the addresses
+    // in each other's presence), not only to the seed.
+    let start = Instant::now();
+    loop {
+        let pairs: Option<Vec<bool>> = (0..nodes.len())
+            .flat_map(|i| (i + 1..nodes.len()).map(move |j| (i, j)))
+            .map(|(i, j)| linked(&nodes[i], &nodes[j]))
+            .collect();
+        match pairs {
+            None => {
+                eprintln!("SKIPPED the view check: `ss -tnp` is not available");
+                break;
+            }
+            Some(p) if p.iter().all(|x| *x) => break,
+            Some(_) => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the nodes did not connect to each other within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let hub_id = hub.id.clone();
+    hub.kill();
+    for d in &nodes {
+        // Every state line from here on holds every survivor: none is lost, ever.
+        d.wait_for("the seed removed", |v| {
+            if v["event"] == "state" {
+                for id in &ids {
+                    assert!(v["devices"].get(id).is_some(), "a survivor lost {id}: {v}");
+                }
+            }
+            v["event"] == "state" && v["devices"].get(&hub_id).is_none()
+        });
+    }
+    nodes[0].send("add after the seed died");
+    for d in &nodes[1..] {
+        d.wait_for("the write after the kill", |v| {
+            if v["event"] == "state" {
+                for id in &ids {
+                    assert!(v["devices"].get(id).is_some(), "a survivor lost {id}: {v}");
+                }
+            }
+            v["event"] == "state"
+                && v["devices"][&ids[0]]["items"]
+                    .as_array()
+                    .is_some_and(|a| a.len() == 2)
+        });
+    }
+    for d in nodes {
+        d.quit();
+    }
+}
