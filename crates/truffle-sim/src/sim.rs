@@ -472,6 +472,15 @@ impl Sim {
         );
         let mut out = std::mem::take(&mut self.out);
         let now = self.base + Duration::from_micros(self.now);
+        // A listen address to announce, as a node's runtime reports its own: members dial
+        // each other at the addresses in their heartbeats (the simulator routes by id).
+        let addr = format!(
+            "/ip4/10.{}.{}.{}/tcp/4001",
+            (i >> 16) & 0xff,
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
+        engine.handle(Input::ListenAddrs(vec![addr]), now, &mut out);
         engine.start(now, &mut out);
         for s in self.store_ids.clone() {
             engine.handle(Input::Join(s), now, &mut out);
