@@ -24,17 +24,21 @@ pub enum Scenario {
     PartitionHeal,
     /// Every node drops 30 % of the gossip messages it receives, from the start.
     Loss,
+    /// Node 0, the one every other node bootstraps from with the `star` topology (and the
+    /// first bootstrap peer with the others), is killed at half the run.
+    HubCrash,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Steady,
         Scenario::JoinWave,
         Scenario::Crash,
         Scenario::Restart,
         Scenario::PartitionHeal,
         Scenario::Loss,
+        Scenario::HubCrash,
     ];
 
     /// Its command-line name.
@@ -46,6 +50,7 @@ impl Scenario {
             Scenario::Restart => "restart",
             Scenario::PartitionHeal => "partition-heal",
             Scenario::Loss => "loss",
+            Scenario::HubCrash => "hub-crash",
         }
     }
 
@@ -213,6 +218,7 @@ pub fn run(scenario: Scenario, cfg: SimConfig, seconds: f64) -> Outcome {
     };
     match scenario {
         Scenario::Crash => actions.push((end / 2, Action::Crash(victims.clone()))),
+        Scenario::HubCrash => actions.push((end / 2, Action::Crash(vec![0]))),
         Scenario::Restart => {
             actions.push((third, Action::Crash(victims.clone())));
             actions.push((third + 2_000_000, Action::Restart(victims.clone())));
@@ -280,7 +286,7 @@ pub fn run(scenario: Scenario, cfg: SimConfig, seconds: f64) -> Outcome {
                     for &d in v {
                         sim.crash(d);
                     }
-                    if scenario == Scenario::Crash {
+                    if matches!(scenario, Scenario::Crash | Scenario::HubCrash) {
                         crash_at = Some((sim.now(), pairs));
                     }
                 }

@@ -71,6 +71,27 @@ fn crashed_nodes_are_removed_everywhere_within_the_timeout() {
 }
 
 #[test]
+fn the_crash_of_the_node_everyone_bootstrapped_from_loses_nothing_else() {
+    let cfg = SimConfig {
+        topology: Topology::Star,
+        ..cfg(128, 14)
+    };
+    let out = run(Scenario::HubCrash, cfg, 20.0);
+    // Every survivor removes the hub, and nobody else: views formed from announced
+    // addresses keep the survivors connected.
+    assert_eq!(out.undetected, 0);
+    assert!(out.detection.count >= 127, "{:?}", out.detection);
+    assert!(out.detection.max <= 2_750.0, "{:?}", out.detection);
+    assert_eq!(out.false_removals, 0);
+    assert_eq!(out.lagging_at_end, 0);
+    assert!(
+        out.connections >= 8.0 && out.connections <= 12.0 && out.max_connections <= 12,
+        "views of about the target: {}",
+        out.connections
+    );
+}
+
+#[test]
 fn a_restart_with_the_same_key_replaces_the_old_run_everywhere() {
     let mut sim = Sim::new(cfg(120, 13));
     start_all(&mut sim, 10_000);
