@@ -8,8 +8,8 @@
 //!
 //! Starts two nodes on loopback, the first with its admin endpoint (default
 //! `127.0.0.1:0`, a free port), lets the second write a slice and leave, and prints what
-//! the first saw. `--linger` keeps the first node up that long afterwards, to look at its
-//! dashboard or run `truffle status`.
+//! the first saw. `--linger` keeps both nodes up that long before the second leaves, to
+//! look at the first one's dashboard or run `truffle status`.
 
 use std::time::Duration;
 
@@ -111,6 +111,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // ANCHOR_END: registry
 
+    if args.linger > 0 {
+        println!("keeping both workers up for {} s", args.linger);
+        tokio::time::sleep(Duration::from_secs(args.linger)).await;
+    }
     peer.shutdown().await?;
     // ANCHOR: follow
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -122,10 +126,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // ANCHOR_END: follow
 
-    if args.linger > 0 {
-        println!("keeping worker-1 up for {} s", args.linger);
-        tokio::time::sleep(Duration::from_secs(args.linger)).await;
-    }
     node.shutdown().await?;
     Ok(())
 }

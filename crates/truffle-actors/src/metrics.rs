@@ -394,63 +394,63 @@ pub(crate) fn register(counters: &Arc<Counters>, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("truffle");
         r.register(
             "slices_published",
-            "Own slice versions handed to gossipsub, by store.",
+            "Own slice versions handed to gossipsub, by store",
             p.published.clone(),
         );
         r.register(
             "slices_applied",
-            "Remote slices applied to a store (newer than held, decoded), by store.",
+            "Remote slices applied to a store (newer than held, decoded), by store",
             p.applied.clone(),
         );
         r.register(
             "messages_rejected",
-            "Messages dropped, by reason (stale = older than or equal to the version held).",
+            "Messages dropped, by reason (stale = older than or equal to the version held)",
             p.rejected.clone(),
         );
         r.register(
             "removals",
-            "Remote devices removed, by reason: left, timeout, restarted.",
+            "Remote devices removed, by reason: left, timeout, restarted",
             p.removed.clone(),
         );
         r.register(
             "fetches",
-            "Sync requests sent (joins, anti-entropy, fallbacks).",
+            "Sync requests sent (joins, anti-entropy, fallbacks)",
             p.fetches.clone(),
         );
         r.register(
             "sync_requests_served",
-            "Sync requests from peers answered.",
+            "Sync requests from peers answered",
             p.requests_served.clone(),
         );
         r.register(
             "leaves_received",
-            "Leave messages received (gossiped or direct), before deduplication.",
+            "Leave messages received (gossiped or direct), before deduplication",
             p.leaves.clone(),
         );
         r.register(
             "connections_opened",
-            "Connections established.",
+            "Connections established",
             p.connections_opened.clone(),
         );
         r.register(
             "connections_closed",
-            "Connections closed.",
+            "Connections closed",
             p.connections_closed.clone(),
         );
         r.register_with_unit(
             "apply_latency",
-            "From the owner's write (its updated_at, its clock) to the slice applied here; includes clock skew between the hosts.",
+            "From the owner's write (its updated_at, its clock) to the slice applied here; includes clock skew between the hosts",
             Unit::Seconds,
             p.apply_latency.clone(),
         );
         r.register(
             "sync_answer_slices",
-            "Slices in each sync answer this node sent.",
+            "Slices in each sync answer this node sent",
             p.answer_slices.clone(),
         );
         r.register_with_unit(
             "sync_answer",
-            "Bytes of slices in each sync answer this node sent.",
+            "Bytes of slices in each sync answer this node sent",
             Unit::Bytes,
             p.answer_bytes.clone(),
         );

@@ -68,9 +68,9 @@ pub fn status(node: &Value, peers: &Value, stores: &Value) -> String {
             .flatten()
             .map(|(store, v)| format!("{store}@{}", version(v)))
             .collect();
-        let state = match p.get("removal").and_then(Value::as_str) {
-            Some(r) => format!("{}({r})", s(p, "state")),
-            None => s(p, "state").to_string(),
+        let state = match (s(p, "state"), p.get("removal").and_then(Value::as_str)) {
+            ("offline", Some(r)) => format!("offline({r})"),
+            (state, _) => state.to_string(),
         };
         out.push_str(&format!(
             "  {:<20} {:<14} {:<10} {:<9} {:<12} {:>9}  {}\n",
