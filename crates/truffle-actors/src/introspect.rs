@@ -603,7 +603,12 @@ impl Observatory {
             }
             Output::Deliver(slice) => {
                 let seen = self.with_peer(slice.device, |p| {
-                    p.stores.insert(slice.store.clone(), slice.version);
+                    match p.stores.get_mut(&slice.store) {
+                        Some(v) => *v = slice.version,
+                        None => {
+                            p.stores.insert(slice.store.clone(), slice.version);
+                        }
+                    }
                     if slice.version.incarnation > p.incarnation {
                         p.incarnation = slice.version.incarnation;
                     }
@@ -689,5 +694,105 @@ impl Observatory {
             device_id: device,
             reason: removal_str(reason),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Heartbeat;
+
+    fn dev() -> DeviceId {
+        DeviceId::from(libp2p::PeerId::random())
+    }
+
+    fn heartbeat(device: DeviceId, incarnation: u64, seq: u64) -> Input {
+        Input::Heartbeat {
+            via: device,
+            heartbeat: Arc::new(Heartbeat {
+                device,
+                incarnation,
+                seq,
+                addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                partial: false,
+                digest: vec![],
+            }),
+        }
+    }
+
+    fn drain(rx: &mut NodeEvents) -> Vec<NodeEvent> {
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.rx.try_recv() {
+            out.push(ev);
+        }
+        out
+    }
+
+    #[test]
+    fn a_silent_peer_is_suspected_once_then_recovers_or_goes() {
+        let o = Observatory::default();
+        let me = dev();
+        o.configure(me, None, Duration::from_secs(2));
+        let mut rx = o.subscribe();
+        let (d, t0) = (dev(), Instant::now());
+        o.on_input(&heartbeat(d, 5, 1), t0);
+        o.on_output(&Output::Report(Report::DeviceOnline { device: d }), t0);
+        assert_eq!(o.peers()[0].incarnation, 5);
+        assert_eq!(drain(&mut rx), vec![NodeEvent::PeerOnline { device_id: d }]);
+
+        // Silent for more than half the timeout: suspected, once.
+        o.on_input(
+            &Input::Timer(Timer::Expire),
+            t0 + Duration::from_millis(1100),
+        );
+        o.on_input(
+            &Input::Timer(Timer::Expire),
+            t0 + Duration::from_millis(1200),
+        );
+        assert_eq!(
+            drain(&mut rx),
+            vec![NodeEvent::PeerSuspected {
+                device_id: d,
+                silent_for_ms: 1100
+            }]
+        );
+        assert_eq!(o.peers()[0].state, PeerState::Suspected);
+        // A replayed heartbeat is no evidence; a new one is.
+        o.on_input(&heartbeat(d, 5, 1), t0 + Duration::from_millis(1300));
+        assert!(drain(&mut rx).is_empty());
+        o.on_input(&heartbeat(d, 5, 2), t0 + Duration::from_millis(1300));
+        assert_eq!(
+            drain(&mut rx),
+            vec![NodeEvent::PeerRecovered { device_id: d }]
+        );
+
+        // A new run of the same device.
+        o.on_input(&heartbeat(d, 6, 1), t0 + Duration::from_millis(1400));
+        assert_eq!(
+            drain(&mut rx),
+            vec![NodeEvent::PeerRestarted {
+                device_id: d,
+                incarnation: 6
+            }]
+        );
+        o.on_output(
+            &Output::Report(Report::DeviceRemoved {
+                device: d,
+                reason: RemovalReason::Timeout,
+                stores: 0,
+            }),
+            t0 + Duration::from_secs(4),
+        );
+        let p = &o.peers()[0];
+        assert_eq!((p.state, p.removal), (PeerState::Offline, Some("timeout")));
+        // Forgotten ten minutes after it went.
+        o.on_input(
+            &Input::Timer(Timer::Expire),
+            t0 + Duration::from_secs(4) + FORGET_OFFLINE_AFTER,
+        );
+        assert!(o.peers().is_empty());
+        // This node is never its own peer.
+        o.on_input(&Input::Connected { peer: me }, t0);
+        assert!(o.peers().is_empty());
     }
 }

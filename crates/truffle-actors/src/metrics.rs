@@ -180,6 +180,11 @@ pub(crate) struct StoreLabel {
     store: String,
 }
 
+struct StoreCounters {
+    published: Counter,
+    applied: Counter,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReasonLabel {
     reason: &'static str,
@@ -201,7 +206,9 @@ pub(crate) struct Prom {
     apply_latency: Histogram,
     answer_slices: Histogram,
     answer_bytes: Histogram,
-    labels: Mutex<HashMap<StoreId, StoreLabel>>,
+    /// The per-store counters of each labelled store, resolved once (no allocation and no
+    /// label hashing per event).
+    by_store: Mutex<HashMap<StoreId, StoreCounters>>,
     /// Recorders of libp2p's own metrics, one per registry they were registered in.
     pub(crate) libp2p: Mutex<Vec<libp2p::metrics::Metrics>>,
 }
@@ -223,7 +230,7 @@ impl Default for Prom {
             answer_slices: Histogram::new([0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 4096.0]),
             // 256 B .. 64 MiB, ×4.
             answer_bytes: Histogram::new((0..10).map(|i| 256.0 * f64::powi(4.0, i))),
-            labels: Mutex::new(HashMap::new()),
+            by_store: Mutex::new(HashMap::new()),
             libp2p: Mutex::new(Vec::new()),
         };
         // Every reason present from the start, zeros included, so that a dashboard can
@@ -256,22 +263,29 @@ pub(crate) fn removal_str(r: RemovalReason) -> &'static str {
 }
 
 impl Prom {
-    fn label(&self, store: &StoreId) -> StoreLabel {
-        let mut labels = self.labels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(l) = labels.get(store) {
-            return l.clone();
+    /// Runs `f` on `store`'s counters: its own for the first [`MAX_STORE_LABELS`] stores,
+    /// the shared [`OTHER_STORES`] ones past that.
+    fn with_store(&self, store: &StoreId, f: impl FnOnce(&StoreCounters)) {
+        let mut map = self.by_store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(store) {
+            return f(c);
         }
-        let l = StoreLabel {
-            store: if labels.len() < MAX_STORE_LABELS {
+        let own = map.len() < MAX_STORE_LABELS;
+        let label = StoreLabel {
+            store: if own {
                 store.to_string()
             } else {
                 OTHER_STORES.to_string()
             },
         };
-        if labels.len() < MAX_STORE_LABELS {
-            labels.insert(store.clone(), l.clone());
+        let c = StoreCounters {
+            published: self.published.get_or_create(&label).clone(),
+            applied: self.applied.get_or_create(&label).clone(),
+        };
+        f(&c);
+        if own {
+            map.insert(store.clone(), c);
         }
-        l
     }
 
     fn rejected(&self, reason: RejectReason) {
@@ -284,12 +298,16 @@ impl Prom {
 
     /// An own slice version went out on `store`'s topic.
     pub fn published(&self, store: &StoreId) {
-        self.published.get_or_create(&self.label(store)).inc();
+        self.with_store(store, |c| {
+            c.published.inc();
+        });
     }
 
     /// A remote slice was applied to `store`; `updated_at` is its owner's write time.
     pub fn applied(&self, store: &StoreId, updated_at: u64) {
-        self.applied.get_or_create(&self.label(store)).inc();
+        self.with_store(store, |c| {
+            c.applied.inc();
+        });
         let ms = now_millis().saturating_sub(updated_at);
         self.apply_latency.observe(ms as f64 / 1000.0);
     }
@@ -461,4 +479,54 @@ pub(crate) fn register(counters: &Arc<Counters>, registry: &mut Registry) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(recorder);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(counters: &Arc<Counters>) -> String {
+        let mut registry = Registry::default();
+        register(counters, &mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn store_labels_are_capped() {
+        let counters = Arc::new(Counters::default());
+        for i in 0..MAX_STORE_LABELS + 6 {
+            let id = StoreId::new(format!("s{i}")).unwrap();
+            counters.prom.published(&id);
+            counters.prom.published(&id);
+        }
+        let text = text(&counters);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("truffle_slices_published_total{"))
+            .collect();
+        assert_eq!(lines.len(), MAX_STORE_LABELS + 1, "{text}");
+        assert!(lines.contains(&"truffle_slices_published_total{store=\"s0\"} 2"));
+        assert!(lines.contains(&"truffle_slices_published_total{store=\"_other\"} 12"));
+    }
+
+    #[test]
+    fn every_reason_is_exported_from_the_start() {
+        let counters = Arc::new(Counters::default());
+        counters.reject(RejectReason::Stale, &"peer", "test");
+        let text = text(&counters);
+        for r in RejectReason::ALL {
+            assert!(
+                text.contains(&format!(
+                    "truffle_messages_rejected_total{{reason=\"{}\"}}",
+                    r.as_str()
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains("truffle_messages_rejected_total{reason=\"stale\"} 1"));
+        assert!(text.contains("truffle_removals_total{reason=\"timeout\"} 0"));
+        assert_eq!(counters.snapshot().stale(), 1);
+    }
 }
