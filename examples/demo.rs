@@ -1,8 +1,11 @@
 //! Several nodes in one process on loopback, syncing a store, step by step.
 //!
 //! ```text
-//! cargo run --example demo -- [--nodes N]
+//! cargo run --example demo -- [--nodes N] [--admin HOST:PORT]
 //! ```
+//!
+//! With `--admin`, node-0 serves its admin endpoint (dashboard, metrics, JSON API) there;
+//! the demo prints the address and, at the end, waits for Enter before the nodes stop.
 //!
 //! Every node writes its slice, then updates it; then one node leaves gracefully and one is
 //! dropped without a word. After each step the demo prints what every node sees and waits
@@ -108,6 +111,9 @@ struct Args {
     /// How many nodes (one leaves, one is dropped, so at least 3).
     #[arg(short, long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(3..=64))]
     nodes: u16,
+    /// Serve node-0's admin endpoint (dashboard, metrics, API) here, e.g. 127.0.0.1:9090.
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -119,7 +125,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = <Args as clap::Parser>::parse();
-    match run(usize::from(args.nodes)).await {
+    match run(usize::from(args.nodes), args.admin).await {
         Ok(()) => {
             println!("\nevery step converged");
             ExitCode::SUCCESS
@@ -131,7 +137,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(n: usize) -> Result<(), String> {
+async fn run(n: usize, admin: Option<std::net::SocketAddr>) -> Result<(), String> {
     println!("starting {n} nodes on 127.0.0.1 (mDNS off, each bootstrapped to node-0 and its predecessor)");
     let mut demo = Demo {
         nodes: Vec::new(),
@@ -148,6 +154,9 @@ async fn run(n: usize) -> Result<(), String> {
         for a in addrs.iter().take(1).chain(addrs.last()) {
             b = b.bootstrap(a.clone());
         }
+        if let (0, Some(addr)) = (i, admin) {
+            b = b.admin(addr);
+        }
         let node = b
             .start()
             .await
@@ -160,6 +169,9 @@ async fn run(n: usize) -> Result<(), String> {
         demo.names.insert(node.device_id(), format!("node-{i}"));
         demo.order.push(node.device_id());
         println!("  node-{i} = {} at {}", node.device_id(), addrs[i]);
+        if let Some(addr) = node.admin_addr() {
+            println!("  node-{i}'s dashboard: open http://{addr}/ (or: truffle watch --admin http://{addr})");
+        }
         demo.nodes.push(Some(node));
         demo.stores.push(Some(store));
     }
@@ -215,6 +227,11 @@ async fn run(n: usize) -> Result<(), String> {
     })
     .await?;
 
+    if let Some(addr) = demo.nodes[0].as_ref().and_then(|n| n.admin_addr()) {
+        println!("\nthe dashboard is still at http://{addr}/; press Enter to stop the nodes");
+        let mut line = String::new();
+        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
+    }
     for node in demo.nodes.into_iter().flatten() {
         node.shutdown().await.map_err(|e| e.to_string())?;
     }

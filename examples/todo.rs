@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --example todo -- [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]...
 //!                             [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json]
-//!                             [--data-dir PATH]
+//!                             [--data-dir PATH] [--admin HOST:PORT]
 //! ```
 //!
 //! Commands on stdin: `add <text>`, `done <n>`, `list`, `quit` (end of input, Ctrl-C and
@@ -14,6 +14,9 @@
 //! With `--data-dir`, this device's list is saved there and comes back on the next start
 //! (after `quit`, Ctrl-C or a crash); in `--json` mode a `persisted` event gives the write
 //! counter of the newest version on disk.
+//! With `--admin HOST:PORT` (port 0 picks one) the node serves its admin endpoint there:
+//! metrics, JSON API and a live dashboard; the `ready` line then has an `admin` field
+//! (`"http://HOST:PORT"`, the bound address).
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -41,7 +44,7 @@ struct Todo {
 }
 // ANCHOR_END: types
 
-const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json] [--data-dir PATH]";
+const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json] [--data-dir PATH] [--admin HOST:PORT]";
 
 struct Args {
     name: String,
@@ -52,6 +55,7 @@ struct Args {
     psk_file: Option<String>,
     json: bool,
     data_dir: Option<String>,
+    admin: Option<std::net::SocketAddr>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -64,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
         psk_file: None,
         json: false,
         data_dir: None,
+        admin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,6 +92,12 @@ fn parse_args() -> Result<Args, String> {
             "--psk-file" => args.psk_file = Some(value("a path")?),
             "--json" => args.json = true,
             "--data-dir" => args.data_dir = Some(value("a path")?),
+            "--admin" => {
+                let v = value("an address")?;
+                args.admin = Some(v.parse().map_err(|e| {
+                    format!("--admin {v:?} is not HOST:PORT ({e}); for example 127.0.0.1:9090")
+                })?)
+            }
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -227,6 +238,12 @@ async fn run(args: Args) -> Result<(), Error> {
         builder = builder.data_dir(dir);
     }
     // ANCHOR_END: data_dir
+    // ANCHOR: admin
+    if let Some(addr) = args.admin {
+        // Metrics, a JSON API and a live dashboard at http://ADDR/ (keep it on loopback).
+        builder = builder.admin(addr);
+    }
+    // ANCHOR_END: admin
     let node = builder.start().await?;
     // ANCHOR_END: node
     let name = if args.name.is_empty() {
@@ -237,14 +254,18 @@ async fn run(args: Args) -> Result<(), Error> {
 
     if args.json {
         let listen: Vec<String> = node.listen_addrs().iter().map(|a| a.to_string()).collect();
-        println!(
-            "{}",
-            json!({ "event": "ready", "device_id": node.device_id().to_string(), "listen": listen })
-        );
+        let mut ready = json!({ "event": "ready", "device_id": node.device_id().to_string(), "listen": listen });
+        if let Some(addr) = node.admin_addr() {
+            ready["admin"] = json!(format!("http://{addr}"));
+        }
+        println!("{ready}");
     } else {
         println!("{name} is {}", node.device_id());
         for a in node.listen_addrs() {
             println!("  listening on {a}");
+        }
+        if let Some(addr) = node.admin_addr() {
+            println!("  dashboard at http://{addr}/ (truffle status --admin http://{addr})");
         }
         println!("commands: add <text> | done <n> | list | quit");
     }

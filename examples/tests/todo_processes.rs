@@ -189,3 +189,48 @@ fn processes_started_from_one_seed_outlive_its_kill_9() {
         d.quit();
     }
 }
+
+/// `--admin HOST:0` serves the admin endpoint on a free port, and the `ready` line says
+/// where (the other fields unchanged).
+#[test]
+fn the_admin_flag_serves_the_endpoint_and_the_ready_line_says_where() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_truffle-todo"));
+    cmd.args(["--admin", "127.0.0.1:0"]);
+    let mut alice = Device::start_with(
+        cmd,
+        "alice",
+        &dir.path().join("alice.key"),
+        "/ip4/127.0.0.1/tcp/0",
+        &[],
+    );
+    let admin = alice.admin.clone().expect("ready has an admin field");
+    let hostport = admin.strip_prefix("http://").expect("an http URL");
+    assert!(hostport.starts_with("127.0.0.1:"), "{admin}");
+    assert_ne!(
+        hostport, "127.0.0.1:0",
+        "the bound port, not the one asked for"
+    );
+    alice.send("add look inside");
+    alice.wait_items(&alice.id.clone(), &["look inside"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let mut s = std::net::TcpStream::connect(hostport).unwrap();
+        write!(
+            s,
+            "GET /api/stores/todos HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        if text.contains("look inside") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("\"name\":\"alice\""), "{body}");
+    assert!(body.contains("look inside"), "{body}");
+    alice.quit();
+}

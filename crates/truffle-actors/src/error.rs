@@ -124,6 +124,14 @@ pub enum Error {
     /// libp2p refused to build the swarm.
     #[error("could not build the libp2p swarm: {0}")]
     Transport(String),
+    /// The admin endpoint could not listen ([`crate::MeshNodeBuilder::admin`]).
+    #[error("cannot serve the admin endpoint on {addr}: {reason} (pick another address, or port 0 for a free one)")]
+    Admin {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with Truffle's [`Error`].

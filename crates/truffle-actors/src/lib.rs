@@ -50,12 +50,15 @@
 //! running a mesh.
 
 mod addrs;
+#[cfg(feature = "admin")]
+mod admin;
 mod config;
 mod connect_errors;
 mod error;
 mod faults;
 mod gossip;
 mod ids;
+mod introspect;
 mod key_file;
 mod metrics;
 mod node;
@@ -71,7 +74,8 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use ids::{DeviceId, Incarnation, StoreId, Version, MAX_STORE_ID_LEN};
-pub use metrics::Metrics;
+pub use introspect::{NodeEvent, NodeEvents, PeerInfo, PeerState, SliceInfo, StoreInfo};
+pub use metrics::{Metrics, MAX_STORE_LABELS, OTHER_STORES};
 pub use node::{MeshNode, MeshNodeBuilder};
 pub use slice::DeviceSlice;
 pub use store::{
@@ -82,6 +86,10 @@ pub use wire::RejectReason;
 
 #[cfg(feature = "derive")]
 pub use truffle_derive::Syncable;
+
+/// Re-exported so applications can register metrics ([`MeshNode::register_metrics`])
+/// without naming the version themselves.
+pub use prometheus_client;
 
 /// Re-exported so users can name addresses and keys without a direct libp2p dependency.
 pub use libp2p::{identity, multiaddr, pnet::PreSharedKey, Multiaddr};

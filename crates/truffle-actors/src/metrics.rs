@@ -1,10 +1,24 @@
-//! Counters that let a user see why a slice did or did not arrive.
+//! Counters that let a user see why a slice did or did not arrive, and their Prometheus
+//! form (see [`crate::MeshNode::register_metrics`] and the book's "Operating a mesh").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::ids::StoreId;
+use crate::introspect::Observatory;
+use crate::proto::{Input, Output, Report};
+use crate::slice::now_millis;
+use crate::store::RemovalReason;
 use crate::wire::RejectReason;
 
 /// How often, at most, a rejection of one reason is logged at `warn`; the rest go to `debug`.
@@ -62,12 +76,18 @@ pub(crate) struct Counters {
     pub connection_failures: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     last_warn: Mutex<[Option<Instant>; RejectReason::ALL.len()]>,
+    /// Metrics that exist only in Prometheus form (labelled, histograms).
+    pub prom: Prom,
+    /// Peers, connections and node events, for [`crate::MeshNode::peers`] and the admin
+    /// endpoint. Shared with the runtime the same way as the counters.
+    pub intro: Observatory,
 }
 
 impl Counters {
     /// Counts a rejection and logs it, at `warn` at most once per reason per 5 s.
     pub fn reject(&self, reason: RejectReason, from: &dyn std::fmt::Display, context: &str) {
         let n = self.rejected[reason.index()].fetch_add(1, Relaxed) + 1;
+        self.prom.rejected(reason);
         let now = Instant::now();
         let loud = {
             let mut last = self.last_warn.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,6 +117,7 @@ impl Counters {
         context: &str,
     ) {
         let n = self.rejected[reason.index()].fetch_add(1, Relaxed) + 1;
+        self.prom.rejected(reason);
         tracing::debug!(%reason, %from, context, total = n, "dropped a message from the network");
     }
 
@@ -118,6 +139,400 @@ impl Counters {
     }
 }
 
+impl Counters {
+    /// Shows the metrics and the observatory an input the gossip actor is about to hand
+    /// the protocol core.
+    pub fn observe_input(&self, input: &Input, now: Instant) {
+        match input {
+            Input::Goodbye { .. } => self.prom.leaves.inc(),
+            Input::Connected { .. } => self.prom.connections_opened.inc(),
+            Input::ConnectionClosed { .. } => self.prom.connections_closed.inc(),
+            _ => 0,
+        };
+        self.intro.on_input(input, now);
+    }
+
+    /// Shows the metrics and the observatory an output of the protocol core.
+    pub fn observe_output(&self, output: &Output, now: Instant) {
+        match output {
+            Output::Fetch { .. } => {
+                self.prom.fetches.inc();
+            }
+            Output::Respond { slices, .. } => {
+                let bytes = slices.iter().map(|s| s.len()).sum();
+                self.prom.answered(slices.len(), bytes);
+            }
+            Output::Report(Report::DeviceRemoved { reason, .. }) => self.prom.removed(*reason),
+            _ => {}
+        }
+        self.intro.on_output(output, now);
+    }
+}
+
 pub(crate) fn inc(c: &AtomicU64) {
     c.fetch_add(1, Relaxed);
+}
+
+/// Most distinct store ids that get a `store` label of their own; the others share
+/// [`OTHER_STORES`]. Only stores this node joined are ever labelled (messages for other
+/// stores are rejected before any per-store metric), so the cap bounds what the
+/// application does, not what peers send.
+pub const MAX_STORE_LABELS: usize = 64;
+/// The `store` label of every store past the first [`MAX_STORE_LABELS`].
+pub const OTHER_STORES: &str = "_other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StoreLabel {
+    store: String,
+}
+
+struct StoreCounters {
+    published: Counter,
+    applied: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Truffle's metrics that have no plain-counter form: per-store and per-reason families
+/// and histograms. Each is a handle on shared atomics, so registering clones in several
+/// registries shows the same values everywhere.
+pub(crate) struct Prom {
+    published: Family<StoreLabel, Counter>,
+    applied: Family<StoreLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+    removed: Family<ReasonLabel, Counter>,
+    pub fetches: Counter,
+    pub requests_served: Counter,
+    pub leaves: Counter,
+    pub connections_opened: Counter,
+    pub connections_closed: Counter,
+    apply_latency: Histogram,
+    answer_slices: Histogram,
+    answer_bytes: Histogram,
+    /// The per-store counters of each labelled store, resolved once (no allocation and no
+    /// label hashing per event).
+    by_store: Mutex<HashMap<StoreId, StoreCounters>>,
+    /// Recorders of libp2p's own metrics, one per registry they were registered in.
+    pub(crate) libp2p: Mutex<Vec<libp2p::metrics::Metrics>>,
+}
+
+impl Default for Prom {
+    fn default() -> Self {
+        let p = Self {
+            published: Family::default(),
+            applied: Family::default(),
+            rejected: Family::default(),
+            removed: Family::default(),
+            fetches: Counter::default(),
+            requests_served: Counter::default(),
+            leaves: Counter::default(),
+            connections_opened: Counter::default(),
+            connections_closed: Counter::default(),
+            // 0.5 ms .. ~16 s, doubling.
+            apply_latency: Histogram::new((0..16).map(|i| 0.0005 * f64::powi(2.0, i))),
+            answer_slices: Histogram::new([0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 4096.0]),
+            // 256 B .. 64 MiB, ×4.
+            answer_bytes: Histogram::new((0..10).map(|i| 256.0 * f64::powi(4.0, i))),
+            by_store: Mutex::new(HashMap::new()),
+            libp2p: Mutex::new(Vec::new()),
+        };
+        // Every reason present from the start, zeros included, so that a dashboard can
+        // tell "none yet" from "not exported".
+        for r in RejectReason::ALL {
+            let _ = p
+                .rejected
+                .get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
+        for r in [
+            RemovalReason::Left,
+            RemovalReason::Timeout,
+            RemovalReason::Restarted,
+        ] {
+            let _ = p.removed.get_or_create(&ReasonLabel {
+                reason: removal_str(r),
+            });
+        }
+        p
+    }
+}
+
+/// The label text of a removal reason.
+pub(crate) fn removal_str(r: RemovalReason) -> &'static str {
+    match r {
+        RemovalReason::Left => "left",
+        RemovalReason::Timeout => "timeout",
+        RemovalReason::Restarted => "restarted",
+    }
+}
+
+impl Prom {
+    /// Runs `f` on `store`'s counters: its own for the first [`MAX_STORE_LABELS`] stores,
+    /// the shared [`OTHER_STORES`] ones past that.
+    fn with_store(&self, store: &StoreId, f: impl FnOnce(&StoreCounters)) {
+        let mut map = self.by_store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(store) {
+            return f(c);
+        }
+        let own = map.len() < MAX_STORE_LABELS;
+        let label = StoreLabel {
+            store: if own {
+                store.to_string()
+            } else {
+                OTHER_STORES.to_string()
+            },
+        };
+        let c = StoreCounters {
+            published: self.published.get_or_create(&label).clone(),
+            applied: self.applied.get_or_create(&label).clone(),
+        };
+        f(&c);
+        if own {
+            map.insert(store.clone(), c);
+        }
+    }
+
+    fn rejected(&self, reason: RejectReason) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// An own slice version went out on `store`'s topic.
+    pub fn published(&self, store: &StoreId) {
+        self.with_store(store, |c| {
+            c.published.inc();
+        });
+    }
+
+    /// A remote slice was applied to `store`; `updated_at` is its owner's write time.
+    pub fn applied(&self, store: &StoreId, updated_at: u64) {
+        self.with_store(store, |c| {
+            c.applied.inc();
+        });
+        let ms = now_millis().saturating_sub(updated_at);
+        self.apply_latency.observe(ms as f64 / 1000.0);
+    }
+
+    /// A device was removed.
+    pub fn removed(&self, reason: RemovalReason) {
+        self.removed
+            .get_or_create(&ReasonLabel {
+                reason: removal_str(reason),
+            })
+            .inc();
+    }
+
+    /// This node answered a sync request with `slices` slices of `bytes` bytes in all.
+    pub fn answered(&self, slices: usize, bytes: usize) {
+        self.requests_served.inc();
+        self.answer_slices.observe(slices as f64);
+        self.answer_bytes.observe(bytes as f64);
+    }
+}
+
+/// The gauges and the counters kept as plain atomics, read at each scrape.
+struct LiveValues(Arc<Counters>);
+
+impl std::fmt::Debug for LiveValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveValues")
+    }
+}
+
+impl Collector for LiveValues {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        let counters: [(&str, &str, &AtomicU64); 4] = [
+            (
+                "slices_delivered",
+                "Slices received from the network (gossip or sync answers), before any check.",
+                &c.delivered,
+            ),
+            (
+                "presence_received",
+                "Distinct presence and leave messages received, signature checked.",
+                &c.presence_received,
+            ),
+            (
+                "connection_failures",
+                "Connections that failed before they were established (a pre-shared key mismatch shows here).",
+                &c.connection_failures,
+            ),
+            (
+                "devices_removed",
+                "Remote devices removed, all reasons (see truffle_removals_total for the split).",
+                &c.devices_removed,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let m = ConstCounter::new(v.load(Relaxed));
+            m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        let (known, connected, connections) = c.intro.counts();
+        let gauges: [(&str, &str, i64); 5] = [
+            (
+                "peers_online",
+                "Remote devices currently considered live.",
+                c.peers_online.load(Relaxed) as i64,
+            ),
+            (
+                "peers_known",
+                "Remote devices this node keeps a record of (live, suspected or recently gone).",
+                known as i64,
+            ),
+            (
+                "peers_connected",
+                "Remote devices with at least one open connection.",
+                connected as i64,
+            ),
+            (
+                "connections",
+                "Open connections to remote devices.",
+                connections as i64,
+            ),
+            (
+                "stores_joined",
+                "Stores this node has joined.",
+                c.intro.store_count() as i64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let m = ConstGauge::new(v);
+            m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Registers every Truffle metric of the node behind `counters` in `registry` (under the
+/// `truffle_` prefix), and libp2p's own metrics (swarm, gossipsub, identify, ping) under
+/// `libp2p_`.
+pub(crate) fn register(counters: &Arc<Counters>, registry: &mut Registry) {
+    let p = &counters.prom;
+    {
+        let r = registry.sub_registry_with_prefix("truffle");
+        r.register(
+            "slices_published",
+            "Own slice versions handed to gossipsub, by store",
+            p.published.clone(),
+        );
+        r.register(
+            "slices_applied",
+            "Remote slices applied to a store (newer than held, decoded), by store",
+            p.applied.clone(),
+        );
+        r.register(
+            "messages_rejected",
+            "Messages dropped, by reason (stale = older than or equal to the version held)",
+            p.rejected.clone(),
+        );
+        r.register(
+            "removals",
+            "Remote devices removed, by reason: left, timeout, restarted",
+            p.removed.clone(),
+        );
+        r.register(
+            "fetches",
+            "Sync requests sent (joins, anti-entropy, fallbacks)",
+            p.fetches.clone(),
+        );
+        r.register(
+            "sync_requests_served",
+            "Sync requests from peers answered",
+            p.requests_served.clone(),
+        );
+        r.register(
+            "leaves_received",
+            "Leave messages received (gossiped or direct), before deduplication",
+            p.leaves.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Connections established",
+            p.connections_opened.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections closed",
+            p.connections_closed.clone(),
+        );
+        r.register_with_unit(
+            "apply_latency",
+            "From the owner's write (its updated_at, its clock) to the slice applied here; includes clock skew between the hosts",
+            Unit::Seconds,
+            p.apply_latency.clone(),
+        );
+        r.register(
+            "sync_answer_slices",
+            "Slices in each sync answer this node sent",
+            p.answer_slices.clone(),
+        );
+        r.register_with_unit(
+            "sync_answer",
+            "Bytes of slices in each sync answer this node sent",
+            Unit::Bytes,
+            p.answer_bytes.clone(),
+        );
+        r.register_collector(Box::new(LiveValues(counters.clone())));
+    }
+    let recorder = libp2p::metrics::Metrics::new(registry);
+    p.libp2p
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(recorder);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(counters: &Arc<Counters>) -> String {
+        let mut registry = Registry::default();
+        register(counters, &mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn store_labels_are_capped() {
+        let counters = Arc::new(Counters::default());
+        for i in 0..MAX_STORE_LABELS + 6 {
+            let id = StoreId::new(format!("s{i}")).unwrap();
+            counters.prom.published(&id);
+            counters.prom.published(&id);
+        }
+        let text = text(&counters);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("truffle_slices_published_total{"))
+            .collect();
+        assert_eq!(lines.len(), MAX_STORE_LABELS + 1, "{text}");
+        assert!(lines.contains(&"truffle_slices_published_total{store=\"s0\"} 2"));
+        assert!(lines.contains(&"truffle_slices_published_total{store=\"_other\"} 12"));
+    }
+
+    #[test]
+    fn every_reason_is_exported_from_the_start() {
+        let counters = Arc::new(Counters::default());
+        counters.reject(RejectReason::Stale, &"peer", "test");
+        let text = text(&counters);
+        for r in RejectReason::ALL {
+            assert!(
+                text.contains(&format!(
+                    "truffle_messages_rejected_total{{reason=\"{}\"}}",
+                    r.as_str()
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains("truffle_messages_rejected_total{reason=\"stale\"} 1"));
+        assert!(text.contains("truffle_removals_total{reason=\"timeout\"} 0"));
+        assert_eq!(counters.snapshot().stale(), 1);
+    }
 }

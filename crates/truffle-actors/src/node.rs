@@ -25,6 +25,7 @@ use crate::faults::FaultHandle;
 use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
+use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
 use crate::key_file::load_or_create_key;
 use crate::metrics::{Counters, Metrics};
 use crate::proto::{Engine, Input, ProtoConfig};
@@ -73,6 +74,8 @@ pub struct MeshNodeBuilder {
     psk_file: Option<PathBuf>,
     storage: StorageSource,
     cfg: Config,
+    #[cfg(feature = "admin")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl MeshNodeBuilder {
@@ -233,6 +236,21 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// Serves the admin endpoint on `addr` (off by default): Prometheus metrics at
+    /// `/metrics`, a JSON API under `/api/` (node, peers, stores, each store's slices),
+    /// server-sent events at `/api/events`, and a live dashboard at `/`. Port 0 picks a
+    /// free port; [`MeshNode::admin_addr`] tells which.
+    ///
+    /// Anyone who can reach the address reads every slice of every joined store, and
+    /// there is no authentication: keep it on a loopback address (`127.0.0.1:9090`) unless
+    /// the network in front of it is trusted. [`start`](Self::start) fails with
+    /// [`Error::Admin`] when the address cannot be bound.
+    #[cfg(feature = "admin")]
+    pub fn admin(mut self, addr: std::net::SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
     /// How long a connection may take to be established, handshakes included (default 10 s).
     /// With a mismatched pre-shared key, a dial fails only after this long.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -278,6 +296,9 @@ impl MeshNodeBuilder {
             ));
         }
         let device = DeviceId::from(key.public().to_peer_id());
+        // Only a name the user chose travels in presence messages (the default, the device
+        // id, is in them anyway).
+        let announced_name = self.name.clone();
         let name = self.name.unwrap_or_else(|| device.to_string());
         let storage: Option<Arc<dyn Storage>> = match self.storage {
             StorageSource::None => None,
@@ -402,6 +423,9 @@ impl MeshNodeBuilder {
         }
 
         let counters = Arc::new(Counters::default());
+        counters
+            .intro
+            .configure(device, announced_name, cfg.presence_timeout);
         let faults = FaultHandle::default();
         let listen_addrs = Arc::new(Mutex::new(bound));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -470,7 +494,7 @@ impl MeshNodeBuilder {
             }
             None => tracing::info!(%device, %name, incarnation, "mesh node started"),
         }
-        Ok(MeshNode {
+        let mut node = MeshNode {
             device,
             name,
             incarnation,
@@ -483,7 +507,16 @@ impl MeshNodeBuilder {
             cmds: cmd_tx,
             faults,
             persistence,
-        })
+            #[cfg(feature = "admin")]
+            admin: None,
+        };
+        #[cfg(feature = "admin")]
+        if let Some(addr) = self.admin {
+            // On failure `node` drops here, which stops it as a crash would: nobody has
+            // seen it yet.
+            node.admin = Some(crate::admin::serve(addr, node.admin_source()).await?);
+        }
+        Ok(node)
     }
 }
 
@@ -548,6 +581,8 @@ pub struct MeshNode {
     faults: FaultHandle,
     /// The storage and its writer thread, with a data directory.
     persistence: Option<Persistence>,
+    #[cfg(feature = "admin")]
+    admin: Option<crate::admin::AdminServer>,
 }
 
 impl std::fmt::Debug for MeshNode {
@@ -571,6 +606,8 @@ impl MeshNode {
             psk_file: None,
             storage: StorageSource::None,
             cfg: Config::default(),
+            #[cfg(feature = "admin")]
+            admin: None,
         }
     }
 
@@ -602,6 +639,69 @@ impl MeshNode {
     /// A copy of the node's counters.
     pub fn metrics(&self) -> Metrics {
         self.counters.snapshot()
+    }
+
+    /// Registers this node's metrics in an application's Prometheus registry: Truffle's
+    /// under `truffle_` (see the book's "Operating a mesh" for the list), libp2p's own
+    /// (connections, gossipsub, identify, ping) under `libp2p_`. Truffle's values count
+    /// from the node's start; libp2p's from the call.
+    ///
+    /// Each node registers the same names: for several nodes in one process, give each
+    /// its own sub-registry, e.g. `registry.sub_registry_with_label(("node".into(),
+    /// name.into()))`.
+    ///
+    /// ```no_run
+    /// # async fn run(node: truffle_actors::MeshNode) {
+    /// use truffle_actors::prometheus_client::{encoding::text::encode, registry::Registry};
+    /// let mut registry = Registry::default();
+    /// node.register_metrics(&mut registry);
+    /// let mut text = String::new();
+    /// encode(&mut text, &registry).unwrap(); // OpenMetrics text, for a /metrics route
+    /// assert!(text.contains("truffle_peers_online"));
+    /// # }
+    /// ```
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        crate::metrics::register(&self.counters, registry);
+    }
+
+    /// Every remote device this node knows of: live, suspected, or gone recently (offline
+    /// devices are forgotten after ten minutes), with its name, incarnation, addresses,
+    /// connections, last evidence of life, round-trip time and the slice versions held.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.counters.intro.peers()
+    }
+
+    /// The stores this node joined, each with the device, version and write time of every
+    /// slice it holds (its own first).
+    pub fn stores(&self) -> Vec<StoreInfo> {
+        self.counters.intro.stores()
+    }
+
+    /// Follows what happens to this node's view of the mesh: peers online, suspected,
+    /// offline (with the reason) or restarted, connections up and down, slices updated
+    /// and removed. Events before the call are not replayed: read [`peers`](Self::peers)
+    /// and [`stores`](Self::stores) after subscribing for the current state.
+    pub fn events(&self) -> NodeEvents {
+        self.counters.intro.subscribe()
+    }
+
+    /// The address the admin endpoint listens on, when [`MeshNodeBuilder::admin`] asked
+    /// for one (with port 0, the port picked).
+    #[cfg(feature = "admin")]
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
+    }
+
+    #[cfg(feature = "admin")]
+    fn admin_source(&self) -> crate::admin::Source {
+        crate::admin::Source {
+            device: self.device,
+            name: self.name.clone(),
+            incarnation: self.incarnation,
+            listen_addrs: self.listen_addrs.clone(),
+            counters: self.counters.clone(),
+            started: std::time::SystemTime::now(),
+        }
     }
 
     /// Joins the store of a [`Syncable`] type (what `#[derive(Syncable)]` gives you).
@@ -696,6 +796,9 @@ impl MeshNode {
             let _ = self.cmds.send(SwarmCmd::Flush(id.clone()));
         }
         tracing::info!(store = %id, device = %self.device, "joined store");
+        self.counters
+            .intro
+            .add_store(id.clone(), Arc::new(handle.view.clone()));
         stores.insert(
             id,
             Joined {
@@ -771,6 +874,10 @@ impl MeshNode {
     }
 
     async fn stop(&mut self) {
+        #[cfg(feature = "admin")]
+        if let Some(admin) = self.admin.take() {
+            admin.stop().await;
+        }
         let stores: Vec<ActorCell> = self
             .stores
             .lock()
@@ -778,6 +885,7 @@ impl MeshNode {
             .drain()
             .map(|(_, j)| j.actor)
             .collect();
+        self.counters.intro.clear_stores();
         for actor in stores {
             let _ = actor
                 .stop_and_wait(None, Some(Duration::from_secs(5)))

@@ -40,6 +40,7 @@ pub fn signed_presence(
                 version: v.counter,
             })
             .collect(),
+        name: None,
     };
     crate::wire::encode_presence(key, &p).expect("test presence encodes")
 }

@@ -334,6 +334,10 @@ pub(crate) struct Presence {
     pub partial: bool,
     #[serde(default)]
     pub digest: Vec<DigestEntry>,
+    /// The device's human-readable name, when it set one (informative; added after v1
+    /// shipped, so absent from older peers' messages and omitted when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// "I am leaving": the signed body of a `leave` message, sent on graceful shutdown on the
@@ -369,6 +373,7 @@ pub(crate) fn presence_of(h: &crate::proto::Heartbeat) -> Presence {
                 version: v.counter,
             })
             .collect(),
+        name: None,
     }
 }
 
@@ -434,6 +439,9 @@ pub(crate) fn decode_presence_msg(
             return Err(RejectReason::Oversized);
         }
         p.addrs.truncate(MAX_PRESENCE_ADDRS);
+        if let Some(name) = &mut p.name {
+            truncate_name(name);
+        }
         let d = p.device.clone();
         (PresenceMsg::Presence(p), d)
     } else {
@@ -444,6 +452,26 @@ pub(crate) fn decode_presence_msg(
     let device: PeerId = device.parse().map_err(|_| RejectReason::BadField)?;
     verify(keys, &device, context, &msg.body, &msg.sig)?;
     Ok((device, out))
+}
+
+/// Cuts a peer-supplied name to [`crate::introspect::MAX_NAME_LEN`] bytes (at a character
+/// boundary) and replaces control characters, so it is safe to log and show.
+fn truncate_name(name: &mut String) {
+    let max = crate::introspect::MAX_NAME_LEN;
+    if name.chars().any(char::is_control) {
+        *name = name
+            .chars()
+            .take(max)
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
+    }
+    if name.len() > max {
+        let mut end = max;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
 }
 
 /// What a sync request asks for: all slices a peer holds for `store`, or only `device`'s.
@@ -702,6 +730,7 @@ mod tests {
                 incarnation: 5,
                 version: 2,
             }],
+            name: Some("laptop".into()),
         };
         let bytes = encode_presence(&k, &p).unwrap();
         assert_eq!(
@@ -741,6 +770,36 @@ mod tests {
         );
     }
 
+    /// A name is optional on the wire (older peers send none), and a peer's name is
+    /// bounded and cleaned before anyone shows it.
+    #[test]
+    fn presence_names_are_optional_and_bounded() {
+        let (k, d) = key();
+        let keys = &mut KeyCache::default();
+        let mut p = Presence {
+            device: d.to_string(),
+            incarnation: 5,
+            seq: 1,
+            addrs: vec![],
+            partial: false,
+            digest: vec![],
+            name: None,
+        };
+        let unnamed = rmp_serde::to_vec_named(&p).unwrap();
+        assert!(
+            !unnamed.windows(4).any(|w| w == b"name"),
+            "no name field when unset"
+        );
+        p.name = Some(format!("é\u{7}{}", "x".repeat(200)));
+        let bytes = encode_presence(&k, &p).unwrap();
+        let Ok((_, PresenceMsg::Presence(got))) = decode_presence_msg(&bytes, 1 << 16, keys) else {
+            panic!("a named presence decodes");
+        };
+        let name = got.name.unwrap();
+        assert!(name.len() <= crate::introspect::MAX_NAME_LEN, "{name}");
+        assert!(name.starts_with("é\u{fffd}x"), "{name}");
+    }
+
     /// The sizes the book's wire chapter gives for its presence and leave examples.
     #[test]
     fn the_wire_chapter_examples_have_the_sizes_it_gives() {
@@ -757,6 +816,7 @@ mod tests {
                 incarnation: 1_700_000_000_000,
                 version: 3,
             }],
+            name: None,
         };
         assert_eq!(rmp_serde::to_vec_named(&p).unwrap().len(), 155);
         assert_eq!(encode_presence(&k, &p).unwrap().len(), 250);

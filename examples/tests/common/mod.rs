@@ -20,6 +20,8 @@ pub struct Device {
     errors: Receiver<String>,
     pub id: String,
     pub listen: Vec<String>,
+    /// The `admin` field of the `ready` line (with `--admin`).
+    pub admin: Option<String>,
 }
 
 impl Device {
@@ -86,9 +88,11 @@ impl Device {
             errors,
             id: String::new(),
             listen: Vec::new(),
+            admin: None,
         };
         let ready = d.wait_for("ready", |v| v["event"] == "ready");
         d.id = ready["device_id"].as_str().expect("device_id").to_string();
+        d.admin = ready["admin"].as_str().map(str::to_string);
         d.listen = ready["listen"]
             .as_array()
             .expect("listen")

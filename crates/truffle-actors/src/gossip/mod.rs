@@ -80,6 +80,7 @@ impl GossipState {
 
     fn run(&mut self, myself: &ActorRef<GossipMsg>, input: Input, now: Instant) {
         let mut out = std::mem::take(&mut self.out);
+        self.args.counters.observe_input(&input, now);
         self.args.engine.handle(input, now, &mut out);
         self.execute(myself, &mut out);
         self.out = out;
@@ -87,7 +88,9 @@ impl GossipState {
 
     /// Carries out the engine's outputs, in order.
     fn execute(&mut self, myself: &ActorRef<GossipMsg>, out: &mut Vec<Output>) {
+        let now = Instant::now();
         for o in out.drain(..) {
+            self.args.counters.observe_output(&o, now);
             match o {
                 Output::Subscribe(store) => {
                     if let Some((_, outbox)) = self.stores.get(&store) {
@@ -96,7 +99,9 @@ impl GossipState {
                     }
                 }
                 Output::PublishHeartbeat(h) => {
-                    match encode_presence(&self.args.key, &presence_of(&h)) {
+                    let mut presence = presence_of(&h);
+                    presence.name = self.args.counters.intro.own_name();
+                    match encode_presence(&self.args.key, &presence) {
                         Ok(bytes) => self.cmd(SwarmCmd::PublishPresence(bytes)),
                         Err(e) => tracing::error!(error = %e, "cannot sign presence; not sent"),
                     }

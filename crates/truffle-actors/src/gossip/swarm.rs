@@ -358,6 +358,7 @@ impl SwarmTask {
         {
             Ok(_) => {
                 inc(&self.counters.published);
+                self.counters.prom.published(store);
                 true
             }
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
@@ -546,7 +547,13 @@ impl SwarmTask {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        record_libp2p_metrics(&self.counters, &event);
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.counters.intro.rtt(peer.into(), rtt),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -712,6 +719,9 @@ impl SwarmTask {
                 }
                 Ok((device, PresenceMsg::Presence(p))) => {
                     inc(&self.counters.presence_received);
+                    self.counters
+                        .intro
+                        .heard_name(device.into(), p.name.as_deref());
                     let heartbeat = Heartbeat {
                         device: device.into(),
                         incarnation: p.incarnation,
@@ -877,6 +887,26 @@ impl SwarmTask {
             }
             _ => {}
         }
+    }
+}
+
+/// Feeds libp2p's own metrics (connections, gossipsub, identify, ping), when some registry
+/// asked for them (see [`crate::MeshNode::register_metrics`]).
+fn record_libp2p_metrics(counters: &Counters, event: &SwarmEvent<BehaviourEvent>) {
+    use libp2p::metrics::Recorder;
+    let recorders = counters
+        .prom
+        .libp2p
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    for m in recorders.iter() {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => m.record(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => m.record(e),
+            _ => {}
+        }
+        m.record(event);
     }
 }
 

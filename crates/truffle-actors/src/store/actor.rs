@@ -297,6 +297,10 @@ impl<S: SyncableStore> StoreState<S> {
             data,
         };
         self.args.port.publish(pending);
+        self.args
+            .counters
+            .intro
+            .slice_updated(&self.args.id, self.args.device, slice.version);
         tracing::trace!(store = %self.args.id, version = %slice.version, "local write");
         self.emit(StoreEvent::LocalChanged {
             slice: slice.clone(),
@@ -334,6 +338,9 @@ impl<S: SyncableStore> StoreState<S> {
         });
         if self.args.store.apply_remote_slice(slice.clone()) {
             inc(&self.args.counters.applied);
+            let c = &self.args.counters;
+            c.prom.applied(&self.args.id, v.updated_at);
+            c.intro.slice_updated(&self.args.id, v.device, v.version);
             self.args.durable.remote_applied(&slice, &v.data);
             tracing::debug!(store = %self.args.id, device = %v.device, version = %v.version, "applied remote slice");
             self.emit(StoreEvent::RemoteUpdated { slice });
@@ -347,6 +354,10 @@ impl<S: SyncableStore> StoreState<S> {
     fn remove(&mut self, device: DeviceId, reason: RemovalReason) {
         if let Some(slice) = self.args.store.remove_remote_slice(&device, reason) {
             self.args.durable.remote_removed(slice);
+            self.args
+                .counters
+                .intro
+                .slice_removed(&self.args.id, device, reason);
             tracing::info!(store = %self.args.id, %device, %reason, "removed remote slice");
             self.emit(StoreEvent::RemoteRemoved {
                 device_id: device,
