@@ -219,40 +219,45 @@ pub(crate) trait StoreView: Send + Sync {
     fn slices_json(&self) -> Vec<(SliceInfo, serde_json::Value)>;
 }
 
-/// A store's snapshot channel: what [`crate::Store::snapshot`] reads.
-pub(crate) type SnapshotRx<T> = tokio::sync::watch::Receiver<Arc<crate::StoreSnapshot<T>>>;
+/// A store's snapshot channel (what [`crate::Store::snapshot`] reads), and whether the
+/// node's own slice counts (not for an observer, which has none worth showing).
+pub(crate) struct View<T> {
+    pub rx: tokio::sync::watch::Receiver<Arc<crate::StoreSnapshot<T>>>,
+    pub with_local: bool,
+}
 
-impl<T: serde::Serialize + Send + Sync + 'static> StoreView for SnapshotRx<T> {
-    fn slices(&self) -> Vec<SliceInfo> {
-        let snap = self.borrow().clone();
+impl<T: serde::Serialize + Send + Sync + 'static> View<T> {
+    fn each<R>(&self, mut f: impl FnMut(SliceInfo, &T) -> R) -> Vec<R> {
+        let snap = self.rx.borrow().clone();
         snap.iter()
-            .map(|s| SliceInfo {
-                device_id: s.device_id,
-                local: s.device_id == snap.local.device_id,
-                version: s.version,
-                updated_at: s.updated_at,
-            })
-            .collect()
-    }
-
-    fn slices_json(&self) -> Vec<(SliceInfo, serde_json::Value)> {
-        let snap = self.borrow().clone();
-        snap.iter()
+            .filter(|s| self.with_local || s.device_id != snap.local.device_id)
             .map(|s| {
-                let data = serde_json::to_value(&s.data).unwrap_or_else(
-                    |e| serde_json::json!({ "error": format!("not representable as JSON: {e}") }),
-                );
-                (
+                f(
                     SliceInfo {
                         device_id: s.device_id,
                         local: s.device_id == snap.local.device_id,
                         version: s.version,
                         updated_at: s.updated_at,
                     },
-                    data,
+                    &s.data,
                 )
             })
             .collect()
+    }
+}
+
+impl<T: serde::Serialize + Send + Sync + 'static> StoreView for View<T> {
+    fn slices(&self) -> Vec<SliceInfo> {
+        self.each(|info, _| info)
+    }
+
+    fn slices_json(&self) -> Vec<(SliceInfo, serde_json::Value)> {
+        self.each(|info, data| {
+            let json = serde_json::to_value(data).unwrap_or_else(
+                |e| serde_json::json!({ "error": format!("not representable as JSON: {e}") }),
+            );
+            (info, json)
+        })
     }
 }
 

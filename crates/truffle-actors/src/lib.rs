@@ -62,6 +62,7 @@ mod introspect;
 mod key_file;
 mod metrics;
 mod node;
+mod observer;
 pub mod proto;
 mod slice;
 pub mod storage;
@@ -77,6 +78,7 @@ pub use ids::{DeviceId, Incarnation, StoreId, Version, MAX_STORE_ID_LEN};
 pub use introspect::{NodeEvent, NodeEvents, PeerInfo, PeerState, SliceInfo, StoreInfo};
 pub use metrics::{Metrics, MAX_STORE_LABELS, OTHER_STORES};
 pub use node::{MeshNode, MeshNodeBuilder};
+pub use observer::{ObservedSlices, Observer};
 pub use slice::DeviceSlice;
 pub use store::{
     OfflineSlice, RemovalReason, SliceStore, Store, StoreEvent, StoreEvents, StoreSnapshot,
