@@ -43,10 +43,15 @@ async fn until<R, F: std::future::Future<Output = Option<R>>>(
 
 /// A plain GET returning (status, content type, body), for the non-JSON routes.
 async fn get_raw(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    get_raw_host(addr, path, &addr.to_string()).await
+}
+
+/// [`get_raw`] with a given `Host` header.
+async fn get_raw_host(addr: std::net::SocketAddr, path: &str, host: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -178,6 +183,13 @@ async fn routes_metrics_and_introspection_over_loopback() {
         .parse()
         .unwrap();
     assert!(applied >= 1.0);
+
+    // A loopback endpoint refuses requests for other host names (DNS rebinding).
+    let (status, _, body) = get_raw_host(addr, "/api/node", "evil.example:80").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("refused"), "{body}");
+    let (status, _, _) = get_raw_host(addr, "/api/node", "localhost").await;
+    assert_eq!(status, 200);
 
     // The dashboard page is self-contained: no external resources.
     let (status, ctype, html) = get_raw(addr, "/").await;

@@ -16,7 +16,6 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
-use crate::metrics::removal_str;
 use crate::proto::{Input, Output, Report, Timer};
 use crate::store::RemovalReason;
 
@@ -468,7 +467,7 @@ impl Observatory {
                     silent_for_ms: silent.map(|s| s.as_millis() as u64),
                     rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
                     state,
-                    removal: p.removal.map(removal_str),
+                    removal: p.removal.map(RemovalReason::as_str),
                     stores: p.stores.clone(),
                 }
             })
@@ -603,7 +602,7 @@ impl Observatory {
                 });
                 self.emit(NodeEvent::PeerOffline {
                     device_id: *device,
-                    reason: removal_str(*reason),
+                    reason: reason.as_str(),
                 });
             }
             Output::Deliver(slice) => {
@@ -697,7 +696,7 @@ impl Observatory {
         self.emit(NodeEvent::SliceRemoved {
             store: store.clone(),
             device_id: device,
-            reason: removal_str(reason),
+            reason: reason.as_str(),
         });
     }
 }
