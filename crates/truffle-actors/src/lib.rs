@@ -46,8 +46,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The book (`book/` in the repository) covers the wire protocol, the architecture and
-//! running a mesh.
+//! To see inside a running node: [`MeshNode::peers`], [`MeshNode::stores`] and
+//! [`MeshNode::events`] in the application, [`MeshNode::register_metrics`] for Prometheus,
+//! and the opt-in admin endpoint (`MeshNodeBuilder::admin`, feature `admin`, on by
+//! default) with a live dashboard, which the `truffle` command reads.
+//!
+//! The book (`book/` in the repository) covers the wire protocol, the architecture,
+//! running and operating a mesh.
 
 mod addrs;
 #[cfg(feature = "admin")]
