@@ -384,7 +384,16 @@ async fn an_observer_sees_every_slice_and_is_in_no_store() {
                 && s.get(&b_id).is_some_and(|x| x.data["text"] == "b")
         })
         .await
-        .unwrap_or_else(|s| panic!("observer saw {s:?}"));
+        .unwrap_or_else(|s| {
+            panic!(
+                "observer saw {s:?}\nits peers: {:?}\nits metrics: {:?}\nalice's peers: {:?}\nalice's stores: {:?}\nbob's stores: {:?}",
+                o.peers(),
+                o.metrics(),
+                a.peers(),
+                a.stores(),
+                b.stores()
+            )
+        });
     assert_eq!(seen.len(), 2, "no slice of its own");
     assert_eq!(seen[&b_id].data, serde_json::json!({ "text": "b", "n": 0 }));
     // And what is written after.

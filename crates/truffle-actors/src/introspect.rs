@@ -75,6 +75,10 @@ pub struct PeerInfo {
     pub removal: Option<&'static str>,
     /// The version of its slice held here, per store.
     pub stores: BTreeMap<StoreId, Version>,
+    /// The versions of its own slices it announced in its last presence message, per
+    /// store (a rotating part of them past 256 stores). One newer than in `stores` is a
+    /// slice this node has not received yet: anti-entropy fetches it.
+    pub announced: BTreeMap<StoreId, Version>,
 }
 
 /// One slice held in a store (see [`StoreInfo`]).
@@ -277,6 +281,7 @@ struct PeerRecord {
     /// When it went offline (to forget it later).
     gone_at: Option<Instant>,
     stores: BTreeMap<StoreId, Version>,
+    announced: BTreeMap<StoreId, Version>,
 }
 
 impl PeerRecord {
@@ -294,6 +299,7 @@ impl PeerRecord {
             removal: None,
             gone_at: None,
             stores: BTreeMap::new(),
+            announced: BTreeMap::new(),
         }
     }
 }
@@ -469,6 +475,7 @@ impl Observatory {
                     state,
                     removal: p.removal.map(RemovalReason::as_str),
                     stores: p.stores.clone(),
+                    announced: p.announced.clone(),
                 }
             })
             .collect()
@@ -537,6 +544,10 @@ impl Observatory {
                         p.presence = (h.incarnation, h.seq);
                         p.incarnation = h.incarnation;
                         p.addresses = h.addrs.clone();
+                        if !h.partial {
+                            p.announced.clear();
+                        }
+                        p.announced.extend(h.digest.iter().cloned());
                         recovered = Self::heard(p, now);
                     }
                     (restarted, recovered)
@@ -567,6 +578,10 @@ impl Observatory {
                 let last = self.with_peer(*peer, |p| {
                     let was = p.connections;
                     p.connections = *remaining;
+                    // A peer that never spoke is forgotten like one that went offline.
+                    if *remaining == 0 && !p.online && p.gone_at.is_none() {
+                        p.gone_at = Some(now);
+                    }
                     was > 0 && *remaining == 0
                 });
                 if last == Some(true) {
