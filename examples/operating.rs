@@ -96,6 +96,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // ANCHOR_END: peers
 
+    // ANCHOR: observe
+    // A read-only view of the store from a third node: every device's slice as JSON,
+    // without the type and without a slice of its own.
+    let watcher = MeshNode::builder()
+        .name("dashboard")
+        .listen("/ip4/127.0.0.1/tcp/0".parse()?)
+        .bootstrap(node.listen_addrs()[0].clone())
+        .mdns(false)
+        .start()
+        .await?;
+    let observer = watcher.observe(StoreId::new("jobs")?).await?;
+    let slices = observer
+        .wait_until(Duration::from_secs(20), |s| s.len() == 2)
+        .await
+        .map_err(|_| "the observer did not receive both slices in 20 s")?;
+    for (device, slice) in &slices {
+        println!("observed {device} v{}: {}", slice.version, slice.data);
+    }
+    watcher.shutdown().await?;
+    // ANCHOR_END: observe
+
     // ANCHOR: registry
     // An application that already serves Prometheus metrics adds the node's to its own
     // registry (several nodes: one `sub_registry_with_label` each).

@@ -43,10 +43,15 @@ async fn until<R, F: std::future::Future<Output = Option<R>>>(
 
 /// A plain GET returning (status, content type, body), for the non-JSON routes.
 async fn get_raw(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
+    get_raw_host(addr, path, &addr.to_string()).await
+}
+
+/// [`get_raw`] with a given `Host` header.
+async fn get_raw_host(addr: std::net::SocketAddr, path: &str, host: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .unwrap();
@@ -178,6 +183,13 @@ async fn routes_metrics_and_introspection_over_loopback() {
         .parse()
         .unwrap();
     assert!(applied >= 1.0);
+
+    // A loopback endpoint refuses requests for other host names (DNS rebinding).
+    let (status, _, body) = get_raw_host(addr, "/api/node", "evil.example:80").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("refused"), "{body}");
+    let (status, _, _) = get_raw_host(addr, "/api/node", "localhost").await;
+    assert_eq!(status, 200);
 
     // The dashboard page is self-contained: no external resources.
     let (status, ctype, html) = get_raw(addr, "/").await;
@@ -344,4 +356,77 @@ async fn an_admin_address_in_use_is_a_clear_error() {
         text.contains("admin endpoint") && text.contains(&addr.to_string()),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_sees_every_slice_and_is_in_no_store() {
+    init_tracing();
+    let a = builder("alice").admin(loopback0()).start().await.unwrap();
+    let seed = a.listen_addrs()[0].clone();
+    let b = builder("bob")
+        .bootstrap(seed.clone())
+        .start()
+        .await
+        .unwrap();
+    let on_a = a.store::<Status>().await.unwrap();
+    let on_b = b.store::<Status>().await.unwrap();
+    on_a.update(|s| s.text = "a".into()).await.unwrap();
+    on_b.update(|s| s.text = "b".into()).await.unwrap();
+
+    let o = builder("observer").bootstrap(seed).start().await.unwrap();
+    let status = StoreId::new("status").unwrap();
+    let observer = o.observe(status.clone()).await.unwrap();
+    // The slices written before it joined, decoded without the type.
+    let (a_id, b_id) = (a.device_id(), b.device_id());
+    let seen = observer
+        .wait_until(DEADLINE, |s| {
+            s.get(&a_id).is_some_and(|x| x.data["text"] == "a")
+                && s.get(&b_id).is_some_and(|x| x.data["text"] == "b")
+        })
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "observer saw {s:?}\nits peers: {:?}\nits metrics: {:?}\nalice's peers: {:?}\nalice's stores: {:?}\nbob's stores: {:?}",
+                o.peers(),
+                o.metrics(),
+                a.peers(),
+                a.stores(),
+                b.stores()
+            )
+        });
+    assert_eq!(seen.len(), 2, "no slice of its own");
+    assert_eq!(seen[&b_id].data, serde_json::json!({ "text": "b", "n": 0 }));
+    // And what is written after.
+    on_b.update(|s| s.n = 9).await.unwrap();
+    observer
+        .wait_until(DEADLINE, |s| s.get(&b_id).is_some_and(|x| x.data["n"] == 9))
+        .await
+        .unwrap();
+    // Alice knows the observer as a device of the mesh, but holds no slice of it.
+    let o_id = o.device_id();
+    until("the observer among alice's peers", || async {
+        a.peers()
+            .into_iter()
+            .find(|p| p.device_id == o_id && p.name.is_some())
+    })
+    .await;
+    assert!(on_a.snapshot().get(&o_id).is_none());
+    assert!(on_b.snapshot().get(&o_id).is_none());
+    assert_eq!(on_a.snapshot().len(), 2);
+    let peer = a.peers().into_iter().find(|p| p.device_id == o_id).unwrap();
+    assert!(peer.stores.is_empty(), "{peer:?}");
+    // Observing a joined store again fails; the observer's own store view lists no
+    // slice of its own.
+    assert!(o.observe(status.clone()).await.is_err());
+    assert_eq!(o.stores()[0].slices.len(), 2);
+    assert!(o.stores()[0].slices.iter().all(|s| !s.local));
+
+    // A device that leaves disappears from the observer too.
+    b.shutdown().await.unwrap();
+    observer
+        .wait_until(DEADLINE, |s| !s.contains_key(&b_id))
+        .await
+        .unwrap();
+    o.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
 }

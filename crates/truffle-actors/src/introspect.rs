@@ -16,7 +16,6 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
-use crate::metrics::removal_str;
 use crate::proto::{Input, Output, Report, Timer};
 use crate::store::RemovalReason;
 
@@ -76,6 +75,10 @@ pub struct PeerInfo {
     pub removal: Option<&'static str>,
     /// The version of its slice held here, per store.
     pub stores: BTreeMap<StoreId, Version>,
+    /// The versions of its own slices it announced in its last presence message, per
+    /// store (a rotating part of them past 256 stores). One newer than in `stores` is a
+    /// slice this node has not received yet: anti-entropy fetches it.
+    pub announced: BTreeMap<StoreId, Version>,
 }
 
 /// One slice held in a store (see [`StoreInfo`]).
@@ -219,40 +222,45 @@ pub(crate) trait StoreView: Send + Sync {
     fn slices_json(&self) -> Vec<(SliceInfo, serde_json::Value)>;
 }
 
-/// A store's snapshot channel: what [`crate::Store::snapshot`] reads.
-pub(crate) type SnapshotRx<T> = tokio::sync::watch::Receiver<Arc<crate::StoreSnapshot<T>>>;
+/// A store's snapshot channel (what [`crate::Store::snapshot`] reads), and whether the
+/// node's own slice counts (not for an observer, which has none worth showing).
+pub(crate) struct View<T> {
+    pub rx: tokio::sync::watch::Receiver<Arc<crate::StoreSnapshot<T>>>,
+    pub with_local: bool,
+}
 
-impl<T: serde::Serialize + Send + Sync + 'static> StoreView for SnapshotRx<T> {
-    fn slices(&self) -> Vec<SliceInfo> {
-        let snap = self.borrow().clone();
+impl<T: serde::Serialize + Send + Sync + 'static> View<T> {
+    fn each<R>(&self, mut f: impl FnMut(SliceInfo, &T) -> R) -> Vec<R> {
+        let snap = self.rx.borrow().clone();
         snap.iter()
-            .map(|s| SliceInfo {
-                device_id: s.device_id,
-                local: s.device_id == snap.local.device_id,
-                version: s.version,
-                updated_at: s.updated_at,
-            })
-            .collect()
-    }
-
-    fn slices_json(&self) -> Vec<(SliceInfo, serde_json::Value)> {
-        let snap = self.borrow().clone();
-        snap.iter()
+            .filter(|s| self.with_local || s.device_id != snap.local.device_id)
             .map(|s| {
-                let data = serde_json::to_value(&s.data).unwrap_or_else(
-                    |e| serde_json::json!({ "error": format!("not representable as JSON: {e}") }),
-                );
-                (
+                f(
                     SliceInfo {
                         device_id: s.device_id,
                         local: s.device_id == snap.local.device_id,
                         version: s.version,
                         updated_at: s.updated_at,
                     },
-                    data,
+                    &s.data,
                 )
             })
             .collect()
+    }
+}
+
+impl<T: serde::Serialize + Send + Sync + 'static> StoreView for View<T> {
+    fn slices(&self) -> Vec<SliceInfo> {
+        self.each(|info, _| info)
+    }
+
+    fn slices_json(&self) -> Vec<(SliceInfo, serde_json::Value)> {
+        self.each(|info, data| {
+            let json = serde_json::to_value(data).unwrap_or_else(
+                |e| serde_json::json!({ "error": format!("not representable as JSON: {e}") }),
+            );
+            (info, json)
+        })
     }
 }
 
@@ -273,6 +281,7 @@ struct PeerRecord {
     /// When it went offline (to forget it later).
     gone_at: Option<Instant>,
     stores: BTreeMap<StoreId, Version>,
+    announced: BTreeMap<StoreId, Version>,
 }
 
 impl PeerRecord {
@@ -290,6 +299,7 @@ impl PeerRecord {
             removal: None,
             gone_at: None,
             stores: BTreeMap::new(),
+            announced: BTreeMap::new(),
         }
     }
 }
@@ -463,8 +473,9 @@ impl Observatory {
                     silent_for_ms: silent.map(|s| s.as_millis() as u64),
                     rtt_ms: p.rtt.map(|r| r.as_secs_f64() * 1000.0),
                     state,
-                    removal: p.removal.map(removal_str),
+                    removal: p.removal.map(RemovalReason::as_str),
                     stores: p.stores.clone(),
+                    announced: p.announced.clone(),
                 }
             })
             .collect()
@@ -533,6 +544,10 @@ impl Observatory {
                         p.presence = (h.incarnation, h.seq);
                         p.incarnation = h.incarnation;
                         p.addresses = h.addrs.clone();
+                        if !h.partial {
+                            p.announced.clear();
+                        }
+                        p.announced.extend(h.digest.iter().cloned());
                         recovered = Self::heard(p, now);
                     }
                     (restarted, recovered)
@@ -563,6 +578,10 @@ impl Observatory {
                 let last = self.with_peer(*peer, |p| {
                     let was = p.connections;
                     p.connections = *remaining;
+                    // A peer that never spoke is forgotten like one that went offline.
+                    if *remaining == 0 && !p.online && p.gone_at.is_none() {
+                        p.gone_at = Some(now);
+                    }
                     was > 0 && *remaining == 0
                 });
                 if last == Some(true) {
@@ -598,7 +617,7 @@ impl Observatory {
                 });
                 self.emit(NodeEvent::PeerOffline {
                     device_id: *device,
-                    reason: removal_str(*reason),
+                    reason: reason.as_str(),
                 });
             }
             Output::Deliver(slice) => {
@@ -692,7 +711,7 @@ impl Observatory {
         self.emit(NodeEvent::SliceRemoved {
             store: store.clone(),
             device_id: device,
-            reason: removal_str(reason),
+            reason: reason.as_str(),
         });
     }
 }

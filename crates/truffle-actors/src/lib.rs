@@ -46,8 +46,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The book (`book/` in the repository) covers the wire protocol, the architecture and
-//! running a mesh.
+//! To see inside a running node: [`MeshNode::peers`], [`MeshNode::stores`] and
+//! [`MeshNode::events`] in the application, [`MeshNode::register_metrics`] for Prometheus,
+//! and the opt-in admin endpoint (`MeshNodeBuilder::admin`, feature `admin`, on by
+//! default) with a live dashboard, which the `truffle` command reads.
+//!
+//! The book (`book/` in the repository) covers the wire protocol, the architecture,
+//! running and operating a mesh.
 
 mod addrs;
 #[cfg(feature = "admin")]
@@ -62,6 +67,7 @@ mod introspect;
 mod key_file;
 mod metrics;
 mod node;
+mod observer;
 pub mod proto;
 mod slice;
 pub mod storage;
@@ -77,6 +83,7 @@ pub use ids::{DeviceId, Incarnation, StoreId, Version, MAX_STORE_ID_LEN};
 pub use introspect::{NodeEvent, NodeEvents, PeerInfo, PeerState, SliceInfo, StoreInfo};
 pub use metrics::{Metrics, MAX_STORE_LABELS, OTHER_STORES};
 pub use node::{MeshNode, MeshNodeBuilder};
+pub use observer::{ObservedSlices, Observer};
 pub use slice::DeviceSlice;
 pub use store::{
     OfflineSlice, RemovalReason, SliceStore, Store, StoreEvent, StoreEvents, StoreSnapshot,

@@ -251,20 +251,9 @@ impl Default for Prom {
             RemovalReason::Timeout,
             RemovalReason::Restarted,
         ] {
-            let _ = p.removed.get_or_create(&ReasonLabel {
-                reason: removal_str(r),
-            });
+            let _ = p.removed.get_or_create(&ReasonLabel { reason: r.as_str() });
         }
         p
-    }
-}
-
-/// The label text of a removal reason.
-pub(crate) fn removal_str(r: RemovalReason) -> &'static str {
-    match r {
-        RemovalReason::Left => "left",
-        RemovalReason::Timeout => "timeout",
-        RemovalReason::Restarted => "restarted",
     }
 }
 
@@ -322,7 +311,7 @@ impl Prom {
     pub fn removed(&self, reason: RemovalReason) {
         self.removed
             .get_or_create(&ReasonLabel {
-                reason: removal_str(reason),
+                reason: reason.as_str(),
             })
             .inc();
     }

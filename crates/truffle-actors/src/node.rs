@@ -28,6 +28,7 @@ use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
 use crate::key_file::load_or_create_key;
 use crate::metrics::{Counters, Metrics};
+use crate::observer::Observer;
 use crate::proto::{Engine, Input, ProtoConfig};
 use crate::slice::now_millis;
 use crate::storage::{Persistence, RedbStorage, Storage};
@@ -727,6 +728,25 @@ impl MeshNode {
 
     /// Joins a hand-written store. Fails if a store with the same id is already joined.
     pub async fn join<S: SyncableStore>(&self, store: S) -> Result<Store<S::Data>> {
+        self.join_as(store, false).await
+    }
+
+    /// Joins `store` read-only, as an observer: this node receives every device's slice
+    /// (a full exchange with the peers that joined it, then gossip and anti-entropy like
+    /// any member) but never publishes a slice of its own, so no device holds one of it:
+    /// other devices do not see it in the store. They still see the node itself as a
+    /// device of the mesh (in `peers()`), and it relays the store's slices like a member.
+    ///
+    /// Slice data is decoded without knowing the store's type (see [`Observer`]), which
+    /// suits dashboards and tools (`truffle peek`). Fails if the store is joined already.
+    pub async fn observe(&self, store: StoreId) -> Result<Observer> {
+        let joined = self
+            .join_as(SliceStore::<serde_json::Value>::with_id(store)?, true)
+            .await?;
+        Ok(Observer::new(joined))
+    }
+
+    async fn join_as<S: SyncableStore>(&self, store: S, observer: bool) -> Result<Store<S::Data>> {
         let id = store.store_id();
         let mut stores = self.stores.lock().await;
         if stores.contains_key(&id) {
@@ -760,8 +780,12 @@ impl MeshNode {
                 max_slice_size: self.cfg.max_slice_size,
                 event_buffer: self.cfg.event_buffer,
                 counters: self.counters.clone(),
-                persist: self.persistence.as_ref().map(|p| p.for_store(id.clone())),
-                offline_view: self.cfg.offline_view,
+                // An observer has no slice worth keeping, and keeps no view of the past.
+                persist: match observer {
+                    true => None,
+                    false => self.persistence.as_ref().map(|p| p.for_store(id.clone())),
+                },
+                offline_view: self.cfg.offline_view && !observer,
             },
         )
         .await?;
@@ -792,13 +816,18 @@ impl MeshNode {
         }
         // The gossip actor queued the store's subscription (with its outbox) for the swarm
         // task before it answered `Join`, so this flush arrives after it.
-        if outbox.put(spawned.initial) {
+        // An observer's initial slice never leaves this node: nothing is ever in its outbox.
+        if !observer && outbox.put(spawned.initial) {
             let _ = self.cmds.send(SwarmCmd::Flush(id.clone()));
         }
-        tracing::info!(store = %id, device = %self.device, "joined store");
-        self.counters
-            .intro
-            .add_store(id.clone(), Arc::new(handle.view.clone()));
+        tracing::info!(store = %id, device = %self.device, observer, "joined store");
+        self.counters.intro.add_store(
+            id.clone(),
+            Arc::new(crate::introspect::View {
+                rx: handle.view.clone(),
+                with_local: !observer,
+            }),
+        );
         stores.insert(
             id,
             Joined {

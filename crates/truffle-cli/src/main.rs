@@ -4,6 +4,7 @@
 //! ```text
 //! truffle status --admin http://127.0.0.1:9090 [--json]          node, peers, stores
 //! truffle watch  --admin http://127.0.0.1:9090 [--store ID] [--json]   one line per event
+//! truffle peek   --peer MULTIADDR --store ID [--json]    join read-only, print every slice
 //! ```
 
 use std::io::Write;
@@ -53,11 +54,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Joins the mesh as a read-only observer of one store (no slice of its own, so no
+    /// device sees it in the store) and prints every device's slice, live.
+    Peek {
+        /// A peer to join through (repeatable), e.g. /ip4/127.0.0.1/tcp/4001.
+        #[arg(long, required = true)]
+        peer: Vec<truffle_actors::Multiaddr>,
+        /// The store to observe.
+        #[arg(long)]
+        store: String,
+        /// One JSON line per change: {"event":"state","store","slices":{DEVICE:{version,updated_at,data}}}.
+        #[arg(long)]
+        json: bool,
+        /// The mesh's pre-shared key (swarm.key format), for a private mesh.
+        #[arg(long)]
+        psk_file: Option<std::path::PathBuf>,
+        /// Leave (gracefully) after this many seconds instead of at Ctrl-C.
+        #[arg(long, value_name = "SECS")]
+        r#for: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -78,6 +99,22 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
+        Cmd::Peek {
+            peer,
+            store,
+            json,
+            psk_file,
+            r#for,
+        } => {
+            truffle_cli::peek::run(truffle_cli::peek::PeekArgs {
+                peers: peer,
+                store,
+                json,
+                psk_file,
+                duration: r#for.map(Duration::from_secs),
+            })
+            .await
+        }
         Cmd::Status { admin, json } => {
             let node = get_json(&admin, "/api/node", TIMEOUT).await?;
             let peers = get_json(&admin, "/api/peers", TIMEOUT).await?;

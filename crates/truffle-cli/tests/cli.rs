@@ -217,3 +217,90 @@ async fn errors_say_what_is_wrong() {
     assert!(err.contains("has not joined store `nope`"), "{err}");
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peek_prints_every_slice_without_joining_the_store() {
+    let a = node("alice", None, false).await;
+    let jobs_a = a.store::<Jobs>().await.unwrap();
+    jobs_a
+        .update(|j| j.running.push("render".into()))
+        .await
+        .unwrap();
+    let addr = a.listen_addrs()[0].to_string();
+    let mut peek = truffle()
+        .args([
+            "peek", "--peer", &addr, "--store", "jobs", "--json", "--for", "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel::<Value>();
+    let stdout = peek.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let alice = a.device_id().to_string();
+    let wait_state = |what: &str, f: &dyn Fn(&Value) -> bool| {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            match lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+                Ok(v) if v["event"] == "state" && f(&v) => return v,
+                Ok(_) => {}
+                Err(_) => panic!("no {what} line from truffle peek"),
+            }
+        }
+    };
+    let v = wait_state("alice's slice", &|v| {
+        v["slices"][alice.as_str()]["data"]["running"][0] == "render"
+    });
+    assert_eq!(v["store"], "jobs");
+    assert_eq!(
+        v["slices"].as_object().unwrap().len(),
+        1,
+        "no slice of its own: {v}"
+    );
+
+    // A later write shows up live; alice never holds a slice of the observer.
+    jobs_a
+        .update(|j| j.running.push("encode".into()))
+        .await
+        .unwrap();
+    wait_state("alice's second job", &|v| {
+        v["slices"][alice.as_str()]["data"]["running"][1] == "encode"
+    });
+    assert_eq!(jobs_a.snapshot().len(), 1);
+    let end = Instant::now() + DEADLINE;
+    let observer = loop {
+        if let Some(p) = a
+            .peers()
+            .into_iter()
+            .find(|p| p.name.as_deref() == Some("truffle-peek"))
+        {
+            break p;
+        }
+        assert!(Instant::now() < end, "alice never heard of the observer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(observer.stores.is_empty(), "{observer:?}");
+
+    // SIGTERM: it leaves gracefully and exits 0.
+    let pid = peek.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = peek.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "peek did not stop at SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    a.shutdown().await.unwrap();
+}

@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -55,6 +56,8 @@ pub(crate) struct Source {
 
 struct AppState {
     src: Source,
+    /// Bound to a loopback address: requests must name the host by IP or `localhost`.
+    loopback: bool,
     registry: Registry,
     /// Turns true at shutdown: event streams end, so the server can stop gracefully.
     closing: watch::Receiver<bool>,
@@ -110,6 +113,7 @@ pub(crate) async fn serve(addr: SocketAddr, src: Source) -> Result<AdminServer> 
     let (closing_tx, closing) = watch::channel(false);
     let state = Arc::new(AppState {
         src,
+        loopback: bound.ip().is_loopback(),
         registry,
         closing: closing.clone(),
     });
@@ -144,11 +148,44 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/stores/{id}", get(store))
         .route("/api/events", get(events))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .with_state(state)
 }
 
 fn error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// On a loopback endpoint, refuses requests whose `Host` is a domain name other than
+/// `localhost`: a web page on another site could otherwise point its own domain at
+/// 127.0.0.1 (DNS rebinding) and read the API from the user's browser.
+async fn check_host(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if st.loopback {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !host_is_local(host) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("Host {host:?} refused: a loopback admin endpoint answers requests for an IP address or localhost only"),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether a `Host` header names an IP address or `localhost` (with or without a port).
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -326,4 +363,30 @@ async fn events(
     );
     Sse::new(futures::StreamExt::chain(first, rest))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_is_local;
+
+    #[test]
+    fn only_ip_and_localhost_hosts_are_local() {
+        for ok in [
+            "127.0.0.1:9090",
+            "localhost:80",
+            "LOCALHOST",
+            "[::1]:9090",
+            "10.0.0.5",
+        ] {
+            assert!(host_is_local(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:9090",
+            "evil.example",
+            "",
+            "127.0.0.1.nip.io:1",
+        ] {
+            assert!(!host_is_local(bad), "{bad}");
+        }
+    }
 }

@@ -590,6 +590,12 @@ impl Engine {
                 raw,
                 reached_nobody,
             } => {
+                // A re-publish of an older version (of one that reached nobody) can finish
+                // after a newer local write was published: the own version never goes
+                // back, or the digest and sync answers would offer the old slice.
+                if self.own.get(&store).is_some_and(|held| *held > version) {
+                    return;
+                }
                 self.own.insert(store.clone(), version);
                 let h = &self.hasher;
                 self.held

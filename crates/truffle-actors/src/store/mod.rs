@@ -34,13 +34,20 @@ pub enum RemovalReason {
     Restarted,
 }
 
-impl fmt::Display for RemovalReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl RemovalReason {
+    /// `left`, `timeout` or `restarted`: the name in logs, metric labels and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
             RemovalReason::Left => "left",
             RemovalReason::Timeout => "timeout",
             RemovalReason::Restarted => "restarted",
-        })
+        }
+    }
+}
+
+impl fmt::Display for RemovalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
