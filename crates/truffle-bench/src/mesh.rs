@@ -56,7 +56,15 @@ impl Mesh {
         seed: u64,
         tune: impl Fn(MeshNodeBuilder) -> MeshNodeBuilder,
     ) -> Result<Mesh, String> {
-        let topo = topology(n, seed);
+        Self::start_with(topology(n, seed), tune).await
+    }
+
+    /// Like [`Mesh::start`], with node `i` dialling the earlier nodes `topo[i]` lists.
+    pub async fn start_with(
+        topo: Vec<Vec<usize>>,
+        tune: impl Fn(MeshNodeBuilder) -> MeshNodeBuilder,
+    ) -> Result<Mesh, String> {
+        let n = topo.len();
         let started = Instant::now();
         let mut nodes: Vec<MeshNode> = Vec::with_capacity(n);
         let mut stores = Vec::with_capacity(n);

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use truffle_actors::prelude::*;
 
 use crate::baseline_chitchat::{config, free_udp_addrs};
-use crate::mesh::{builder, Payload};
+use crate::mesh::{Mesh, Payload};
 use crate::report::{Report, Table};
 use crate::scenarios::SETUP_DEADLINE;
 use crate::{sys, Cfg};
@@ -25,31 +25,20 @@ const WINDOW: Duration = Duration::from_secs(10);
 /// Idle time before measuring, after convergence (views settle, joins finish).
 const SETTLE: Duration = Duration::from_secs(5);
 
-/// `n` nodes, each bootstrapped from node 0, each joined to the store with one write.
+/// `n` nodes, each bootstrapped from node 0, each joined to the store with one write;
+/// and when the last one joined.
 async fn star(n: usize) -> Result<(Vec<MeshNode>, Vec<Store<Payload>>, Instant), String> {
-    let mut nodes: Vec<MeshNode> = Vec::with_capacity(n);
-    let mut stores = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut b = builder(i);
-        if let Some(hub) = nodes.first() {
-            b = b.bootstrap(hub.listen_addrs()[0].clone());
-        }
-        let node = b
-            .start()
-            .await
-            .map_err(|e| format!("node {i} did not start: {e}"))?;
-        let store = node
-            .store::<Payload>()
-            .await
-            .map_err(|e| format!("node {i} could not join: {e}"))?;
+    let topo = (0..n)
+        .map(|i| if i == 0 { vec![] } else { vec![0] })
+        .collect();
+    let mesh = Mesh::start_with(topo, |b| b).await?;
+    for (i, store) in mesh.stores.iter().enumerate() {
         store
             .update(move |d| d.seq = i as u64)
             .await
             .map_err(|e| e.to_string())?;
-        nodes.push(node);
-        stores.push(store);
     }
-    Ok((nodes, stores, Instant::now()))
+    Ok((mesh.nodes, mesh.stores, mesh.last_join))
 }
 
 /// Polls every 50 ms until `cond` holds; the time it took, or `None` at the deadline.

@@ -426,6 +426,13 @@ pub enum Report {
     },
 }
 
+/// A device's announced listen addresses: as sent (so an unchanged list, the usual case,
+/// is not parsed again at every heartbeat) and parsed.
+struct Announced {
+    raw: Vec<String>,
+    addrs: Vec<Multiaddr>,
+}
+
 /// A fetch in flight: what it asked for, and whom we asked so far.
 struct PendingFetch {
     want: Vec<Want>,
@@ -464,7 +471,7 @@ pub struct Engine {
     connected_at: DetMap<DeviceId, Instant>,
     /// The addresses each device announced in its latest heartbeat: where to dial it to
     /// fill the view. Kept while membership remembers the device.
-    addrs: DetMap<DeviceId, Vec<Multiaddr>>,
+    addrs: DetMap<DeviceId, Announced>,
     /// When each member was last dialled to fill the view.
     dialled: DetMap<DeviceId, Instant>,
     /// Redial ticks so far (every [`REFRESH_TICKS`]th refreshes the view).
@@ -640,8 +647,7 @@ impl Engine {
                     && self.conns.len() < self.cfg.target_peers
                 {
                     self.dialled.insert(peer, now);
-                    let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
-                    out.push(Output::Dial { peer, addrs });
+                    out.push(self.dial(peer));
                 }
             }
             Input::Connected { peer } => {
@@ -1049,8 +1055,12 @@ impl Engine {
                     after: self.cfg.redial_every,
                     timer: Timer::Redial,
                 });
-                self.redial(out);
-                self.maintain_view(now, out);
+                if !self.leaving {
+                    self.ticks += 1;
+                    let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
+                    self.redial(refresh, out);
+                    self.maintain_view(now, refresh, out);
+                }
             }
             Timer::LeaveDeadline => {
                 if let Some(l) = self.leave.take() {
@@ -1068,28 +1078,22 @@ impl Engine {
     /// only while we have no connection at all. Every [`REFRESH_TICKS`]th tick one
     /// bootstrap address is dialled even when the view is full, so that the two sides of a
     /// healed partition meet again.
-    fn redial(&mut self, out: &mut Vec<Output>) {
-        if self.leaving {
-            return;
-        }
-        self.ticks += 1;
+    fn redial(&mut self, refresh: bool, out: &mut Vec<Output>) {
         let mut again: Vec<DeviceId> = self.reconnect.drain().collect();
         again.sort();
         for peer in again {
             if !self.conns.contains_key(&peer) {
-                let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
-                out.push(Output::Dial { peer, addrs });
+                out.push(self.dial(peer));
             }
         }
         let short = self.conns.len() < self.cfg.target_peers;
-        let refresh = self.ticks.is_multiple_of(REFRESH_TICKS) && !self.bootstrap.is_empty();
-        let refresh_pick = match refresh {
+        let refresh_pick = match refresh && !self.bootstrap.is_empty() {
             true => self.rng.random_range(0..self.bootstrap.len()),
             false => usize::MAX,
         };
         let none_connected = self.conns.is_empty();
         for (i, addr) in self.bootstrap.iter().enumerate() {
-            let peer = bootstrap_peer(addr);
+            let peer = p2p_peer(addr);
             let dial = match peer {
                 Some(peer) => {
                     peer != self.me
@@ -1106,19 +1110,31 @@ impl Engine {
 
     /// Remembers where `device` says it listens (its latest heartbeat, signed by it).
     fn learn_addrs(&mut self, device: DeviceId, announced: &[String]) {
-        let parsed: Vec<Multiaddr> = announced
-            .iter()
-            .take(MAX_PRESENCE_ADDRS)
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-            // An address naming another peer is not one of the device's own.
-            .filter(|a| bootstrap_peer(a).is_none_or(|p| p == device))
-            .collect();
-        if parsed.is_empty() {
+        let announced = &announced[..announced.len().min(MAX_PRESENCE_ADDRS)];
+        if self.addrs.get(&device).is_some_and(|a| a.raw == announced) {
             return;
         }
-        if self.addrs.get(&device) != Some(&parsed) {
-            self.addrs.insert(device, parsed);
+        let addrs: Vec<Multiaddr> = announced
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            // An address naming another peer is not one of the device's own.
+            .filter(|a| p2p_peer(a).is_none_or(|p| p == device))
+            .collect();
+        if addrs.is_empty() {
+            return;
         }
+        let raw = announced.to_vec();
+        self.addrs.insert(device, Announced { raw, addrs });
+    }
+
+    /// Dials `peer` at the addresses it announced (if any).
+    fn dial(&self, peer: DeviceId) -> Output {
+        let addrs = self
+            .addrs
+            .get(&peer)
+            .map(|a| a.addrs.clone())
+            .unwrap_or_default();
+        Output::Dial { peer, addrs }
     }
 
     /// Keeps the view (the peers this node is connected to) near the target: dials random
@@ -1127,14 +1143,10 @@ impl Engine {
     /// member so the overlay keeps mixing. Members come from the addresses announced in
     /// heartbeats: live ones first when filling, ones silent lately (perhaps the other
     /// side of a partition) first when refreshing.
-    fn maintain_view(&mut self, now: Instant, out: &mut Vec<Output>) {
-        if self.leaving {
-            return;
-        }
+    fn maintain_view(&mut self, now: Instant, refresh: bool, out: &mut Vec<Output>) {
         let target = self.cfg.target_peers;
         let high = target + target.div_ceil(2);
         let have = self.conns.len();
-        let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
         let short = have < target;
         let want = match (short, refresh) {
             (true, _) => target - have,
@@ -1158,11 +1170,14 @@ impl Engine {
                 .map(|d| (self.membership.is_online(d) == (refresh && !short), *d))
                 .collect();
             candidates.sort();
-            self.shuffle_within_groups(&mut candidates);
+            // Each of the two groups in random order.
+            let split = candidates.iter().take_while(|c| !c.0).count();
+            let (first, second) = candidates.split_at_mut(split);
+            shuffle(&mut self.rng, first);
+            shuffle(&mut self.rng, second);
             for (_, peer) in candidates.into_iter().take(want) {
                 self.dialled.insert(peer, now);
-                let addrs = self.addrs.get(&peer).cloned().unwrap_or_default();
-                out.push(Output::Dial { peer, addrs });
+                out.push(self.dial(peer));
             }
         }
         if have > high {
@@ -1173,27 +1188,10 @@ impl Engine {
                 .map(|(d, _)| *d)
                 .collect();
             old.sort();
-            for k in (1..old.len()).rev() {
-                let j = self.rng.random_range(0..=k);
-                old.swap(k, j);
-            }
+            shuffle(&mut self.rng, &mut old);
             for peer in old.into_iter().take(have - high) {
                 out.push(Output::Disconnect { peer });
             }
-        }
-    }
-
-    /// Shuffles each run of equal first elements (live members first, then silent ones,
-    /// each group in random order).
-    fn shuffle_within_groups(&mut self, v: &mut [(bool, DeviceId)]) {
-        let mut start = 0;
-        while start < v.len() {
-            let end = start + v[start..].iter().take_while(|x| x.0 == v[start].0).count();
-            for k in (start + 1..end).rev() {
-                let j = self.rng.random_range(start..=k);
-                v.swap(k, j);
-            }
-            start = end;
         }
     }
 
@@ -1243,8 +1241,16 @@ impl Engine {
     }
 }
 
+/// Puts `v` in a random order drawn from `rng` (Fisher–Yates).
+fn shuffle<T>(rng: &mut Xoshiro256PlusPlus, v: &mut [T]) {
+    for k in (1..v.len()).rev() {
+        let j = rng.random_range(0..=k);
+        v.swap(k, j);
+    }
+}
+
 /// The peer an address names with a trailing `/p2p/<id>`, if it does.
-fn bootstrap_peer(addr: &Multiaddr) -> Option<DeviceId> {
+fn p2p_peer(addr: &Multiaddr) -> Option<DeviceId> {
     addr.iter().find_map(|p| match p {
         Protocol::P2p(id) => Some(DeviceId::from(id)),
         _ => None,
