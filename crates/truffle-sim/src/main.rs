@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use serde_json::json;
-use truffle_actors::proto::ProtoConfig;
+use truffle_actors::proto::{Liveness, ProtoConfig};
 use truffle_sim::scenario::{run, Outcome, Scenario};
 use truffle_sim::sim::{SimConfig, Topology};
 
@@ -44,6 +44,18 @@ struct Args {
     /// Stores every node joins.
     #[arg(long, default_value_t = 1)]
     stores: usize,
+    /// How the engines judge liveness: heartbeats (every device floods one every presence
+    /// interval; what nodes run) or watch (neighbours watch, accuse, the accused refutes).
+    #[arg(long, value_enum, default_value_t = Live::Heartbeats)]
+    liveness: Live,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Live {
+    /// Flooded periodic heartbeats, removal after the presence timeout.
+    Heartbeats,
+    /// Neighbour watch, signed accusations, refutation, anti-entropy by hash.
+    Watch,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -79,8 +91,8 @@ fn main() {
         args.scenarios.clone()
     };
     println!(
-        "truffle-sim: seed {}, {} s per run, latency {} ms, topology {:?}, slice {} B, {} store(s)",
-        args.seed, args.seconds, args.latency_ms, args.topology, args.slice_bytes, args.stores
+        "truffle-sim: seed {}, {} s per run, latency {} ms, topology {:?}, slice {} B, {} store(s), liveness {:?}",
+        args.seed, args.seconds, args.latency_ms, args.topology, args.slice_bytes, args.stores, args.liveness
     );
     println!(
         "{:<15} {:>6} | {:>9} {:>10} {:>9} {:>10} {:>8} | {:>7} {:>6} {:>5} | {:>9} | {:>8} {:>8} {:>8} {:>5} {:>5} | {:>9} {:>5}",
@@ -103,7 +115,14 @@ fn main() {
                     Topo::Star => Topology::Star,
                     Topo::Halves => Topology::Halves,
                 },
-                proto: ProtoConfig::default(),
+                proto: {
+                    let mut p = ProtoConfig::default();
+                    p.liveness = match args.liveness {
+                        Live::Heartbeats => Liveness::Heartbeats,
+                        Live::Watch => Liveness::Watch,
+                    };
+                    p
+                },
                 stores: args.stores.max(1),
                 ..SimConfig::default()
             };
@@ -124,6 +143,7 @@ fn main() {
             "seconds": args.seconds,
             "latency_ms": args.latency_ms,
             "topology": format!("{:?}", args.topology),
+            "liveness": format!("{:?}", args.liveness),
             "runs": results.iter().map(Outcome::json).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&doc).expect("JSON values serialise");

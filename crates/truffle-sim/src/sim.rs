@@ -48,7 +48,8 @@ use libp2p::Multiaddr;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use truffle_actors::proto::{
-    DetMap, Engine, Heartbeat, Input, Output, ProtoConfig, Report, Slice, Timer, Token, Want,
+    Ask, DetMap, DigestReply, Engine, Heartbeat, Input, Output, ProtoConfig, Reply, Report, Slice,
+    Suspicion, Timer, Token, Want,
 };
 use truffle_actors::wire::{heartbeat_wire_len, RejectReason};
 use truffle_actors::{DeviceId, RemovalReason, StoreId, Version};
@@ -119,6 +120,13 @@ const GOSSIP_HEARTBEAT: Micros = 500_000;
 
 /// Request timeout for a peer across a partition.
 const REQUEST_TIMEOUT: Micros = 10_000_000;
+/// A dial across a partition fails after this (TCP's connect timeout is longer; the
+/// engines stop waiting sooner).
+const DIAL_TIMEOUT: Micros = 5_000_000;
+/// Ping period on a connection, and how long a ping may take: a connection whose link was
+/// cut reports its peer unresponsive within the sum (watch liveness acts on it).
+const PING_EVERY: Micros = 1_000_000;
+const PING_TIMEOUT: Micros = 1_000_000;
 
 fn us(d: Duration) -> Micros {
     d.as_micros() as Micros
@@ -169,6 +177,7 @@ enum Gossip {
     Heartbeat(Arc<Heartbeat>),
     Goodbye(DeviceId, u64),
     Slice(Arc<Slice>),
+    Suspect(DeviceId, Suspicion),
 }
 
 /// An event on the queue, ordered by time, then by when it was scheduled.
@@ -203,6 +212,9 @@ enum Event {
     Input(usize, u32, Input),
     Gossip(usize, u32, usize, Gossip),
     Connect(usize, usize),
+    /// A ping from the first node to the second is due to have failed if their link is
+    /// still cut.
+    PingCheck(usize, u32, usize),
     /// The node finished its graceful leave: it stops.
     Stop(usize, u32),
     Action(usize),
@@ -414,6 +426,25 @@ impl Sim {
         for (n, g) in self.nodes.iter_mut().zip(groups) {
             n.group = *g;
         }
+        self.check_pings();
+    }
+
+    /// Schedules, for every connection whose link is now cut, the ping failure each end
+    /// will see: within a ping period plus the ping timeout.
+    fn check_pings(&mut self) {
+        let mut cut = Vec::new();
+        for a in 0..self.nodes.len() {
+            for &b in &self.nodes[a].conns {
+                if !self.link_up(a, b) {
+                    cut.push((a, b));
+                }
+            }
+        }
+        for (a, b) in cut {
+            let at = self.now + self.rng.random_range(0..PING_EVERY) + PING_TIMEOUT;
+            let g = self.nodes[a].generation;
+            self.push(at, Event::PingCheck(a, g, b));
+        }
     }
 
     /// Cuts (or, with `up`, restores) the link between `a` and `b`.
@@ -423,6 +454,13 @@ impl Sim {
             self.cut.remove(&key);
         } else {
             self.cut.insert(key);
+            for (x, y) in [(a, b), (b, a)] {
+                if self.nodes[x].conns.contains(&y) {
+                    let at = self.now + self.rng.random_range(0..PING_EVERY) + PING_TIMEOUT;
+                    let g = self.nodes[x].generation;
+                    self.push(at, Event::PingCheck(x, g, y));
+                }
+            }
         }
     }
 
@@ -591,6 +629,19 @@ impl Sim {
         }
     }
 
+    /// Node `liar` publishes an accusation of `device` (watch liveness) that nothing
+    /// justifies, naming a heartbeat no one has heard yet.
+    pub fn accuse(&mut self, liar: usize, device: usize) {
+        let incarnation = self.nodes[device].incarnation;
+        let suspicion = Suspicion {
+            device: self.nodes[device].id,
+            incarnation,
+            seq: u64::MAX,
+        };
+        let me = self.nodes[liar].id;
+        self.broadcast(liar, Topic::Presence, Gossip::Suspect(me, suspicion));
+    }
+
     /// Node `i` leaves gracefully; it stops once the leave is acknowledged.
     pub fn leave(&mut self, i: usize) {
         self.input(i, Input::Leave);
@@ -671,11 +722,23 @@ impl Sim {
                                 via,
                                 slice: (*s).clone(),
                             },
+                            Gossip::Suspect(accuser, suspicion) => {
+                                Input::Suspect { accuser, suspicion }
+                            }
                         };
                         self.input(i, input);
                     }
                 }
                 Event::Connect(a, b) => self.connect(a, b),
+                Event::PingCheck(a, g, b) => {
+                    if self.nodes[a].generation == g
+                        && self.nodes[a].conns.contains(&b)
+                        && !self.link_up(a, b)
+                    {
+                        let peer = self.nodes[b].id;
+                        self.input(a, Input::Unresponsive { peer });
+                    }
+                }
                 Event::Stop(i, g) => {
                     if self.nodes[i].generation == g {
                         self.crash(i);
@@ -699,10 +762,22 @@ impl Sim {
     }
 
     fn dial(&mut self, i: usize, peer: usize) {
-        if i == peer || self.nodes[i].conns.contains(&peer) || !self.is_up(peer) {
+        if i == peer || self.nodes[i].conns.contains(&peer) {
             return;
         }
-        if !self.link_up(i, peer) {
+        if !self.is_up(peer) || !self.link_up(i, peer) {
+            // Refused at once by a host whose process is gone; unanswered across a cut.
+            let after = if self.link_up(i, peer) {
+                self.latency() + self.latency()
+            } else {
+                DIAL_TIMEOUT
+            };
+            let g = self.nodes[i].generation;
+            let peer = self.nodes[peer].id;
+            self.push(
+                self.now + after,
+                Event::Input(i, g, Input::DialFailed { peer }),
+            );
             return;
         }
         let rtt = self.latency() + self.latency();
@@ -769,6 +844,7 @@ impl Sim {
         let bytes = match &msg {
             Gossip::Heartbeat(h) => heartbeat_wire_len(h),
             Gossip::Goodbye(..) => 160,
+            Gossip::Suspect(..) => 200,
             Gossip::Slice(s) => s.raw.len(),
         } + 8;
         let subscribed = |sim: &Sim, n: usize| match &topic {
@@ -879,6 +955,46 @@ impl Sim {
                 }
                 Output::PublishHeartbeat(h) => {
                     self.broadcast(i, Topic::Presence, Gossip::Heartbeat(Arc::new(h)));
+                }
+                Output::PublishSuspect(suspicion) => {
+                    let me = self.nodes[i].id;
+                    self.broadcast(i, Topic::Presence, Gossip::Suspect(me, suspicion));
+                }
+                Output::Ask { peer, id, ask } => {
+                    let bytes = match &ask {
+                        Ask::Digest(d) => 24 + d.stores.len() * 24,
+                        Ask::Members(m) => 16 + m.len() * 40,
+                        Ask::Accused(_) => 120,
+                        _ => 16,
+                    };
+                    self.ask(i, peer, id, bytes, ask);
+                }
+                Output::Reply { token, reply } => {
+                    let Some((to, tg, id)) = self.tokens.remove(&token) else {
+                        continue;
+                    };
+                    let bytes = match &reply {
+                        Reply::Digest(DigestReply { members, stores }) => {
+                            16 + members.as_ref().map_or(0, |m| m.len() * 56)
+                                + stores.iter().map(|(_, e)| 24 + e.len() * 56).sum::<usize>()
+                        }
+                        Reply::Members(beats) => {
+                            8 + beats.iter().map(|b| heartbeat_wire_len(b)).sum::<usize>()
+                        }
+                        _ => 8,
+                    };
+                    let peer = self.nodes[i].id;
+                    if let Some(d) = self.send(i, to, bytes) {
+                        self.push(
+                            self.now + d,
+                            Event::Input(to, tg, Input::Replied { peer, id, reply }),
+                        );
+                    } else {
+                        self.push(
+                            self.now + REQUEST_TIMEOUT,
+                            Event::Input(to, tg, Input::RequestFailed { peer, id }),
+                        );
+                    }
                 }
                 Output::PublishGoodbye { incarnation } => {
                     let me = self.nodes[i].id;
@@ -1003,6 +1119,47 @@ impl Sim {
                 _ => {}
             }
         }
+    }
+
+    /// Sends an [`Ask`] from `i` to `peer` (a stream, like a fetch: not lost, failing when
+    /// not connected or across a cut).
+    fn ask(&mut self, i: usize, peer: DeviceId, id: u64, bytes: usize, ask: Ask) {
+        let g = self.nodes[i].generation;
+        let Some(p) = self.peer_index(&peer) else {
+            return;
+        };
+        let me = self.nodes[i].id;
+        if !self.nodes[i].conns.contains(&p) {
+            let rtt = 2 * us(self.cfg.latency);
+            self.push(
+                self.now + rtt,
+                Event::Input(i, g, Input::RequestFailed { peer, id }),
+            );
+            return;
+        }
+        let Some(d) = self.send(i, p, bytes) else {
+            self.push(
+                self.now + REQUEST_TIMEOUT,
+                Event::Input(i, g, Input::RequestFailed { peer, id }),
+            );
+            return;
+        };
+        let gp = self.nodes[p].generation;
+        self.next_token += 1;
+        let token = self.next_token;
+        self.tokens.insert(token, (i, g, id));
+        self.push(
+            self.now + d,
+            Event::Input(
+                p,
+                gp,
+                Input::Asked {
+                    peer: me,
+                    token,
+                    ask,
+                },
+            ),
+        );
     }
 
     fn request(

@@ -175,6 +175,9 @@ impl GossipState {
                     }
                 }
                 Output::Report(r) => self.report(r),
+                // Watch liveness runs in the simulator only so far: a node's engine always
+                // runs with heartbeats (`Liveness::Heartbeats`), which never asks for these.
+                Output::PublishSuspect(_) | Output::Ask { .. } | Output::Reply { .. } => {}
             }
         }
     }
@@ -187,6 +190,9 @@ impl GossipState {
                 store,
             } => self.args.counters.reject(reason, &device, store.as_str()),
             Report::DeviceOnline { device } => tracing::info!(%device, "device online"),
+            Report::Suspected { device, accuser } => {
+                tracing::debug!(%device, %accuser, "device suspected")
+            }
             Report::DeviceRemoved {
                 device,
                 reason,

@@ -31,6 +31,25 @@ struct DeviceState {
     stores: DetMap<StoreId, Track>,
 }
 
+/// An accusation under way against one device.
+#[derive(Debug)]
+struct Suspicion {
+    since: Instant,
+    /// Distinct accusers heard (at most [`MAX_ACCUSERS`]).
+    accusers: Vec<DeviceId>,
+}
+
+/// Accusers counted per suspicion: with this many, its timeout is at its shortest.
+pub(crate) const MAX_ACCUSERS: usize = 3;
+
+/// The order-independent hash of one member entry (device, run, heartbeat), the same on
+/// every node: membership digests XOR these, so two nodes compare their whole views in
+/// one number and update it in O(1) at every change.
+pub(crate) fn member_hash(device: &DeviceId, presence: (Incarnation, u64)) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6d65_6d62).hash_one((device, presence))
+}
+
 impl DeviceState {
     fn new(now: Instant, h: &DetState) -> Self {
         Self {
@@ -101,6 +120,20 @@ pub(crate) struct Membership {
     /// How many devices are online, kept in step with every `online` change so that the
     /// gauge costs nothing per message.
     online: usize,
+    /// XOR of [`member_hash`] over the online devices, kept in step like `online`.
+    hash: u64,
+    /// Open accusations (watch liveness): each device here is removed unless it speaks,
+    /// with something newer than what its accusers knew, before its suspicion times out.
+    suspects: DetMap<DeviceId, Suspicion>,
+}
+
+/// The hash contribution of a device state (zero while offline).
+fn contribution(id: &DeviceId, d: &DeviceState) -> u64 {
+    if d.online {
+        member_hash(id, d.presence)
+    } else {
+        0
+    }
 }
 
 impl Membership {
@@ -108,9 +141,110 @@ impl Membership {
         Self {
             timeout,
             devices: DetMap::with_hasher(hasher.clone()),
+            suspects: DetMap::with_hasher(hasher.clone()),
             hasher,
             online: 0,
+            hash: 0,
         }
+    }
+
+    /// XOR of [`member_hash`] over the online devices.
+    pub fn members_hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The online devices with their latest heard `(incarnation, presence seq)`.
+    pub fn members(&self) -> impl Iterator<Item = (DeviceId, (Incarnation, u64))> + '_ {
+        self.devices
+            .iter()
+            .filter(|(_, d)| d.online)
+            .map(|(id, d)| (*id, d.presence))
+    }
+
+    /// The latest `(incarnation, presence seq)` heard of `device`, and whether it is online.
+    pub fn presence_of(&self, device: &DeviceId) -> Option<((Incarnation, u64), bool)> {
+        self.devices.get(device).map(|d| (d.presence, d.online))
+    }
+
+    /// Whether a member entry `(incarnation, seq)` heard elsewhere is newer than what this
+    /// node knows of `device` (so its heartbeat is worth fetching).
+    pub fn is_newer(&self, device: &DeviceId, presence: (Incarnation, u64)) -> bool {
+        match self.devices.get(device) {
+            None => true,
+            Some(d) => !d.has_left(presence.0) && presence > d.presence,
+        }
+    }
+
+    /// An accusation of `device` at `of` by `accuser`: opens (or joins) a suspicion, unless
+    /// the device is not online or already spoke since `of`. Returns whether `accuser` was
+    /// newly counted.
+    pub fn suspect(
+        &mut self,
+        device: DeviceId,
+        of: (Incarnation, u64),
+        accuser: DeviceId,
+        now: Instant,
+    ) -> bool {
+        let Some(d) = self.devices.get(&device) else {
+            return false;
+        };
+        if !d.online || of < d.presence {
+            return false;
+        }
+        let s = self.suspects.entry(device).or_insert_with(|| Suspicion {
+            since: now,
+            accusers: Vec::new(),
+        });
+        if s.accusers.len() >= MAX_ACCUSERS || s.accusers.contains(&accuser) {
+            return false;
+        }
+        s.accusers.push(accuser);
+        true
+    }
+
+    /// Whether `device` is under suspicion (watch liveness).
+    pub fn is_suspected(&self, device: &DeviceId) -> bool {
+        self.suspects.contains_key(device)
+    }
+
+    /// Suspicions that ran out: one accuser waits `max`, and each further independent
+    /// accuser shortens the wait, down to `min` at [`MAX_ACCUSERS`] (Lifeguard's rule: the
+    /// more members agree, the less likely all of them are wrong).
+    pub fn expire_suspects(&mut self, now: Instant, min: Duration, max: Duration) -> Vec<Removal> {
+        let mut out = Vec::new();
+        let mut hash = self.hash;
+        let mut due: Vec<DeviceId> = self
+            .suspects
+            .iter()
+            .filter(|(_, s)| {
+                let k = s.accusers.len().clamp(1, MAX_ACCUSERS) as f64;
+                let frac = k.ln() / (MAX_ACCUSERS as f64).ln();
+                let wait = max.saturating_sub((max.saturating_sub(min)).mul_f64(frac));
+                now.saturating_duration_since(s.since) >= wait
+            })
+            .map(|(d, _)| *d)
+            .collect();
+        due.sort();
+        for id in due {
+            self.suspects.remove(&id);
+            let Some(d) = self.devices.get_mut(&id) else {
+                continue;
+            };
+            let id = &id;
+            if d.online {
+                hash ^= contribution(id, d);
+                d.online = false;
+                self.online -= 1;
+                out.push(Removal {
+                    device: *id,
+                    reason: RemovalReason::Timeout,
+                    stores: d.drop_held(),
+                });
+            }
+        }
+        self.hash = hash;
+        out.sort_by_key(|r| r.device);
+        out
     }
 
     pub fn online_count(&self) -> usize {
@@ -144,12 +278,15 @@ impl Membership {
         if d.has_left(incarnation) || (incarnation, seq) <= d.presence {
             return PresenceOutcome::default();
         }
+        let before = contribution(&device, d);
+        self.suspects.remove(&device);
         d.presence = (incarnation, seq);
         d.incarnation = d.incarnation.max(incarnation);
         d.last_seen = now;
         let came_online = !d.online;
         d.online = true;
         self.online += usize::from(came_online);
+        self.hash ^= before ^ contribution(&device, d);
         let mut drop_stale_incarnation = Vec::new();
         if complete {
             // Slices of an earlier run that the current run does not have: gone for good.
@@ -209,8 +346,13 @@ impl Membership {
             // A version never seen before can only come from the device itself: evidence.
             t.seen = version;
             t.held = true;
-            self.online += usize::from(!d.online);
-            d.online = true;
+            if !d.online {
+                d.online = true;
+                self.online += 1;
+                self.hash ^= contribution(&device, d);
+            }
+            // Fresh evidence of life answers an accusation.
+            self.suspects.remove(&device);
             d.last_seen = now;
             Admit::Apply
         } else if version == t.seen && !t.held && online {
@@ -240,6 +382,8 @@ impl Membership {
         }
         d.left = Some(incarnation);
         let was_online = d.online;
+        self.hash ^= contribution(&device, d);
+        self.suspects.remove(&device);
         d.online = false;
         self.online -= usize::from(was_online);
         let stores = d.drop_held();
@@ -277,6 +421,7 @@ impl Membership {
         let mut out = Vec::new();
         for (id, d) in self.devices.iter_mut() {
             if d.online && now.saturating_duration_since(d.last_seen) > self.timeout {
+                self.hash ^= contribution(id, d);
                 d.online = false;
                 self.online -= 1;
                 out.push(Removal {
@@ -288,6 +433,11 @@ impl Membership {
         }
         out.sort_by_key(|r| r.device);
         out
+    }
+
+    /// The version of `device`'s slice in `store` last admitted (held or not).
+    pub fn seen(&self, device: &DeviceId, store: &StoreId) -> Option<Version> {
+        Some(self.devices.get(device)?.stores.get(store)?.seen)
     }
 
     /// The store could not use a slice it was sent (for example its data did not decode):

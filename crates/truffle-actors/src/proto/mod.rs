@@ -33,6 +33,9 @@
 mod membership;
 #[cfg(test)]
 mod tests;
+mod watch;
+
+pub use self::watch::{Ask, Digest, DigestReply, Reply, Suspicion};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -97,6 +100,38 @@ pub struct ProtoConfig {
     /// the addresses they announce in their signed heartbeats, while it has fewer, and
     /// closes random older connections while it has more than one and a half times this.
     pub target_peers: usize,
+    /// How devices are judged alive (see [`Liveness`]).
+    pub liveness: Liveness,
+    /// Watch liveness: how long an accusation by one member waits for the accused to
+    /// answer before it removes the device. Each further independent accuser shortens the
+    /// wait, down to a third of this with three.
+    pub suspect_timeout: Duration,
+    /// Watch liveness: how long a node tries to reach a peer whose connection dropped
+    /// before it accuses it.
+    pub probe_timeout: Duration,
+    /// Watch liveness: how often a node compares its view (members and slice versions) with
+    /// one random connected peer.
+    pub anti_entropy_every: Duration,
+}
+
+/// How a node decides that a device is gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Liveness {
+    /// Every device floods a signed heartbeat to the whole mesh every presence interval, and
+    /// each node removes a device it has not heard from for the presence timeout. Simple
+    /// and judged only from the device's own words, but every node handles every device's
+    /// heartbeats: the cost per node grows with the mesh.
+    #[default]
+    Heartbeats,
+    /// Each node watches only the peers it is connected to. A node that loses its
+    /// connection to a member and cannot reach it again within the probe timeout publishes
+    /// a signed accusation; the accused, if alive, refutes it at once with a newer signed
+    /// heartbeat, and otherwise every node removes it when the suspicion times out
+    /// (sooner the more members accuse it). Heartbeats go out only when something changed.
+    /// Views are compared with one random peer per period by hash, so a node's cost does
+    /// not grow with the mesh.
+    Watch,
 }
 
 impl Default for ProtoConfig {
@@ -108,6 +143,10 @@ impl Default for ProtoConfig {
             leave_timeout: Duration::from_secs(2),
             redial_every: Duration::from_secs(1),
             target_peers: 8,
+            liveness: Liveness::Heartbeats,
+            suspect_timeout: Duration::from_millis(1500),
+            probe_timeout: Duration::from_secs(1),
+            anti_entropy_every: Duration::from_secs(1),
         }
     }
 }
@@ -189,6 +228,8 @@ pub enum Timer {
     Redial,
     /// Stop waiting for leave acknowledgements.
     LeaveDeadline,
+    /// Compare views with a random peer (watch liveness).
+    AntiEntropy,
 }
 
 /// Something that happened to the node: a local command, a verified message, a timer, a
@@ -301,6 +342,41 @@ pub enum Input {
     },
     /// A timer expired.
     Timer(Timer),
+    /// `accuser` (signature checked) says `suspicion.device` stopped answering.
+    Suspect {
+        /// The member that accuses.
+        accuser: DeviceId,
+        /// Whom, and at which of its heartbeats.
+        suspicion: Suspicion,
+    },
+    /// A dial to `peer` failed.
+    DialFailed {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// `peer` stopped answering pings on its connection.
+    Unresponsive {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// A peer asks something other than slices (watch liveness).
+    Asked {
+        /// The peer.
+        peer: DeviceId,
+        /// Names the answer's stream.
+        token: Token,
+        /// What it asks.
+        ask: Ask,
+    },
+    /// A peer answered one of our [`Output::Ask`]s.
+    Replied {
+        /// The peer.
+        peer: DeviceId,
+        /// The request answered.
+        id: RequestId,
+        /// Its answer.
+        reply: Reply,
+    },
 }
 
 /// What the runtime must do.
@@ -395,6 +471,25 @@ pub enum Output {
     },
     /// Something worth counting or logging.
     Report(Report),
+    /// Sign and publish this accusation on the presence topic.
+    PublishSuspect(Suspicion),
+    /// Ask `peer` something other than slices; the answer comes back as
+    /// [`Input::Replied`], a failure as [`Input::RequestFailed`].
+    Ask {
+        /// The peer.
+        peer: DeviceId,
+        /// Names the request.
+        id: RequestId,
+        /// What to ask.
+        ask: Ask,
+    },
+    /// Answer an [`Input::Asked`].
+    Reply {
+        /// The request's stream.
+        token: Token,
+        /// The answer.
+        reply: Reply,
+    },
 }
 
 /// Observations for metrics and logs; they change nothing.
@@ -414,6 +509,13 @@ pub enum Report {
     DeviceOnline {
         /// The device.
         device: DeviceId,
+    },
+    /// A device was accused of being gone (by this node or another member).
+    Suspected {
+        /// The device.
+        device: DeviceId,
+        /// Who accused it.
+        accuser: DeviceId,
     },
     /// A device was removed.
     DeviceRemoved {
@@ -482,6 +584,10 @@ pub struct Engine {
     reconnect: DetSet<DeviceId>,
     leaving: bool,
     leave: Option<PendingLeave>,
+    /// Watch liveness state.
+    watch: watch::WatchState,
+    /// Until when this node probes more members per tick (watch liveness).
+    alert_until: Option<Instant>,
 }
 
 impl Engine {
@@ -523,6 +629,8 @@ impl Engine {
             reconnect: DetSet::with_hasher(h.clone()),
             leaving: false,
             leave: None,
+            watch: watch::WatchState::new(&h),
+            alert_until: None,
         }
     }
 
@@ -543,6 +651,14 @@ impl Engine {
             after: self.cfg.redial_every,
             timer: Timer::Redial,
         });
+        if self.watching() {
+            self.watch.announce = true;
+            let first = self.jitter(self.cfg.anti_entropy_every);
+            out.push(Output::Schedule {
+                after: first,
+                timer: Timer::AntiEntropy,
+            });
+        }
     }
 
     /// This device.
@@ -563,6 +679,11 @@ impl Engine {
     /// Whether `device` is currently considered live.
     pub fn is_online(&self, device: &DeviceId) -> bool {
         self.membership.is_online(device)
+    }
+
+    /// Whether `device` is accused and its suspicion not yet over (watch liveness).
+    pub fn is_suspected(&self, device: &DeviceId) -> bool {
+        self.membership.is_suspected(device)
     }
 
     /// Whether the application joined `store` here.
@@ -603,7 +724,8 @@ impl Engine {
                 if self.own.get(&store).is_some_and(|held| *held > version) {
                     return;
                 }
-                self.own.insert(store.clone(), version);
+                let old = self.own.insert(store.clone(), version);
+                self.rehash(&store, self.me, old, Some(version));
                 let h = &self.hasher;
                 self.held
                     .entry(store.clone())
@@ -616,13 +738,21 @@ impl Engine {
                 }
             }
             Input::Undecodable { store, device } => {
+                let old = self.membership.held_version(&device, &store);
                 self.membership.unhold(&device, &store);
                 if let Some(h) = self.held.get_mut(&store) {
-                    h.remove(&device);
+                    if h.remove(&device).is_some() {
+                        self.rehash(&store, device, old, None);
+                    }
                 }
             }
             Input::Leave => self.start_leave(out),
-            Input::ListenAddrs(addrs) => self.listen_addrs = addrs,
+            Input::ListenAddrs(addrs) => {
+                if addrs != self.listen_addrs && self.watching() {
+                    self.watch.announce = true;
+                }
+                self.listen_addrs = addrs;
+            }
             Input::Slice { slice, .. } => self.ingest(slice, now, out),
             Input::Heartbeat { via, heartbeat } => self.on_heartbeat(via, heartbeat, now, out),
             Input::Goodbye {
@@ -651,15 +781,23 @@ impl Engine {
                 }
             }
             Input::Connected { peer } => {
+                let first = !self.conns.contains_key(&peer);
                 *self.conns.entry(peer).or_default() += 1;
                 self.connected_at.entry(peer).or_insert(now);
+                if self.watching() {
+                    self.on_connected(peer, first, out);
+                }
             }
             Input::ConnectionClosed { peer, remaining } => {
                 if remaining == 0 {
-                    // Not a liveness signal on its own: presence timeouts decide removals.
+                    // Not a liveness signal on its own: presence timeouts decide removals,
+                    // or (watch liveness) a probe that cannot reach the peer again.
                     self.conns.remove(&peer);
                     self.connected_at.remove(&peer);
                     self.subs.remove(&peer);
+                    if self.watching() {
+                        self.lost_contact(peer, now, out);
+                    }
                 } else {
                     // One connection closed while another stays: typically a device that
                     // restarted with the same identity, whose old connection goes down
@@ -677,7 +815,7 @@ impl Engine {
                 out.push(Output::Respond { token, slices });
             }
             Input::Response { id, slices, .. } => {
-                if self.leave_answered(id, out) {
+                if self.leave_answered(id, out) || self.trim_answered(id, out) {
                     return;
                 }
                 if let Some(fetch) = self.fetches.remove(&id) {
@@ -690,7 +828,7 @@ impl Engine {
                 }
             }
             Input::RequestFailed { id, .. } => {
-                if self.leave_answered(id, out) {
+                if self.leave_answered(id, out) || self.trim_answered(id, out) {
                     return;
                 }
                 if let Some(fetch) = self.fetches.remove(&id) {
@@ -698,6 +836,25 @@ impl Engine {
                 }
             }
             Input::Timer(t) => self.on_timer(t, now, out),
+            Input::Suspect { accuser, suspicion } => self.on_suspect(accuser, suspicion, now, out),
+            Input::DialFailed { peer } => {
+                if self.watch.probes.contains_key(&peer) {
+                    self.accuse(peer, now, out);
+                }
+            }
+            Input::Unresponsive { peer } => {
+                if self.watching() && self.conns.contains_key(&peer) {
+                    out.push(Output::Disconnect { peer });
+                    self.lost_contact(peer, now, out);
+                }
+            }
+            Input::Asked { peer, token, ask } => self.on_asked(peer, token, ask, now, out),
+            Input::Replied { peer, id, reply } => {
+                if self.trim_answered(id, out) {
+                    return;
+                }
+                self.on_replied(peer, reply, now, out);
+            }
         }
     }
 
@@ -761,7 +918,13 @@ impl Engine {
             });
         }
         if self.joined.contains(&store) {
-            self.fetch_all(peer, &store, out);
+            if self.watching() {
+                // Compare by hash first: a converged pair exchanges a few bytes, not every
+                // slice of the store (views change all the time; slices seldom differ).
+                self.ask_digest(peer, out);
+            } else {
+                self.fetch_all(peer, &store, out);
+            }
         }
     }
 
@@ -777,8 +940,10 @@ impl Engine {
             }));
             return;
         }
+        let old = self.membership.held_version(&v.device, &v.store);
         match self.membership.admit(v.device, &v.store, v.version, now) {
             Admit::Apply => {
+                self.rehash(&v.store, v.device, old, Some(v.version));
                 let h = &self.hasher;
                 self.held
                     .entry(v.store.clone())
@@ -801,6 +966,7 @@ impl Engine {
     }
 
     fn remove(&mut self, r: Removal, out: &mut Vec<Output>) {
+        self.watch.beats.remove(&r.device);
         out.push(Output::Report(Report::DeviceRemoved {
             device: r.device,
             reason: r.reason,
@@ -809,8 +975,14 @@ impl Engine {
         for store in r.stores {
             self.drop_slice(store, r.device, r.reason, out);
         }
-        for held in self.held.values_mut() {
-            held.remove(&r.device);
+        let mut stores: Vec<StoreId> = self.held.keys().cloned().collect();
+        stores.sort();
+        for store in stores {
+            let removed = self.held.get_mut(&store).and_then(|h| h.remove(&r.device));
+            if removed.is_some() {
+                let old = self.membership.seen(&r.device, &store);
+                self.rehash(&store, r.device, old, None);
+            }
         }
     }
 
@@ -821,8 +993,14 @@ impl Engine {
         reason: RemovalReason,
         out: &mut Vec<Output>,
     ) {
-        if let Some(h) = self.held.get_mut(&store) {
-            h.remove(&device);
+        if self
+            .held
+            .get_mut(&store)
+            .and_then(|h| h.remove(&device))
+            .is_some()
+        {
+            let old = self.membership.seen(&device, &store);
+            self.rehash(&store, device, old, None);
         }
         if self.joined.contains(&store) {
             out.push(Output::Remove {
@@ -851,6 +1029,9 @@ impl Engine {
             return;
         }
         self.learn_addrs(device, &p.addrs);
+        if self.watching() {
+            self.watch.beats.insert(device, p.clone());
+        }
         if outcome.came_online {
             out.push(Output::Report(Report::DeviceOnline { device }));
         }
@@ -1028,7 +1209,9 @@ impl Engine {
                     after: next,
                     timer: Timer::Presence,
                 });
-                if !self.leaving {
+                if self.watching() {
+                    self.announce_if_due(now, out);
+                } else if !self.leaving {
                     let hb = self.heartbeat();
                     out.push(Output::PublishHeartbeat(hb));
                 }
@@ -1038,14 +1221,23 @@ impl Engine {
                     after: self.cfg.expire_every(),
                     timer: Timer::Expire,
                 });
-                let forget_after = (self.cfg.presence_timeout * 10).max(FORGET_AFTER_MIN);
-                self.membership.forget_silent(now, forget_after);
-                let m = &self.membership;
-                self.addrs.retain(|d, _| m.knows(d));
+                // Housekeeping that walks every member: every tick with heartbeats, every
+                // 32nd with watch liveness (whose other per-tick work does not grow with N).
+                self.watch.ticks += 1;
+                if !self.watching() || self.watch.ticks.is_multiple_of(32) {
+                    let forget_after = (self.cfg.presence_timeout * 10).max(FORGET_AFTER_MIN);
+                    self.membership.forget_silent(now, forget_after);
+                    let m = &self.membership;
+                    self.addrs.retain(|d, _| m.knows(d));
+                }
                 self.dialled
                     .retain(|_, t| now.saturating_duration_since(*t) < DIAL_BACKOFF);
-                for r in self.membership.expire(now) {
-                    self.remove(r, out);
+                if self.watching() {
+                    self.watch_expire(now, out);
+                } else {
+                    for r in self.membership.expire(now) {
+                        self.remove(r, out);
+                    }
                 }
                 self.fetched
                     .retain(|_, t| now.saturating_duration_since(*t) < REFETCH_AFTER);
@@ -1060,6 +1252,27 @@ impl Engine {
                     let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
                     self.redial(refresh, out);
                     self.maintain_view(now, refresh, out);
+                    if self.watching() {
+                        self.dial_lost(now, out);
+                        let alert = self.alert_until.is_some_and(|t| now < t);
+                        let probes = match alert {
+                            true => watch::ALERT_PROBES,
+                            false => usize::from(self.ticks.is_multiple_of(2)),
+                        };
+                        for _ in 0..probes {
+                            self.probe_random(now, out);
+                        }
+                    }
+                }
+            }
+            Timer::AntiEntropy => {
+                let next = self.jitter(self.cfg.anti_entropy_every);
+                out.push(Output::Schedule {
+                    after: next,
+                    timer: Timer::AntiEntropy,
+                });
+                if !self.leaving {
+                    self.compare_with_random_peer(out);
                 }
             }
             Timer::LeaveDeadline => {
@@ -1190,7 +1403,11 @@ impl Engine {
             old.sort();
             shuffle(&mut self.rng, &mut old);
             for peer in old.into_iter().take(have - high) {
-                out.push(Output::Disconnect { peer });
+                if self.watching() {
+                    self.trim(peer, out);
+                } else {
+                    out.push(Output::Disconnect { peer });
+                }
             }
         }
     }

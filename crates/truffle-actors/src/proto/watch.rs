@@ -1,0 +1,608 @@
+//! Watch liveness ([`Liveness::Watch`]): failure detection and anti-entropy whose cost per
+//! node does not grow with the mesh.
+//!
+//! * **Who watches whom.** A node watches only the peers in its view (the ~8 it is
+//!   connected to). When the last connection to a live member closes without notice, or
+//!   stops answering pings, the node dials it again; if that fails, or has not connected
+//!   within [`ProtoConfig::probe_timeout`], it publishes a signed accusation
+//!   ([`Suspicion`]) on the presence topic. A peer closing a connection on purpose to trim
+//!   its view says so first ([`Ask::Trim`]), so the other end does not probe.
+//! * **Suspicion and refutation.** An accusation names the accused's latest heartbeat the
+//!   accuser knew. Every node that hears it starts a timer for the accused; the accused,
+//!   if alive, answers with a new signed heartbeat (a higher sequence number), which ends
+//!   the suspicion everywhere. A suspicion that runs out removes the device. One accuser
+//!   waits [`ProtoConfig::suspect_timeout`]; each further independent accuser shortens the
+//!   wait (down to a third at three), as in Lifeguard. So no single member can make a live
+//!   device disappear: the device itself must stay silent for the whole wait.
+//! * **Heartbeats only on change.** A device announces itself when it starts, when its
+//!   addresses change, to refute an accusation and when it learns a peer does not count
+//!   it as live (after a partition heals): not every period.
+//! * **Anti-entropy by hash.** Every [`ProtoConfig::anti_entropy_every`], and at once on
+//!   every new connection, a node sends one random peer a [`Digest`]: one hash of its
+//!   member view and one per store of the slice versions it holds, each an XOR of entry
+//!   hashes kept up to date in O(1) per change. The peer answers only what differs
+//!   ([`DigestReply`]); the asker fetches the newer heartbeats and slices. An idle,
+//!   converged mesh exchanges a few dozen bytes per node per period whatever its size.
+//! * **Healing.** A node keeps dialling one member it lost (accused or timed out, not
+//!   left) per redial tick, so after a partition heals the two sides reconnect within
+//!   about a second, compare digests, and every device missing on the other side
+//!   announces itself.
+
+use super::*;
+
+use self::membership::member_hash;
+
+/// Most member entries in one digest answer.
+pub const MAX_MEMBER_ENTRIES: usize = 16_384;
+/// Most stores compared in one digest, and most slice entries per store in one answer.
+pub const MAX_STORE_ENTRIES: usize = 4096;
+/// Most heartbeats asked for (and answered) in one request.
+pub const MAX_MEMBERS_ASKED: usize = 4096;
+/// After an accusation (made or heard), a node probes [`ALERT_PROBES`] members per
+/// redial tick instead of one every other tick, for this long: a failure seldom comes
+/// alone (a partition cuts off a whole group), and the members cut off are found sooner.
+const ALERT_FOR: Duration = Duration::from_secs(10);
+/// Probes per redial tick while alert.
+pub(super) const ALERT_PROBES: usize = 4;
+/// A refutation or re-announcement is not published sooner than this after the previous
+/// heartbeat, so a flood of accusations costs the accused one heartbeat per this period.
+const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
+
+/// "`device` stopped answering me": an accusation, signed by the accuser.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suspicion {
+    /// The accused.
+    pub device: DeviceId,
+    /// Its run the accuser knew.
+    pub incarnation: Incarnation,
+    /// Its latest heartbeat the accuser knew: a heartbeat with a higher one refutes.
+    pub seq: u64,
+}
+
+/// A summary of a node's view, to compare with a peer's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// XOR of the entry hashes of every live member (the sender included).
+    pub members: u64,
+    /// Per store joined: XOR of the hashes of every `(device, version)` slice held.
+    pub stores: Vec<(StoreId, u64)>,
+}
+
+/// What differs from a [`Digest`]: the answering node's entries where its hash differs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DigestReply {
+    /// Its live members with their latest `(incarnation, heartbeat seq)`, when the member
+    /// hashes differ.
+    pub members: Option<Vec<(DeviceId, Incarnation, u64)>>,
+    /// For each store whose hash differs, the slice versions it holds.
+    pub stores: Vec<(StoreId, Vec<(DeviceId, Version)>)>,
+}
+
+/// A request other than a fetch of slices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ask {
+    /// Compare views.
+    Digest(Digest),
+    /// The latest heartbeats of these devices.
+    Members(Vec<DeviceId>),
+    /// "I am closing our connection to trim my view, not because you are gone."
+    Trim,
+    /// "You are accused": a neighbour of the accused passes an accusation on directly, so
+    /// the accused refutes it even if the gossiped copy never reached it.
+    Accused(Suspicion),
+}
+
+/// The answer to an [`Ask`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Reply {
+    /// What differs.
+    Digest(DigestReply),
+    /// Heartbeats held (signed by their devices).
+    Members(Vec<Arc<Heartbeat>>),
+    /// Nothing to say (a trim acknowledged).
+    Done,
+}
+
+/// The watch liveness part of an engine.
+pub(super) struct WatchState {
+    /// Publish a heartbeat at the next chance (start, new addresses, a refutation, a peer
+    /// that does not count us live).
+    pub announce: bool,
+    last_announce: Option<Instant>,
+    /// This node's latest heartbeat, to answer [`Ask::Members`].
+    last_beat: Option<Arc<Heartbeat>>,
+    /// The latest heartbeat heard of each device.
+    pub beats: DetMap<DeviceId, Arc<Heartbeat>>,
+    /// Peers whose connection dropped, being dialled again: accused at the deadline.
+    pub probes: DetMap<DeviceId, Instant>,
+    /// Peers whose next connection close is expected (a trim, either way).
+    expect_close: DetSet<DeviceId>,
+    /// Trims asked, by request.
+    trims: DetMap<RequestId, DeviceId>,
+    /// Per store, XOR of [`slice_hash`] over the slices held (own included).
+    store_hash: DetMap<StoreId, u64>,
+    /// Members removed by suspicion, and when: dialled now and then for a while, in case
+    /// they were only cut off.
+    lost: DetMap<DeviceId, Instant>,
+    /// Expire ticks so far (housekeeping that walks every member runs on a few of them).
+    pub ticks: u64,
+    /// Members still to probe this round, in random order (see [`Engine::probe_random`]).
+    probe_order: Vec<DeviceId>,
+    /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
+    random_probes: DetSet<DeviceId>,
+}
+
+impl WatchState {
+    pub fn new(h: &DetState) -> Self {
+        Self {
+            announce: false,
+            last_announce: None,
+            last_beat: None,
+            beats: DetMap::with_hasher(h.clone()),
+            probes: DetMap::with_hasher(h.clone()),
+            expect_close: DetSet::with_hasher(h.clone()),
+            trims: DetMap::with_hasher(h.clone()),
+            store_hash: DetMap::with_hasher(h.clone()),
+            lost: DetMap::with_hasher(h.clone()),
+            ticks: 0,
+            probe_order: Vec::new(),
+            random_probes: DetSet::with_hasher(h.clone()),
+        }
+    }
+}
+
+/// The order-independent hash of one held slice version, the same on every node.
+fn slice_hash(device: &DeviceId, version: Version) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x736c_6963).hash_one((
+        device,
+        version.incarnation,
+        version.counter,
+    ))
+}
+
+impl Engine {
+    /// Whether this engine runs watch liveness.
+    pub(super) fn watching(&self) -> bool {
+        self.cfg.liveness == Liveness::Watch
+    }
+
+    /// Keeps a store's hash in step with the slices held: `old` leaves, `new` enters.
+    pub(super) fn rehash(
+        &mut self,
+        store: &StoreId,
+        device: DeviceId,
+        old: Option<Version>,
+        new: Option<Version>,
+    ) {
+        if !self.watching() {
+            return;
+        }
+        let h = self.watch.store_hash.entry(store.clone()).or_default();
+        for v in [old, new].into_iter().flatten() {
+            *h ^= slice_hash(&device, v);
+        }
+    }
+
+    /// The hash of this node's member view (itself included; watch liveness): two nodes
+    /// that count the same devices live, at the same heartbeats, have the same.
+    pub fn members_digest(&self) -> u64 {
+        self.digest().members
+    }
+
+    fn own_presence(&self) -> (Incarnation, u64) {
+        (self.incarnation, self.seq)
+    }
+
+    /// This node's digest: its member view (itself included) and its stores' hashes.
+    fn digest(&self) -> Digest {
+        let mut stores: Vec<(StoreId, u64)> = self
+            .joined
+            .iter()
+            .map(|s| {
+                (
+                    s.clone(),
+                    self.watch.store_hash.get(s).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        stores.sort();
+        stores.truncate(MAX_STORE_ENTRIES);
+        Digest {
+            members: self.membership.members_hash() ^ member_hash(&self.me, self.own_presence()),
+            stores,
+        }
+    }
+
+    /// Publishes a heartbeat if one is due and someone can hear it.
+    pub(super) fn announce_if_due(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if !self.watch.announce || self.leaving || self.conns.is_empty() {
+            return;
+        }
+        if self
+            .watch
+            .last_announce
+            .is_some_and(|t| now.saturating_duration_since(t) < ANNOUNCE_MIN_GAP)
+        {
+            return;
+        }
+        self.watch.announce = false;
+        self.watch.last_announce = Some(now);
+        let hb = self.heartbeat();
+        self.watch.last_beat = Some(Arc::new(hb.clone()));
+        out.push(Output::PublishHeartbeat(hb));
+    }
+
+    pub(super) fn on_connected(&mut self, peer: DeviceId, first: bool, out: &mut Vec<Output>) {
+        self.watch.probes.remove(&peer);
+        let probed = self.watch.random_probes.remove(&peer);
+        if !first || self.leaving {
+            return;
+        }
+        if probed && self.conns.len() > self.cfg.target_peers {
+            // It answered; the view is full: close the probe's connection again.
+            self.trim(peer, out);
+        } else {
+            // A new neighbour: compare views now (a join, a heal, a view change).
+            self.ask_digest(peer, out);
+        }
+    }
+
+    /// SWIM's probe: dial the next member, in a random round-robin order, that this node
+    /// is not connected to. A member that cannot be reached is accused like a lost
+    /// neighbour. Watching neighbours alone would miss a group cut off as a whole (its
+    /// members' neighbours are cut off with it); with every node probing one member per
+    /// period, each member is probed about once per period by someone.
+    pub(super) fn probe_random(&mut self, now: Instant, out: &mut Vec<Output>) {
+        while let Some(peer) = self.watch.probe_order.pop() {
+            if !self.membership.is_online(&peer)
+                || self.conns.contains_key(&peer)
+                || self.watch.probes.contains_key(&peer)
+                || !self.addrs.contains_key(&peer)
+            {
+                continue;
+            }
+            self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+            self.watch.random_probes.insert(peer);
+            self.dialled.insert(peer, now);
+            out.push(self.dial(peer));
+            return;
+        }
+        // A new round: every member once, in a fresh random order.
+        let mut order: Vec<DeviceId> = self.membership.members().map(|(d, _)| d).collect();
+        order.sort();
+        shuffle(&mut self.rng, &mut order);
+        self.watch.probe_order = order;
+    }
+
+    pub(super) fn ask_digest(&mut self, peer: DeviceId, out: &mut Vec<Output>) {
+        let id = self.request_id();
+        out.push(Output::Ask {
+            peer,
+            id,
+            ask: Ask::Digest(self.digest()),
+        });
+    }
+
+    pub(super) fn compare_with_random_peer(&mut self, out: &mut Vec<Output>) {
+        if self.conns.is_empty() {
+            return;
+        }
+        let mut peers: Vec<DeviceId> = self.conns.keys().copied().collect();
+        peers.sort();
+        let peer = peers[self.rng.random_range(0..peers.len())];
+        self.ask_digest(peer, out);
+    }
+
+    /// The last connection to `peer` closed, or it stopped answering: unless that was
+    /// expected, dial it again, and accuse it if that does not work out.
+    pub(super) fn lost_contact(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
+        if self.watch.expect_close.remove(&peer) {
+            return;
+        }
+        if self.leaving
+            || !self.membership.is_online(&peer)
+            || self.watch.probes.contains_key(&peer)
+        {
+            return;
+        }
+        self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+        self.dialled.insert(peer, now);
+        out.push(self.dial(peer));
+    }
+
+    pub(super) fn accuse(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
+        self.watch.probes.remove(&peer);
+        self.watch.random_probes.remove(&peer);
+        let Some((of, true)) = self.membership.presence_of(&peer) else {
+            return;
+        };
+        self.alert_until = Some(now + ALERT_FOR);
+        if self.membership.suspect(peer, of, self.me, now) {
+            out.push(Output::Report(Report::Suspected {
+                device: peer,
+                accuser: self.me,
+            }));
+            out.push(Output::PublishSuspect(Suspicion {
+                device: peer,
+                incarnation: of.0,
+                seq: of.1,
+            }));
+        }
+    }
+
+    pub(super) fn on_suspect(
+        &mut self,
+        accuser: DeviceId,
+        s: Suspicion,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.watching() || accuser == self.me {
+            return;
+        }
+        if s.device == self.me {
+            self.refute(&s, now, out);
+            return;
+        }
+        // Only members count as accusers: an unknown identity cannot open suspicions.
+        if !self.membership.is_online(&accuser) {
+            return;
+        }
+        let new = !self.membership.is_suspected(&s.device);
+        if self
+            .membership
+            .suspect(s.device, (s.incarnation, s.seq), accuser, now)
+        {
+            out.push(Output::Report(Report::Suspected {
+                device: s.device,
+                accuser,
+            }));
+            self.alert_until = Some(now + ALERT_FOR);
+            if new && self.conns.contains_key(&s.device) {
+                let id = self.request_id();
+                out.push(Output::Ask {
+                    peer: s.device,
+                    id,
+                    ask: Ask::Accused(s),
+                });
+            }
+        }
+    }
+
+    /// Refutes an accusation of this run: a heartbeat newer than the one the accuser knew.
+    fn refute(&mut self, s: &Suspicion, now: Instant, out: &mut Vec<Output>) {
+        if s.device == self.me && s.incarnation == self.incarnation && s.seq >= self.seq {
+            self.watch.announce = true;
+            self.announce_if_due(now, out);
+        }
+    }
+
+    /// Expire tick: probes past their deadline accuse, suspicions past theirs remove.
+    pub(super) fn watch_expire(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let mut due: Vec<DeviceId> = self
+            .watch
+            .probes
+            .iter()
+            .filter(|(_, t)| now >= **t)
+            .map(|(d, _)| *d)
+            .collect();
+        due.sort();
+        for peer in due {
+            if self.conns.contains_key(&peer) {
+                self.watch.probes.remove(&peer);
+                self.watch.random_probes.remove(&peer);
+            } else {
+                self.accuse(peer, now, out);
+            }
+        }
+        let max = self.cfg.suspect_timeout;
+        for r in self.membership.expire_suspects(now, max / 3, max) {
+            self.watch.lost.insert(r.device, now);
+            self.remove(r, out);
+        }
+        let m = &self.membership;
+        self.watch
+            .lost
+            .retain(|d, t| !m.is_online(d) && now.saturating_duration_since(*t) < FORGET_AFTER_MIN);
+    }
+
+    /// Dials one member this node lost (not one that left), in case it was only cut off:
+    /// after a partition heals, this is how the two sides meet again.
+    pub(super) fn dial_lost(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let mut lost: Vec<DeviceId> = self
+            .watch
+            .lost
+            .keys()
+            .copied()
+            .filter(|d| {
+                self.addrs.contains_key(d)
+                    && !self.conns.contains_key(d)
+                    && self
+                        .dialled
+                        .get(d)
+                        .is_none_or(|t| now.saturating_duration_since(*t) >= DIAL_BACKOFF)
+            })
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        lost.sort();
+        let peer = lost[self.rng.random_range(0..lost.len())];
+        self.dialled.insert(peer, now);
+        out.push(self.dial(peer));
+    }
+
+    /// Closes the connection to `peer` to trim the view, telling it first.
+    pub(super) fn trim(&mut self, peer: DeviceId, out: &mut Vec<Output>) {
+        if self.watch.trims.values().any(|p| *p == peer) {
+            return;
+        }
+        let id = self.request_id();
+        self.watch.trims.insert(id, peer);
+        out.push(Output::Ask {
+            peer,
+            id,
+            ask: Ask::Trim,
+        });
+    }
+
+    /// A trim was acknowledged (or failed): close the connection now.
+    pub(super) fn trim_answered(&mut self, id: RequestId, out: &mut Vec<Output>) -> bool {
+        let Some(peer) = self.watch.trims.remove(&id) else {
+            return false;
+        };
+        self.watch.expect_close.insert(peer);
+        out.push(Output::Disconnect { peer });
+        true
+    }
+
+    pub(super) fn on_asked(
+        &mut self,
+        peer: DeviceId,
+        token: Token,
+        ask: Ask,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let reply = match ask {
+            Ask::Accused(s) => {
+                self.refute(&s, now, out);
+                Reply::Done
+            }
+            Ask::Trim => {
+                self.watch.expect_close.insert(peer);
+                Reply::Done
+            }
+            Ask::Members(devices) => {
+                let mut beats = Vec::new();
+                for d in devices.iter().take(MAX_MEMBERS_ASKED) {
+                    if *d == self.me {
+                        beats.extend(self.watch.last_beat.clone());
+                    } else if let Some(b) = self.watch.beats.get(d) {
+                        beats.push(b.clone());
+                    }
+                }
+                Reply::Members(beats)
+            }
+            Ask::Digest(theirs) => Reply::Digest(self.diff(&theirs)),
+        };
+        out.push(Output::Reply { token, reply });
+    }
+
+    /// What of this node's view differs from `theirs`.
+    fn diff(&self, theirs: &Digest) -> DigestReply {
+        let mine = self.digest();
+        let members = (mine.members != theirs.members).then(|| {
+            let mut list: Vec<(DeviceId, Incarnation, u64)> = self
+                .membership
+                .members()
+                .map(|(d, (i, s))| (d, i, s))
+                .chain(std::iter::once((self.me, self.incarnation, self.seq)))
+                .collect();
+            list.sort();
+            list.truncate(MAX_MEMBER_ENTRIES);
+            list
+        });
+        let mut stores = Vec::new();
+        for (store, hash) in theirs.stores.iter().take(MAX_STORE_ENTRIES) {
+            if !self.joined.contains(store)
+                || self.watch.store_hash.get(store).copied().unwrap_or(0) == *hash
+            {
+                continue;
+            }
+            let mut entries: Vec<(DeviceId, Version)> = self
+                .held
+                .get(store)
+                .map(|h| {
+                    h.keys()
+                        .filter_map(|d| Some((*d, self.held_version(store, d)?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            entries.sort();
+            entries.truncate(MAX_STORE_ENTRIES);
+            stores.push((store.clone(), entries));
+        }
+        DigestReply { members, stores }
+    }
+
+    pub(super) fn on_replied(
+        &mut self,
+        peer: DeviceId,
+        reply: Reply,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        match reply {
+            Reply::Done => {}
+            Reply::Members(beats) => {
+                for b in beats.into_iter().take(MAX_MEMBERS_ASKED) {
+                    self.on_heartbeat(peer, b, now, out);
+                }
+            }
+            Reply::Digest(r) => self.on_diff(peer, r, now, out),
+        }
+    }
+
+    fn on_diff(&mut self, peer: DeviceId, r: DigestReply, now: Instant, out: &mut Vec<Output>) {
+        if let Some(members) = r.members {
+            let me = self.own_presence();
+            let counted = members
+                .iter()
+                .any(|(d, i, s)| *d == self.me && (*i, *s) >= me);
+            if !counted {
+                // The peer does not count this run as live (it missed the announcement, or
+                // removed us while we were cut off): announce again.
+                self.watch.announce = true;
+            }
+            let newer: Vec<DeviceId> = members
+                .into_iter()
+                .take(MAX_MEMBER_ENTRIES)
+                .filter(|(d, i, s)| *d != self.me && self.membership.is_newer(d, (*i, *s)))
+                .map(|(d, _, _)| d)
+                .take(MAX_MEMBERS_ASKED)
+                .collect();
+            if !newer.is_empty() {
+                let id = self.request_id();
+                out.push(Output::Ask {
+                    peer,
+                    id,
+                    ask: Ask::Members(newer),
+                });
+            }
+        }
+        let mut want = Vec::new();
+        for (store, entries) in r.stores {
+            if !self.joined.contains(&store) {
+                continue;
+            }
+            for (device, version) in entries.into_iter().take(MAX_STORE_ENTRIES) {
+                if device == self.me || !self.membership.wants(&device, &store, version) {
+                    continue;
+                }
+                let key = (device, store.clone());
+                if self
+                    .fetched
+                    .get(&key)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < REFETCH_AFTER)
+                {
+                    continue;
+                }
+                self.fetched.insert(key, now);
+                want.push(Want {
+                    store: store.clone(),
+                    device: Some(device),
+                });
+                if want.len() >= MAX_WANTS {
+                    break;
+                }
+            }
+        }
+        if !want.is_empty() {
+            self.fetch(peer, want, Vec::new(), out);
+        }
+    }
+}

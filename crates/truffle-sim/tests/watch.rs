@@ -1,0 +1,235 @@
+//! Watch liveness (neighbours watch, accuse, the accused refutes; anti-entropy by hash)
+//! over 100+ simulated nodes: the same scripted faults as `scenarios.rs`, each asserting
+//! detection, convergence and zero false removals, plus what only this scheme promises:
+//! a cost per node that does not grow with the mesh, and accusations that cannot remove a
+//! live device.
+
+use truffle_actors::proto::{Liveness, ProtoConfig};
+use truffle_sim::scenario::{run, Outcome, Scenario};
+use truffle_sim::sim::{Micros, Sim, SimConfig, Topology};
+
+const S: Micros = 1_000_000;
+
+fn cfg(nodes: usize, seed: u64) -> SimConfig {
+    let mut proto = ProtoConfig::default();
+    proto.liveness = Liveness::Watch;
+    SimConfig {
+        nodes,
+        seed,
+        proto,
+        ..SimConfig::default()
+    }
+}
+
+fn start_all(sim: &mut Sim, gap: Micros) {
+    for i in 0..sim.len() {
+        let t = sim.now() + gap;
+        sim.run_until(t);
+        sim.start_node(i);
+    }
+}
+
+fn converge_by(sim: &mut Sim, deadline: Micros) -> Option<Micros> {
+    while sim.now() < deadline {
+        if sim.converged() {
+            return Some(sim.now());
+        }
+        let t = sim.now() + 10_000;
+        sim.run_until(t);
+    }
+    sim.converged().then(|| sim.now())
+}
+
+fn assert_clean(out: &Outcome) {
+    assert_eq!(out.false_removals, 0, "{out:?}");
+    assert_eq!(out.lagging_at_end, 0, "{out:?}");
+}
+
+#[test]
+fn a_join_wave_converges_and_an_idle_mesh_costs_the_same_per_node_at_64_and_512() {
+    let out = run(Scenario::JoinWave, cfg(128, 21), 20.0);
+    let ms = out
+        .converge_after_join_ms
+        .expect("converges after the wave");
+    assert!(ms < 3_000.0, "took {ms} ms");
+    assert_clean(&out);
+    let small = run(Scenario::Steady, cfg(64, 22), 20.0);
+    let large = run(Scenario::Steady, cfg(512, 22), 20.0);
+    assert_clean(&small);
+    assert_clean(&large);
+    // Steady state: one digest exchange per node and period, whatever N.
+    assert!(
+        large.msgs_sent <= small.msgs_sent * 1.5 && large.bytes_sent <= small.bytes_sent * 1.5,
+        "64 nodes: {} msg/s, {} B/s; 512 nodes: {} msg/s, {} B/s",
+        small.msgs_sent,
+        small.bytes_sent,
+        large.msgs_sent,
+        large.bytes_sent
+    );
+    assert!(large.msgs_sent < 10.0, "{} msg/s per node", large.msgs_sent);
+}
+
+#[test]
+fn crashed_nodes_are_removed_everywhere_within_3_s_p50_and_5_s_max() {
+    let out = run(Scenario::Crash, cfg(200, 23), 20.0);
+    assert_eq!(out.undetected, 0, "{out:?}");
+    assert!(out.detection.count >= 2 * 198, "{:?}", out.detection);
+    assert!(out.detection.p50 <= 3_000.0, "{:?}", out.detection);
+    assert!(out.detection.max <= 5_000.0, "{:?}", out.detection);
+    assert_clean(&out);
+}
+
+#[test]
+fn the_crash_of_the_node_everyone_bootstrapped_from_loses_nothing_else() {
+    let cfg = SimConfig {
+        topology: Topology::Star,
+        ..cfg(128, 24)
+    };
+    let out = run(Scenario::HubCrash, cfg, 20.0);
+    assert_eq!(out.undetected, 0);
+    assert!(out.detection.count >= 127, "{:?}", out.detection);
+    assert!(out.detection.max <= 5_000.0, "{:?}", out.detection);
+    assert_clean(&out);
+    assert!(out.max_connections <= 12, "{}", out.max_connections);
+}
+
+#[test]
+fn a_restart_with_the_same_key_replaces_the_old_run_within_a_second() {
+    let mut sim = Sim::new(cfg(120, 25));
+    start_all(&mut sim, 10_000);
+    let t = sim.now();
+    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    let (victim, id) = (17, sim.id(17));
+    sim.crash(victim);
+    let t = sim.now() + 300_000;
+    sim.run_until(t);
+    sim.start_node(victim);
+    let restarted = sim.now();
+    let done = converge_by(&mut sim, restarted + 5 * S).expect("converges after the restart");
+    assert!(done - restarted < S, "{} µs", done - restarted);
+    for i in (0..sim.len()).filter(|&i| i != victim) {
+        assert!(sim.engine(i).unwrap().is_online(&id), "node {i}");
+    }
+    assert!(
+        sim.false_removals().is_empty(),
+        "{:?}",
+        sim.false_removals()
+    );
+}
+
+#[test]
+fn each_side_of_a_partition_removes_the_other_and_all_converge_within_3_s_of_the_heal() {
+    let mut sim = Sim::new(SimConfig {
+        topology: Topology::Halves,
+        ..cfg(128, 26)
+    });
+    start_all(&mut sim, 10_000);
+    let t = sim.now();
+    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    let groups = sim.halves();
+    sim.partition(&groups);
+    let t = sim.now() + 12 * S;
+    sim.run_until(t);
+    for i in 0..sim.len() {
+        let e = sim.engine(i).unwrap();
+        for j in (0..sim.len()).filter(|&j| j != i) {
+            assert_eq!(
+                e.is_online(&sim.id(j)),
+                groups[i] == groups[j],
+                "node {i} about {j}"
+            );
+        }
+    }
+    sim.heal();
+    let healed = sim.now();
+    let done = converge_by(&mut sim, healed + 10 * S).expect("converges after the heal");
+    assert!(done - healed < 3 * S, "{} µs", done - healed);
+    for i in 0..sim.len() {
+        let e = sim.engine(i).unwrap();
+        assert_eq!(e.online_count(), sim.len() - 1, "node {i}");
+    }
+    assert!(
+        sim.false_removals().is_empty(),
+        "{:?}",
+        sim.false_removals()
+    );
+}
+
+#[test]
+fn with_30_percent_loss_at_default_settings_nothing_is_falsely_removed() {
+    let mut sim = Sim::new(SimConfig {
+        loss: 0.3,
+        ..cfg(128, 27)
+    });
+    start_all(&mut sim, 10_000);
+    let t = sim.now();
+    assert!(
+        converge_by(&mut sim, t + 15 * S).is_some(),
+        "lagging: {}",
+        sim.lagging()
+    );
+    let t = sim.now() + 15 * S;
+    sim.run_until(t);
+    assert!(sim.converged(), "lagging: {}", sim.lagging());
+    assert!(
+        sim.false_removals().is_empty(),
+        "{:?}",
+        sim.false_removals()
+    );
+}
+
+#[test]
+fn a_lying_accuser_cannot_remove_a_live_device() {
+    let mut sim = Sim::new(cfg(100, 28));
+    start_all(&mut sim, 10_000);
+    let t = sim.now();
+    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    // Node 3 accuses node 40 ten times a second for five seconds.
+    for _ in 0..50 {
+        sim.accuse(3, 40);
+        let t = sim.now() + 100_000;
+        sim.run_until(t);
+    }
+    let t = sim.now() + 5 * S;
+    sim.run_until(t);
+    let id = sim.id(40);
+    for i in (0..sim.len()).filter(|&i| i != 40) {
+        assert!(sim.engine(i).unwrap().is_online(&id), "node {i}");
+    }
+    assert!(sim.observations.is_empty(), "{:?}", sim.observations);
+}
+
+#[test]
+fn a_live_device_some_nodes_cannot_reach_directly_stays_visible_through_the_others() {
+    let mut sim = Sim::new(cfg(100, 29));
+    start_all(&mut sim, 10_000);
+    let t = sim.now();
+    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    // Node 50 loses its direct link to every node below 30 (and they to it).
+    for i in 0..30 {
+        sim.set_link(i, 50, false);
+    }
+    let t = sim.now() + 15 * S;
+    sim.run_until(t);
+    let id = sim.id(50);
+    for i in (0..sim.len()).filter(|&i| i != 50) {
+        assert!(sim.engine(i).unwrap().is_online(&id), "node {i}");
+    }
+    assert!(sim.converged(), "lagging: {}", sim.lagging());
+    assert!(sim.observations.is_empty(), "{:?}", sim.observations);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_output_byte_for_byte() {
+    let a = run(Scenario::PartitionHeal, cfg(40, 99), 12.0)
+        .json()
+        .to_string();
+    let b = run(Scenario::PartitionHeal, cfg(40, 99), 12.0)
+        .json()
+        .to_string();
+    let c = run(Scenario::PartitionHeal, cfg(40, 100), 12.0)
+        .json()
+        .to_string();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
