@@ -118,13 +118,80 @@ mod rogue {
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
     use libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use tokio::sync::mpsc;
-    use truffle_actors::wire::{SyncCodec, SyncResponse, SYNC_PROTOCOL};
+
+    use libp2p::{PeerId, StreamProtocol};
+    use truffle_actors::wire::{SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
 
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
         gossipsub: gossipsub::Behaviour,
-        sync: request_response::Behaviour<SyncCodec>,
+        sync: request_response::Behaviour<StallingCodec>,
+    }
+
+    /// Truffle's sync codec, except that while `stall` is set answers are never read: the
+    /// stream stays open and unread until the answerer gives up.
+    #[derive(Clone)]
+    pub struct StallingCodec {
+        inner: SyncCodec,
+        stall: Arc<AtomicBool>,
+    }
+
+    impl request_response::Codec for StallingCodec {
+        type Protocol = StreamProtocol;
+        type Request = SyncRequest;
+        type Response = SyncResponse;
+
+        async fn read_request<T>(
+            &mut self,
+            p: &StreamProtocol,
+            io: &mut T,
+        ) -> std::io::Result<SyncRequest>
+        where
+            T: futures::AsyncRead + Unpin + Send,
+        {
+            self.inner.read_request(p, io).await
+        }
+
+        async fn read_response<T>(
+            &mut self,
+            p: &StreamProtocol,
+            io: &mut T,
+        ) -> std::io::Result<SyncResponse>
+        where
+            T: futures::AsyncRead + Unpin + Send,
+        {
+            if self.stall.load(Ordering::Relaxed) {
+                futures::future::pending::<()>().await;
+            }
+            self.inner.read_response(p, io).await
+        }
+
+        async fn write_request<T>(
+            &mut self,
+            p: &StreamProtocol,
+            io: &mut T,
+            req: SyncRequest,
+        ) -> std::io::Result<()>
+        where
+            T: futures::AsyncWrite + Unpin + Send,
+        {
+            self.inner.write_request(p, io, req).await
+        }
+
+        async fn write_response<T>(
+            &mut self,
+            p: &StreamProtocol,
+            io: &mut T,
+            res: SyncResponse,
+        ) -> std::io::Result<()>
+        where
+            T: futures::AsyncWrite + Unpin + Send,
+        {
+            self.inner.write_response(p, io, res).await
+        }
     }
 
     pub enum Cmd {
@@ -133,6 +200,14 @@ mod rogue {
         Flood(String, u32, Duration),
         /// How to answer every sync request from now on.
         AnswerWith(Vec<Vec<u8>>),
+        /// Send this sync request `count` times to the peer, all at once; with `read`
+        /// false, never read the answers.
+        Fetch {
+            peer: PeerId,
+            request: SyncRequest,
+            count: usize,
+            read: bool,
+        },
     }
 
     pub enum Seen {
@@ -142,6 +217,8 @@ mod rogue {
         Answered,
         /// The flood ended; how many publishes gossipsub accepted.
         Flooded(u32),
+        /// The answer to one of the rogue's own sync requests.
+        Answer(SyncResponse),
     }
 
     pub struct Rogue {
@@ -152,6 +229,8 @@ mod rogue {
 
     pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
         let key = Keypair::generate_ed25519();
+        let stall = Arc::new(AtomicBool::new(false));
+        let stall_cmd = stall.clone();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
             .with_tcp(
@@ -181,12 +260,18 @@ mod rogue {
                     gossipsub: gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg)
                         .unwrap(),
                     sync: request_response::Behaviour::with_codec(
-                        SyncCodec {
-                            max_request: 1 << 20,
-                            max_response: 1 << 24,
+                        StallingCodec {
+                            inner: SyncCodec {
+                                max_request: 1 << 20,
+                                max_response: 1 << 27,
+                            },
+                            stall: stall.clone(),
                         },
                         [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                        request_response::Config::default(),
+                        // Its own unread requests outlast the answerer's patience.
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(120))
+                            .with_max_concurrent_streams(1000),
                     ),
                 }
             })
@@ -223,11 +308,16 @@ mod rogue {
                         })) => {
                             let response = SyncResponse {
                                 v: 1,
-                                slices: answer.iter().cloned().map(serde_bytes::ByteBuf::from).collect(),
+                                slices: answer.iter().cloned().map(Arc::from).collect(),
                             };
                             let _ = swarm.behaviour_mut().sync.send_response(channel, response);
                             let _ = seen_tx.send(Seen::Answered);
                             let _ = request;
+                        }
+                        SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                            message: request_response::Message::Response { response, .. }, ..
+                        })) => {
+                            let _ = seen_tx.send(Seen::Answer(response));
                         }
                         _ => {}
                     },
@@ -237,6 +327,12 @@ mod rogue {
                             let _ = swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(topic), bytes);
                         }
                         Some(Cmd::AnswerWith(slices)) => answer = slices,
+                        Some(Cmd::Fetch { peer, request, count, read }) => {
+                            stall_cmd.store(!read, Ordering::Relaxed);
+                            for _ in 0..count {
+                                swarm.behaviour_mut().sync.send_request(&peer, request.clone());
+                            }
+                        }
                         Some(Cmd::Flood(topic, count, over)) => {
                             // Ticks of 1 ms, each publishing its share of the flood.
                             let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -554,6 +650,146 @@ async fn a_rogue_peer_gets_nothing_accepted_and_cannot_starve_honest_updates() {
     for n in [writer, observer] {
         n.shutdown().await.unwrap();
     }
+}
+
+/// This process's resident memory, in bytes (`VmRSS` in `/proc/self/status`; Linux only).
+fn rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Fetch amplification: a 4.6 KB request naming the rogue's own 1 MB slice 64 times used
+/// to get a 64 MB answer, each copy a fresh buffer (and the whole answer encoded once
+/// more), so a few such requests left unread put a node at gigabytes. Now the answer holds
+/// the slice once, shared with what the node holds, and a peer's requests past its budget
+/// are answered empty before any work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_wanting_one_slice_many_times_gets_it_once_and_unread_answers_stay_bounded() {
+    use truffle_actors::testing::signed_slice;
+    use truffle_actors::wire::{SyncRequest, Want};
+    use truffle_actors::Version;
+
+    init_tracing();
+    const TOPIC: &str = "truffle/v1/store/todos";
+    const WANTED: usize = 64;
+    const IN_FLIGHT: usize = 48;
+    // The per-peer limit on sync requests being answered at once (the Security chapter).
+    const PER_PEER: u64 = 32;
+    let node = builder("honest").start().await.unwrap();
+    let store = node.store::<Todos>().await.unwrap();
+    let mut rogue = rogue::start(&[node.listen_addrs()[0].clone()], &[TOPIC]).await;
+    let me = DeviceId::from(rogue.key.public().to_peer_id());
+    let big = signed_slice(
+        &rogue.key,
+        &StoreId::new("todos").unwrap(),
+        me,
+        Version::new(1, 1),
+        &Todos {
+            items: vec!["x".repeat(1_000_000)],
+        },
+    );
+    // Publish the rogue's own 1 MB slice until the node holds it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while store.get(&me).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rogue's slice never arrived"
+        );
+        rogue
+            .cmds
+            .send(rogue::Cmd::Publish(TOPIC.into(), big.clone()))
+            .unwrap();
+        let _ = store
+            .wait_until(Duration::from_millis(500), |s| s.get(&me).is_some())
+            .await;
+    }
+
+    let request = SyncRequest {
+        v: 1,
+        kind: "fetch".into(),
+        want: vec![
+            Want {
+                store: "todos".into(),
+                device: Some(me.to_string()),
+            };
+            WANTED
+        ],
+        incarnation: 0,
+    };
+    let request_bytes = rmp_serde::to_vec_named(&request).unwrap().len();
+    assert!(request_bytes < 5_000, "{request_bytes}");
+
+    // One such request, answer read: the slice once.
+    rogue
+        .cmds
+        .send(rogue::Cmd::Fetch {
+            peer: node.device_id().peer_id(),
+            request: request.clone(),
+            count: 1,
+            read: true,
+        })
+        .unwrap();
+    let answer = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match rogue.seen.recv().await {
+                Some(rogue::Seen::Answer(a)) => break a,
+                Some(_) => {}
+                None => panic!("the rogue stopped"),
+            }
+        }
+    })
+    .await
+    .expect("the rogue's fetch is answered");
+    assert_eq!(answer.slices.len(), 1, "the slice once, not {WANTED} times");
+    assert_eq!(&answer.slices[0][..], &big[..]);
+    eprintln!(
+        "a {request_bytes}-byte request wanting a {} KB slice {WANTED} times: an answer of {} slice(s)",
+        big.len() / 1024,
+        answer.slices.len()
+    );
+
+    // Many at once, never read: those past the peer's limit are answered empty, and the
+    // node's memory does not grow with what it was asked.
+    let before = rss().expect("VmRSS readable");
+    rogue
+        .cmds
+        .send(rogue::Cmd::Fetch {
+            peer: node.device_id().peer_id(),
+            request,
+            count: IN_FLIGHT,
+            read: false,
+        })
+        .unwrap();
+    let refused = IN_FLIGHT as u64 - PER_PEER;
+    let m = eventually_metrics(
+        "requests past the peer's limit are answered empty",
+        &node,
+        |m| m.sync_over_budget >= refused,
+    )
+    .await;
+    // The admitted answers stay unread until the node's 10 s request timeout: watch the
+    // memory over a second of it.
+    let mut peak = before;
+    for _ in 0..20 {
+        peak = peak.max(rss().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "{IN_FLIGHT} unread requests in flight: sync_over_budget {}, RSS {} MB -> peak {} MB (+{:.1} MB)",
+        m.sync_over_budget,
+        before >> 20,
+        peak >> 20,
+        grown as f64 / (1 << 20) as f64
+    );
+    assert_eq!(
+        m.sync_over_budget, refused,
+        "exactly the requests past the limit are refused"
+    );
+    assert!(grown < 64 << 20, "RSS grew by {grown} bytes");
+    node.shutdown().await.unwrap();
 }
 
 proptest::proptest! {

@@ -481,6 +481,7 @@ impl MeshNodeBuilder {
             keys: Default::default(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
+            inbound_budget: Default::default(),
             next_token: 0,
             key: key.clone(),
             me_text: device.to_string(),

@@ -21,7 +21,9 @@ use libp2p::gossipsub::{
 };
 use libp2p::identity::Keypair;
 use libp2p::pnet::PnetConfig;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -29,6 +31,7 @@ use libp2p::{dns, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Sw
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 
+use super::budget::InboundBudget;
 use super::{goodbye, GossipMsg};
 use crate::addrs::error_chain;
 use crate::config::Config;
@@ -291,8 +294,10 @@ pub(crate) struct SwarmTask {
     pub keys: KeyCache,
     /// Our requests in flight, by libp2p id, with the engine's id.
     pub outbound: HashMap<OutboundRequestId, RequestId>,
-    /// Inbound requests waiting for the engine's answer.
-    pub inbound: HashMap<Token, ResponseChannel<SyncResponse>>,
+    /// Inbound requests waiting for the engine's answer, with libp2p's id of each.
+    pub inbound: HashMap<Token, (ResponseChannel<SyncResponse>, InboundRequestId)>,
+    /// What each peer's inbound requests may cost at a time (see [`super::budget`]).
+    pub inbound_budget: InboundBudget<PeerId, InboundRequestId>,
     pub next_token: Token,
     /// Signs this node's slices as they are published.
     pub key: Keypair,
@@ -395,7 +400,7 @@ impl SwarmTask {
             }
             #[cfg(feature = "test-hooks")]
             SwarmCmd::InjectResponse { peer, slices } => {
-                let slices = slices.into_iter().map(serde_bytes::ByteBuf::from).collect();
+                let slices = slices.into_iter().map(Arc::from).collect();
                 self.on_response(peer, 0, slices);
             }
             SwarmCmd::PublishPresence(bytes) => {
@@ -450,20 +455,26 @@ impl SwarmTask {
                 };
                 self.request(peer, id, req);
             }
-            SwarmCmd::Respond { token, slices } => {
-                if let Some(channel) = self.inbound.remove(&token) {
-                    let response = SyncResponse {
-                        v: PROTOCOL_VERSION,
-                        slices: slices
-                            .iter()
-                            .map(|raw| serde_bytes::ByteBuf::from(raw.to_vec()))
-                            .collect(),
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response);
+            SwarmCmd::Respond { token, mut slices } => {
+                let Some((channel, request)) = self.inbound.remove(&token) else {
+                    return;
+                };
+                // Only what fits the asking peer's bytes in flight goes out (nothing when
+                // the request already failed); the slices are shared with what the engine
+                // holds, never copied.
+                let sizes = slices.iter().map(|s| s.len());
+                if let Some(fit) = self.inbound_budget.fit(request, sizes) {
+                    if fit < slices.len() {
+                        slices.truncate(fit);
+                        inc(&self.counters.sync_over_budget);
+                    }
+                    let _ = self.swarm.behaviour_mut().sync.send_response(
+                        channel,
+                        SyncResponse {
+                            v: PROTOCOL_VERSION,
+                            slices,
+                        },
+                    );
                 }
             }
             SwarmCmd::Dial(peer, addrs) => {
@@ -784,7 +795,7 @@ impl SwarmTask {
     }
 
     /// Verifies the slices of a sync answer and hands them to the engine.
-    fn on_response(&mut self, peer: PeerId, id: RequestId, raw: Vec<serde_bytes::ByteBuf>) {
+    fn on_response(&mut self, peer: PeerId, id: RequestId, raw: Vec<Arc<[u8]>>) {
         let mut slices = Vec::new();
         for bytes in raw.into_iter().take(crate::proto::MAX_WANTS) {
             inc(&self.counters.delivered);
@@ -811,7 +822,9 @@ impl SwarmTask {
                 peer,
                 message:
                     request_response::Message::Request {
-                        request, channel, ..
+                        request_id,
+                        request,
+                        channel,
                     },
                 ..
             } => {
@@ -825,10 +838,22 @@ impl SwarmTask {
                     );
                     // The stream is authenticated: `peer` is the device that is leaving.
                     self.forward(goodbye(peer.into(), request.incarnation));
+                } else if !self.inbound_budget.admit(peer, request_id) {
+                    // The peer has its most requests being answered: an empty answer now,
+                    // before the engine does any work for it.
+                    inc(&self.counters.sync_over_budget);
+                    tracing::debug!(%peer, "sync request over the peer's budget; answered empty");
+                    let _ = self.swarm.behaviour_mut().sync.send_response(
+                        channel,
+                        SyncResponse {
+                            v: PROTOCOL_VERSION,
+                            slices: Vec::new(),
+                        },
+                    );
                 } else {
                     self.next_token += 1;
                     let token = self.next_token;
-                    self.inbound.insert(token, channel);
+                    self.inbound.insert(token, (channel, request_id));
                     let want = request
                         .want
                         .iter()
@@ -879,13 +904,16 @@ impl SwarmTask {
             }
             request_response::Event::InboundFailure {
                 peer,
-                request_id: _,
+                request_id,
                 error,
                 ..
             } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");
+                self.inbound_budget.release(request_id);
             }
-            _ => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.inbound_budget.release(request_id);
+            }
         }
     }
 }
