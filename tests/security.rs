@@ -129,6 +129,101 @@ mod rogue {
     pub struct Behaviour {
         gossipsub: gossipsub::Behaviour,
         sync: request_response::Behaviour<StallingCodec>,
+        junk: request_response::Behaviour<RawGossip>,
+    }
+
+    /// What one raw gossipsub stream carries: `count` messages of `size` bytes on `topic`.
+    #[derive(Clone, Debug)]
+    pub struct Junk {
+        pub topic: String,
+        pub count: usize,
+        pub size: usize,
+    }
+
+    /// Opens a gossipsub stream and writes hand-built frames on it, on any topic: a
+    /// gossipsub behaviour refuses to publish on a topic no connected peer subscribes to.
+    /// The frames are the protobuf RPC of the gossipsub spec, each an anonymous message
+    /// (only `data` and `topic`), varint-length-prefixed.
+    #[derive(Clone, Default)]
+    pub struct RawGossip;
+
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+
+    fn field(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
+        out.push(tag);
+        varint(bytes.len(), out);
+        out.extend_from_slice(bytes);
+    }
+
+    impl request_response::Codec for RawGossip {
+        type Protocol = StreamProtocol;
+        type Request = Junk;
+        type Response = ();
+
+        async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Junk>
+        where
+            T: futures::AsyncRead + Unpin + Send,
+        {
+            Err(std::io::Error::other("outbound only"))
+        }
+
+        async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<()>
+        where
+            T: futures::AsyncRead + Unpin + Send,
+        {
+            // gossipsub never writes on a stream it accepted: wait for its end, after it
+            // has read everything.
+            use futures::AsyncReadExt;
+            let mut sink = [0u8; 64];
+            while io.read(&mut sink).await? > 0 {}
+            Ok(())
+        }
+
+        async fn write_request<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            junk: Junk,
+        ) -> std::io::Result<()>
+        where
+            T: futures::AsyncWrite + Unpin + Send,
+        {
+            use futures::AsyncWriteExt;
+            let mut data = vec![0x5a; junk.size];
+            let mut frame = Vec::with_capacity(junk.size + 256);
+            for i in 0..junk.count {
+                // Distinct data, so that no copy is a duplicate of an earlier one.
+                data[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let mut msg = Vec::with_capacity(junk.size + 128);
+                field(0x12, &data, &mut msg);
+                field(0x22, junk.topic.as_bytes(), &mut msg);
+                let mut rpc = Vec::with_capacity(msg.len() + 8);
+                field(0x12, &msg, &mut rpc);
+                frame.clear();
+                varint(rpc.len(), &mut frame);
+                frame.extend_from_slice(&rpc);
+                io.write_all(&frame).await?;
+            }
+            io.close().await
+        }
+
+        async fn write_response<T>(
+            &mut self,
+            _: &StreamProtocol,
+            _: &mut T,
+            _: (),
+        ) -> std::io::Result<()>
+        where
+            T: futures::AsyncWrite + Unpin + Send,
+        {
+            Ok(())
+        }
     }
 
     /// Truffle's sync codec, except that while `stall` is set answers are never read: the
@@ -200,6 +295,8 @@ mod rogue {
         Flood(String, u32, Duration),
         /// How to answer every sync request from now on.
         AnswerWith(Vec<Vec<u8>>),
+        /// Write raw gossipsub frames to the peer, on one stream of their own.
+        Junk(PeerId, Junk),
         /// Send this sync request `count` times to the peer, all at once; with `read`
         /// false, never read the answers.
         Fetch {
@@ -273,6 +370,15 @@ mod rogue {
                             .with_request_timeout(Duration::from_secs(120))
                             .with_max_concurrent_streams(1000),
                     ),
+                    junk: request_response::Behaviour::with_codec(
+                        RawGossip,
+                        [(
+                            StreamProtocol::new("/meshsub/1.1.0"),
+                            ProtocolSupport::Outbound,
+                        )],
+                        request_response::Config::default()
+                            .with_request_timeout(Duration::from_secs(120)),
+                    ),
                 }
             })
             .unwrap()
@@ -327,6 +433,9 @@ mod rogue {
                             let _ = swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(topic), bytes);
                         }
                         Some(Cmd::AnswerWith(slices)) => answer = slices,
+                        Some(Cmd::Junk(peer, junk)) => {
+                            swarm.behaviour_mut().junk.send_request(&peer, junk);
+                        }
                         Some(Cmd::Fetch { peer, request, count, read }) => {
                             stall_cmd.store(!read, Ordering::Relaxed);
                             for _ in 0..count {
@@ -788,6 +897,68 @@ async fn a_fetch_wanting_one_slice_many_times_gets_it_once_and_unread_answers_st
         m.sync_over_budget, refused,
         "exactly the requests past the limit are refused"
     );
+    assert!(grown < 64 << 20, "RSS grew by {grown} bytes");
+    node.shutdown().await.unwrap();
+}
+
+/// Junk on topics the node never joined: gossipsub 0.50.1 caches every received message
+/// before it checks the topic, so 1 MB messages on a foreign topic used to pile up in its
+/// message cache (+1.73 GB in the attack). Now they are dropped before that, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_a_topic_the_node_never_joined_is_dropped_before_it_is_cached() {
+    use truffle_actors::RejectReason;
+
+    init_tracing();
+    const COUNT: u64 = 300;
+    let node = builder("honest").start().await.unwrap();
+    let _store = node.store::<Todos>().await.unwrap();
+    let rogue = rogue::start(&[node.listen_addrs()[0].clone()], &[]).await;
+    eventually_metrics("the rogue is connected", &node, |m| m.connected_peers >= 1).await;
+
+    let before = rss().expect("VmRSS readable");
+    rogue
+        .cmds
+        .send(rogue::Cmd::Junk(
+            node.device_id().peer_id(),
+            rogue::Junk {
+                topic: "truffle/v1/store/never-joined".into(),
+                count: COUNT as usize,
+                size: 1_000_000,
+            },
+        ))
+        .unwrap();
+    // Watch the memory while the 300 MB arrive, until every message is counted.
+    let mut peak = before;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        peak = peak.max(rss().unwrap());
+        let m = node.metrics();
+        if m.rejected(RejectReason::UnjoinedTopic) >= COUNT {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the junk was not all counted: {m:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // gossipsub would have held them for 5 heartbeats (2.5 s): keep watching that long.
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < until {
+        peak = peak.max(rss().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "{COUNT} x 1 MB on a topic never joined: unjoined_topic {}, delivered {}, RSS {} MB -> peak {} MB (+{:.1} MB)",
+        m.rejected(RejectReason::UnjoinedTopic),
+        m.delivered,
+        before >> 20,
+        peak >> 20,
+        grown as f64 / (1 << 20) as f64
+    );
+    assert_eq!(m.rejected(RejectReason::UnjoinedTopic), COUNT);
+    assert_eq!(m.delivered, 0, "nothing reached Truffle's checks");
     assert!(grown < 64 << 20, "RSS grew by {grown} bytes");
     node.shutdown().await.unwrap();
 }

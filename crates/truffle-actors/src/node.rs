@@ -22,7 +22,7 @@ use crate::addrs::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
-use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
+use crate::gossip::swarm::{build_swarm, JoinedTopicsOnly, SwarmCmd, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
@@ -332,7 +332,9 @@ impl MeshNodeBuilder {
             })?;
         }
 
-        let mut swarm = build_swarm(key.clone(), &cfg)?;
+        let counters = Arc::new(Counters::default());
+        let topics = JoinedTopicsOnly::new(counters.clone());
+        let mut swarm = build_swarm(key.clone(), &cfg, topics.clone())?;
         let mut pending = std::collections::HashSet::new();
         for addr in &listen {
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
@@ -423,7 +425,6 @@ impl MeshNodeBuilder {
             })?;
         }
 
-        let counters = Arc::new(Counters::default());
         counters
             .intro
             .configure(device, announced_name, cfg.presence_timeout);
@@ -482,6 +483,7 @@ impl MeshNodeBuilder {
             outbound: HashMap::new(),
             inbound: HashMap::new(),
             inbound_budget: Default::default(),
+            topics,
             next_token: 0,
             key: key.clone(),
             me_text: device.to_string(),

@@ -72,11 +72,14 @@ pub enum RejectReason {
     AfterLeave,
     /// The data did not decode as the store's type.
     DataDecode,
+    /// A gossip message on a topic this node has not joined (neither the presence topic
+    /// nor a joined store's): dropped before gossipsub caches or forwards it.
+    UnjoinedTopic,
 }
 
 impl RejectReason {
     /// All reasons, in counter order.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::Undecodable,
         RejectReason::UnknownVersion,
         RejectReason::UnknownKind,
@@ -88,6 +91,7 @@ impl RejectReason {
         RejectReason::Stale,
         RejectReason::AfterLeave,
         RejectReason::DataDecode,
+        RejectReason::UnjoinedTopic,
     ];
 
     /// A stable snake_case name, used as the metric key.
@@ -104,6 +108,7 @@ impl RejectReason {
             RejectReason::Stale => "stale",
             RejectReason::AfterLeave => "after_leave",
             RejectReason::DataDecode => "data_decode",
+            RejectReason::UnjoinedTopic => "unjoined_topic",
         }
     }
 

@@ -6,7 +6,7 @@
 //! gossip actor runs; the two talk through an unbounded command channel (local, bounded by
 //! the engine's own behaviour) and actor messages carrying engine inputs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,9 +15,9 @@ use futures::StreamExt;
 use libp2p::core::upgrade::Version as UpgradeVersion;
 use libp2p::core::Transport as _;
 use libp2p::gossipsub::{
-    self, AllowAllSubscriptionFilter, IdentTopic, IdentityTransform, MaxCountSubscriptionFilter,
+    self, AllowAllSubscriptionFilter, DataTransform, IdentTopic, MaxCountSubscriptionFilter,
     MessageAcceptance, MessageAuthenticity, MessageId, PeerScoreParams, PeerScoreThresholds,
-    TopicScoreParams, ValidationMode,
+    RawMessage, TopicHash, TopicScoreParams, ValidationMode,
 };
 use libp2p::identity::Keypair;
 use libp2p::pnet::PnetConfig;
@@ -49,13 +49,81 @@ use crate::wire::{
 };
 
 type Gossipsub =
-    gossipsub::Behaviour<IdentityTransform, MaxCountSubscriptionFilter<AllowAllSubscriptionFilter>>;
+    gossipsub::Behaviour<JoinedTopicsOnly, MaxCountSubscriptionFilter<AllowAllSubscriptionFilter>>;
 
 /// Most topics a remote peer may subscribe to before gossipsub ignores its subscriptions.
 /// (gossipsub's default filter caps this at 100 and rejects the whole list past it.)
 const MAX_REMOTE_TOPICS: usize = 10_000;
 /// Extra room in the transmit limit for the envelope around a maximal slice.
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
+
+/// Drops gossip on topics this node has not joined before gossipsub caches it.
+///
+/// gossipsub 0.50.1 (`Behaviour::handle_received_message`) puts every received message in
+/// its message cache, where it stays for `history_length` heartbeats (2.5 s here), and
+/// only then checks whether this node subscribes to the message's topic; a message on
+/// any other topic is never validated or delivered, but it is held all the same. So a
+/// peer sending large messages on topics nobody here joined grew a node's memory by
+/// gigabytes. The inbound data transform is the one hook gossipsub runs before that
+/// cache: this one fails every message whose topic is not the presence topic or a joined
+/// store's, so gossipsub drops it on the spot (as a transform failure: no cache, no
+/// duplicate entry, no IDONTWANT, no forwarding). Each is counted as
+/// [`RejectReason::UnjoinedTopic`](crate::wire::RejectReason::UnjoinedTopic). Honest
+/// peers send a node only messages on topics it subscribed to, so only junk lands here.
+#[derive(Clone)]
+pub(crate) struct JoinedTopicsOnly {
+    joined: Arc<Mutex<HashSet<TopicHash>>>,
+    counters: Arc<Counters>,
+}
+
+impl JoinedTopicsOnly {
+    /// Accepts the presence topic only, until stores are joined.
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        let presence = IdentTopic::new(PRESENCE_TOPIC).hash();
+        Self {
+            joined: Arc::new(Mutex::new(HashSet::from([presence]))),
+            counters,
+        }
+    }
+
+    /// Accepts messages on `topic` from now on (before subscribing to it, so that nothing
+    /// sent on it after the subscription is dropped).
+    fn join(&self, topic: TopicHash) {
+        self.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic);
+    }
+
+    fn is_joined(&self, topic: &TopicHash) -> bool {
+        self.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+    }
+}
+
+impl DataTransform for JoinedTopicsOnly {
+    fn inbound_transform(&self, raw: RawMessage) -> std::io::Result<gossipsub::Message> {
+        if !self.is_joined(&raw.topic) {
+            // The topic is the sender's text: keep the log line short.
+            let topic: String = raw.topic.as_str().chars().take(80).collect();
+            let reason = crate::wire::RejectReason::UnjoinedTopic;
+            self.counters.reject(reason, &"a gossip peer", &topic);
+            return Err(std::io::Error::other("a topic this node has not joined"));
+        }
+        Ok(gossipsub::Message {
+            source: raw.source,
+            data: raw.data,
+            sequence_number: raw.sequence_number,
+            topic: raw.topic,
+        })
+    }
+
+    fn outbound_transform(&self, _: &TopicHash, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        Ok(data)
+    }
+}
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -119,7 +187,11 @@ fn message_id(m: &gossipsub::Message) -> MessageId {
     MessageId::from(&h.finalize()[..20])
 }
 
-pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Error> {
+pub(crate) fn build_swarm(
+    key: Keypair,
+    cfg: &Config,
+    topics: JoinedTopicsOnly,
+) -> Result<Swarm<Behaviour>, Error> {
     let max_msg = max_transmit_size(cfg);
     let heartbeat = cfg.gossip_heartbeat;
     let mdns_on = cfg.mdns;
@@ -176,10 +248,11 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
                 max_subscribed_topics: MAX_REMOTE_TOPICS,
                 max_subscriptions_per_request: MAX_REMOTE_TOPICS,
             };
-            let mut gossipsub = Gossipsub::new_with_subscription_filter(
+            let mut gossipsub = Gossipsub::new_with_subscription_filter_and_transform(
                 MessageAuthenticity::Anonymous,
                 gs_config,
                 filter,
+                topics,
             )?;
             gossipsub.with_peer_score(score_params(), PeerScoreThresholds::default())?;
             let sync = request_response::Behaviour::with_codec(
@@ -298,6 +371,8 @@ pub(crate) struct SwarmTask {
     pub inbound: HashMap<Token, (ResponseChannel<SyncResponse>, InboundRequestId)>,
     /// What each peer's inbound requests may cost at a time (see [`super::budget`]).
     pub inbound_budget: InboundBudget<PeerId, InboundRequestId>,
+    /// The topics gossipsub accepts messages on (shared with its inbound transform).
+    pub topics: JoinedTopicsOnly,
     pub next_token: Token,
     /// Signs this node's slices as they are published.
     pub key: Keypair,
@@ -382,6 +457,7 @@ impl SwarmTask {
             SwarmCmd::Subscribe { store, outbox } => {
                 self.outboxes.insert(store.clone(), outbox);
                 let topic = IdentTopic::new(store_topic(&store));
+                self.topics.join(topic.hash());
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
                 if let Err(e) = gs.subscribe(&topic) {
