@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use truffle_actors::prelude::*;
+use truffle_actors::Multiaddr;
 use truffle_actors::PreSharedKey;
 
 fn swarm_key(bytes: [u8; 32]) -> String {
@@ -961,6 +962,158 @@ async fn junk_on_a_topic_the_node_never_joined_is_dropped_before_it_is_cached() 
     assert_eq!(m.delivered, 0, "nothing reached Truffle's checks");
     assert!(grown < 64 << 20, "RSS grew by {grown} bytes");
     node.shutdown().await.unwrap();
+}
+
+/// The TCP address of a `/ip4/.../tcp/...` multiaddr.
+fn tcp_addr(addr: &Multiaddr) -> std::net::SocketAddr {
+    use truffle_actors::multiaddr::Protocol;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Tcp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    std::net::SocketAddr::new(ip.expect("an ip4 address"), port.expect("a tcp port"))
+}
+
+/// This process's open-file limit, soft and hard (`/proc/self/limits`; Linux only).
+fn open_file_limits() -> Option<(String, String)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut v = line["Max open files".len()..].split_whitespace();
+    Some((v.next()?.to_string(), v.next()?.to_string()))
+}
+
+/// Opens `n` TCP connections to `at` that never say anything; each reports on the
+/// returned channel when the other side closes it.
+async fn silent_connections(
+    at: std::net::SocketAddr,
+    n: usize,
+) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    use tokio::io::AsyncReadExt;
+    let (closed, rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(at)
+            .await
+            .expect("TCP connect");
+        let closed = closed.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            let _ = closed.send(());
+        });
+    }
+    rx
+}
+
+/// Waits until `n` more of the silent connections behind `closed` were closed by the node.
+async fn until_closed(what: &str, closed: &mut tokio::sync::mpsc::UnboundedReceiver<()>, n: usize) {
+    for i in 0..n {
+        tokio::time::timeout(DEADLINE, closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: only {i} of {n} closed"));
+    }
+}
+
+/// Many silent TCP connections (opened, never a byte sent) used to keep a newcomer out:
+/// 1,100 of them filled a node's 1,024 file descriptors, and a newcomer joining through
+/// it took 7.1 s instead of 0.2 s. Now a node raises its open-file limit at start, takes
+/// up to `max_pending_incoming` connections in their handshakes (2048) and closes the
+/// rest at once, and closes each silent one after `inbound_handshake_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_neither_keep_a_newcomer_out_nor_stay_open() {
+    init_tracing();
+    const SILENT: usize = 1_100;
+    // "Promptly": a join takes well under a second on loopback; the silent connections
+    // are held for a minute.
+    const JOIN: Duration = Duration::from_secs(5);
+    // Start from the common soft limit of 1024 (this changes it for the whole test
+    // process; the node must raise it again).
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    if hard > 1024 {
+        rlimit::setrlimit(rlimit::Resource::NOFILE, 1024, hard).unwrap();
+    }
+    let seed = builder("seed")
+        .inbound_handshake_timeout(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    if let Some((soft, hard)) = open_file_limits() {
+        assert_eq!(
+            soft, hard,
+            "the soft open-file limit is raised to the hard one"
+        );
+        eprintln!("open-file limit after start: {soft} (hard {hard})");
+    }
+    let s = seed.store::<Todos>().await.unwrap();
+    s.set(Todos {
+        items: vec!["seed".into()],
+    })
+    .await
+    .unwrap();
+    let mut closed = silent_connections(tcp_addr(&seed.listen_addrs()[0]), SILENT).await;
+
+    let newcomer = builder("newcomer")
+        .bootstrap(seed.listen_addrs()[0].clone())
+        .start()
+        .await
+        .unwrap();
+    let n = newcomer.store::<Todos>().await.unwrap();
+    let id = seed.device_id();
+    let joined = n.wait_until(JOIN, |snap| snap.get(&id).is_some()).await;
+    assert!(
+        joined.is_ok(),
+        "the newcomer did not get the seed's slice within {JOIN:?} beside {SILENT} silent connections"
+    );
+    assert!(
+        closed.try_recv().is_err(),
+        "the silent connections were all still held when the newcomer joined"
+    );
+    for node in [seed, newcomer] {
+        node.shutdown().await.unwrap();
+    }
+
+    // Past the pending limit a connection is closed as soon as it is accepted; within it,
+    // a silent one is closed at the inbound handshake timeout.
+    let small = builder("small")
+        .max_pending_incoming(8)
+        .inbound_handshake_timeout(Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let mut closed = silent_connections(tcp_addr(&small.listen_addrs()[0]), 16).await;
+    until_closed("connections past the pending limit", &mut closed, 8).await;
+    eventually_metrics("the refused connections are counted", &small, |m| {
+        m.connection_failures >= 8
+    })
+    .await;
+    assert!(
+        closed.try_recv().is_err(),
+        "only the 8 past the limit are closed; the 8 pending ones wait for their timeout"
+    );
+    small.shutdown().await.unwrap();
+
+    let brief = builder("brief")
+        .inbound_handshake_timeout(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
+    let mut closed = silent_connections(tcp_addr(&brief.listen_addrs()[0]), 4).await;
+    // Within DEADLINE at most; a dial's connect timeout (10 s) does not apply.
+    until_closed(
+        "silent connections at the handshake timeout",
+        &mut closed,
+        4,
+    )
+    .await;
+    eventually_metrics("the timed-out handshakes are counted", &brief, |m| {
+        m.connection_failures >= 4
+    })
+    .await;
+    brief.shutdown().await.unwrap();
 }
 
 proptest::proptest! {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::future::Either;
 use futures::StreamExt;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::upgrade::Version as UpgradeVersion;
 use libp2p::core::Transport as _;
 use libp2p::gossipsub::{
@@ -27,7 +28,9 @@ use libp2p::request_response::{
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{dns, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{
+    connection_limits, dns, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm,
+};
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 
@@ -127,6 +130,8 @@ impl DataTransform for JoinedTopicsOnly {
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Pending and established incoming connections, and connections per peer.
+    limits: connection_limits::Behaviour,
     gossipsub: Gossipsub,
     sync: request_response::Behaviour<SyncCodec>,
     identify: identify::Behaviour,
@@ -198,6 +203,11 @@ pub(crate) fn build_swarm(
     let max_response = cfg.max_response_bytes;
     let psk = cfg.psk;
     let connect_timeout = cfg.connect_timeout;
+    let inbound_timeout = cfg.inbound_handshake_timeout;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(cfg.max_pending_incoming))
+        .with_max_established_incoming(Some(cfg.max_established_incoming))
+        .with_max_established_per_peer(Some(cfg.max_connections_per_peer));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(
@@ -225,11 +235,17 @@ pub(crate) fn build_swarm(
                         None => Ok(Either::Right(socket)),
                     }
                 });
-                Ok(private
+                let upgraded = private
                     .upgrade(UpgradeVersion::V1Lazy)
                     .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .timeout(connect_timeout))
+                    .multiplex(yamux::Config::default());
+                // An incoming connection gets less time than a dial: a peer that opens
+                // connections and stays silent holds each one (and a file descriptor)
+                // until this runs out.
+                Ok(TransportTimeout::with_ingoing_timeout(
+                    TransportTimeout::with_outgoing_timeout(upgraded, connect_timeout),
+                    inbound_timeout,
+                ))
             },
         )
         .map_err(|e| Error::Transport(e.to_string()))?
@@ -278,6 +294,7 @@ pub(crate) fn build_swarm(
                 None
             };
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
                 gossipsub,
                 sync,
                 identify,
@@ -752,7 +769,14 @@ impl SwarmTask {
         };
         let hint = kind.explain(self.psk_fingerprint.is_some());
         match &self.psk_fingerprint {
-            Some(fp) if matches!(kind, ConnectFailure::Handshake | ConnectFailure::Timeout) => {
+            Some(fp)
+                if matches!(
+                    kind,
+                    ConnectFailure::Handshake
+                        | ConnectFailure::Timeout
+                        | ConnectFailure::InboundTimeout
+                ) =>
+            {
                 tracing::warn!(psk_fingerprint = %fp, error, repeats, "{what}: {hint}")
             }
             _ => tracing::warn!(error, repeats, "{what}: {hint}"),
