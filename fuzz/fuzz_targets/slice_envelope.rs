@@ -228,7 +228,7 @@ fn build(input: &Input) -> Option<Vec<u8>> {
                 .cloned()
                 .chain(std::iter::once(msg))
                 .chain(after.iter().cloned())
-                .map(serde_bytes::ByteBuf::from)
+                .map(std::sync::Arc::<[u8]>::from)
                 .collect();
             rmp_serde::to_vec_named(&SyncResponse { v, slices }).ok()?
         }

@@ -29,6 +29,12 @@ pub(crate) enum ConnectFailure {
     Handshake,
     /// No connection or handshake within the connect timeout.
     Timeout,
+    /// A connection limit of this node (or the other) was reached: the connection was
+    /// closed on purpose.
+    LimitReached,
+    /// An incoming connection did not complete its handshakes within the inbound
+    /// handshake timeout.
+    InboundTimeout,
     /// Anything else.
     Other,
 }
@@ -67,8 +73,13 @@ impl ConnectFailure {
             "proto error",
         ]) {
             ConnectFailure::Dns
+        } else if has(&["connection limit exceeded"]) {
+            ConnectFailure::LimitReached
         } else if has(&["Timeout has been reached", "timed out", "os error 110"]) {
-            ConnectFailure::Timeout
+            match inbound {
+                true => ConnectFailure::InboundTimeout,
+                false => ConnectFailure::Timeout,
+            }
         } else if inbound
             || has(&[
                 "Handshake",
@@ -128,6 +139,15 @@ impl ConnectFailure {
             }
             (ConnectFailure::Timeout, false) => {
                 "no connection within the connect timeout: the host may be down, or a firewall drops the packets (open the node's TCP port)"
+            }
+            (ConnectFailure::LimitReached, _) => {
+                "connection closed at a connection limit: many connections at once (a burst of joining nodes, or a flood of connections); see max_pending_incoming, max_established_incoming and max_connections_per_peer"
+            }
+            (ConnectFailure::InboundTimeout, true) => {
+                "an incoming connection did not complete its handshake within inbound_handshake_timeout: a slow or overloaded peer, one that opens connections and stays silent, or a node with another pre-shared key (this mesh is private; compare fingerprints)"
+            }
+            (ConnectFailure::InboundTimeout, false) => {
+                "an incoming connection did not complete its handshake within inbound_handshake_timeout: a slow or overloaded peer, one that opens connections and stays silent, or a node with a pre-shared key (private mesh)"
             }
             (ConnectFailure::Other, _) => "connection failed",
         }
@@ -205,6 +225,8 @@ mod tests {
             ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : Timeout has been reached)]", Timeout),
             ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : No route to host (os error 113))]", Unreachable),
             ("Listen error: Failed to negotiate transport protocol(s)", Handshake),
+            ("Listen error: Failed to negotiate transport protocol(s): Timeout has been reached", InboundTimeout),
+            ("Listen error: Denied: connection denied: connection limit exceeded: at most 8 pending incoming connections are allowed", LimitReached),
             ("Failed to negotiate transport protocol(s): [(/dns4/no-such-host.invalid/tcp/4001: : Multiple dial errors occurred:\n - DNS error: no records found for Query)]", Dns),
         ];
         for (text, want) in cases {
@@ -226,6 +248,7 @@ mod tests {
             NoAddress,
             Unsupported,
             Dns,
+            LimitReached,
             Other,
         ] {
             for psk in [false, true] {
@@ -235,6 +258,7 @@ mod tests {
         assert!(Handshake.explain(false).contains("pre-shared key"));
         assert!(Handshake.explain(true).contains("fingerprint"));
         assert!(Timeout.explain(true).contains("pre-shared key"));
+        assert!(InboundTimeout.explain(true).contains("fingerprints"));
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub struct Metrics {
     /// Connections (dialled or accepted) that failed before they were established,
     /// refused dials excluded. With a pre-shared key, a key mismatch shows up here.
     pub connection_failures: u64,
+    /// Inbound sync requests answered with fewer slices than asked for (or none) because
+    /// the asking peer was over its budget: too many of its requests being answered at
+    /// once, or too many bytes of answers on their way to it (see the book's Security
+    /// chapter). Honest peers rarely cause this; a steady rise names a greedy one in the
+    /// `debug` log.
+    pub sync_over_budget: u64,
 }
 
 impl Metrics {
@@ -74,6 +80,7 @@ pub(crate) struct Counters {
     pub connected_peers: AtomicU64,
     pub devices_removed: AtomicU64,
     pub connection_failures: AtomicU64,
+    pub sync_over_budget: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     last_warn: Mutex<[Option<Instant>; RejectReason::ALL.len()]>,
     /// Metrics that exist only in Prometheus form (labelled, histograms).
@@ -135,6 +142,7 @@ impl Counters {
             connected_peers: self.connected_peers.load(Relaxed),
             devices_removed: self.devices_removed.load(Relaxed),
             connection_failures: self.connection_failures.load(Relaxed),
+            sync_over_budget: self.sync_over_budget.load(Relaxed),
         }
     }
 }
@@ -336,7 +344,7 @@ impl std::fmt::Debug for LiveValues {
 impl Collector for LiveValues {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 4] = [
+        let counters: [(&str, &str, &AtomicU64); 5] = [
             (
                 "slices_delivered",
                 "Slices received from the network (gossip or sync answers), before any check.",
@@ -356,6 +364,11 @@ impl Collector for LiveValues {
                 "devices_removed",
                 "Remote devices removed, all reasons (see truffle_removals_total for the split).",
                 &c.devices_removed,
+            ),
+            (
+                "sync_over_budget",
+                "Inbound sync requests answered short or empty: the asking peer was over its per-peer budget.",
+                &c.sync_over_budget,
             ),
         ];
         for (name, help, v) in counters {

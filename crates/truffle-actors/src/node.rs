@@ -22,7 +22,7 @@ use crate::addrs::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
-use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
+use crate::gossip::swarm::{build_swarm, JoinedTopicsOnly, SwarmCmd, SwarmTask};
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
@@ -259,6 +259,43 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// How long an incoming connection may take to complete its handshakes (pre-shared
+    /// key, noise, multiplexer) before it is closed (default 5 s). A peer that opens TCP
+    /// connections and stays silent holds each one this long, and one slot of
+    /// [`max_pending_incoming`](Self::max_pending_incoming).
+    pub fn inbound_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.inbound_handshake_timeout = timeout;
+        self
+    }
+
+    /// Most incoming connections still in their handshakes at once (default 2048); more
+    /// are closed as soon as they are accepted (counted in
+    /// [`Metrics::connection_failures`](crate::Metrics::connection_failures)). Room for a
+    /// burst of joining nodes, and for a peer that opens many silent connections without
+    /// taking every slot a newcomer needs; each costs a file descriptor (see the book's
+    /// Security chapter).
+    pub fn max_pending_incoming(mut self, connections: u32) -> Self {
+        self.cfg.max_pending_incoming = connections;
+        self
+    }
+
+    /// Most established incoming connections at once (default 512): a node keeps about
+    /// [`target_peers`](Self::target_peers) connections, but a bootstrap node briefly
+    /// takes one from every node that starts with it as its seed. More are closed once
+    /// their handshake completes.
+    pub fn max_established_incoming(mut self, connections: u32) -> Self {
+        self.cfg.max_established_incoming = connections;
+        self
+    }
+
+    /// Most established connections with any one peer, both directions (default 4;
+    /// honest nodes need one, two after simultaneous dials or a restart). More are
+    /// closed once their handshake completes.
+    pub fn max_connections_per_peer(mut self, connections: u32) -> Self {
+        self.cfg.max_connections_per_peer = connections;
+        self
+    }
+
     /// Starts the node: binds the listen addresses, dials the bootstrap peers and spawns
     /// the actors. Returns once every listen address is bound; for a `0.0.0.0` (or `::`)
     /// listener, once the addresses of the host's interfaces are known, so that
@@ -332,7 +369,10 @@ impl MeshNodeBuilder {
             })?;
         }
 
-        let mut swarm = build_swarm(key.clone(), &cfg)?;
+        raise_open_file_limit(&cfg);
+        let counters = Arc::new(Counters::default());
+        let topics = JoinedTopicsOnly::new(counters.clone());
+        let mut swarm = build_swarm(key.clone(), &cfg, topics.clone())?;
         let mut pending = std::collections::HashSet::new();
         for addr in &listen {
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
@@ -423,7 +463,6 @@ impl MeshNodeBuilder {
             })?;
         }
 
-        let counters = Arc::new(Counters::default());
         counters
             .intro
             .configure(device, announced_name, cfg.presence_timeout);
@@ -481,6 +520,8 @@ impl MeshNodeBuilder {
             keys: Default::default(),
             outbound: HashMap::new(),
             inbound: HashMap::new(),
+            inbound_budget: Default::default(),
+            topics,
             next_token: 0,
             key: key.clone(),
             me_text: device.to_string(),
@@ -522,6 +563,32 @@ impl MeshNodeBuilder {
 }
 
 /// The protocol core's share of the node's settings.
+/// Open files a node needs besides its connections: storage, the admin endpoint, logs.
+const OTHER_FILES: u64 = 256;
+
+/// Raises this process's soft limit on open files to its hard limit, where the OS allows:
+/// every connection, even one that never completes its handshake, holds a file
+/// descriptor, and the common soft limit of 1024 is reached by about a thousand silent
+/// connections (after which nothing, a newcomer's connection included, is accepted until
+/// some close). Warns when the limit stays below what the connection limits allow.
+fn raise_open_file_limit(cfg: &Config) {
+    let need = u64::from(cfg.max_pending_incoming)
+        + u64::from(cfg.max_established_incoming)
+        + cfg.target_peers as u64 * 2
+        + OTHER_FILES;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < need => tracing::warn!(
+            limit,
+            need,
+            "the open-file limit is lower than the connection limits allow: a flood of \
+             connections can use up the file descriptors; raise the hard limit (ulimit -Hn) \
+             or lower max_pending_incoming and max_established_incoming"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::debug!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 fn proto_config(cfg: &Config) -> ProtoConfig {
     let mut p = ProtoConfig::default().with_presence(cfg.presence_interval, cfg.presence_timeout);
     p.max_response_bytes = cfg.max_response_bytes;

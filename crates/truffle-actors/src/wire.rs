@@ -72,11 +72,14 @@ pub enum RejectReason {
     AfterLeave,
     /// The data did not decode as the store's type.
     DataDecode,
+    /// A gossip message on a topic this node has not joined (neither the presence topic
+    /// nor a joined store's): dropped before gossipsub caches or forwards it.
+    UnjoinedTopic,
 }
 
 impl RejectReason {
     /// All reasons, in counter order.
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::Undecodable,
         RejectReason::UnknownVersion,
         RejectReason::UnknownKind,
@@ -88,6 +91,7 @@ impl RejectReason {
         RejectReason::Stale,
         RejectReason::AfterLeave,
         RejectReason::DataDecode,
+        RejectReason::UnjoinedTopic,
     ];
 
     /// A stable snake_case name, used as the metric key.
@@ -104,6 +108,7 @@ impl RejectReason {
             RejectReason::Stale => "stale",
             RejectReason::AfterLeave => "after_leave",
             RejectReason::DataDecode => "data_decode",
+            RejectReason::UnjoinedTopic => "unjoined_topic",
         }
     }
 
@@ -500,13 +505,61 @@ pub struct SyncRequest {
 }
 
 /// The answer to a [`SyncRequest`]: signed slice messages, relayed as their owners signed them.
+///
+/// The slices are shared (`Arc`), not owned: an answer hands over the very bytes the
+/// answering node holds, and [`SyncCodec`] writes them to the stream from there, so an
+/// answer costs no copy of its slices however often it is asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
     /// [`PROTOCOL_VERSION`].
     pub v: u8,
-    /// Slice messages exactly as their owners encoded and signed them.
-    #[serde(default)]
-    pub slices: Vec<serde_bytes::ByteBuf>,
+    /// Slice messages exactly as their owners encoded and signed them (MessagePack `bin`s).
+    #[serde(default, with = "shared_bins")]
+    pub slices: Vec<Arc<[u8]>>,
+}
+
+/// `Vec<Arc<[u8]>>` as a MessagePack array of `bin`s (serde would write each `[u8]` as an
+/// array of integers).
+mod shared_bins {
+    use std::sync::Arc;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(slices: &[Arc<[u8]>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(slices.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<[u8]>>, D::Error> {
+        let bufs: Vec<serde_bytes::ByteBuf> = serde::Deserialize::deserialize(d)?;
+        Ok(bufs.into_iter().map(|b| Arc::from(b.into_vec())).collect())
+    }
+}
+
+/// The MessagePack encoding of `res` up to its slices' bytes: the map, `v`, the `slices`
+/// array, and each slice's `bin` header. Written before each slice's bytes, it gives
+/// exactly what `rmp_serde::to_vec_named(res)` gives, without building that copy.
+/// Returns the head of the message and each slice's `bin` header.
+fn response_headers(res: &SyncResponse) -> io::Result<(Vec<u8>, Vec<Vec<u8>>)> {
+    use rmp::encode;
+    let fail = |e: encode::ValueWriteError| invalid(e);
+    let mut head = Vec::with_capacity(16);
+    encode::write_map_len(&mut head, 2).map_err(fail)?;
+    encode::write_str(&mut head, "v").map_err(fail)?;
+    encode::write_uint(&mut head, u64::from(res.v)).map_err(fail)?;
+    encode::write_str(&mut head, "slices").map_err(fail)?;
+    let n = u32::try_from(res.slices.len()).map_err(invalid)?;
+    encode::write_array_len(&mut head, n).map_err(fail)?;
+    let bins = res
+        .slices
+        .iter()
+        .map(|s| {
+            let len = u32::try_from(s.len()).map_err(invalid)?;
+            let mut h = Vec::with_capacity(5);
+            encode::write_bin_len(&mut h, len).map_err(fail)?;
+            Ok(h)
+        })
+        .collect::<io::Result<_>>()?;
+    Ok((head, bins))
 }
 
 /// The `request_response` codec of [`SYNC_PROTOCOL`]: length-prefixed MessagePack over a
@@ -595,8 +648,25 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let body = rmp_serde::to_vec_named(&res).map_err(invalid)?;
-        write_frame(io, &body).await
+        // The slices go to the stream straight from the shared bytes the node holds: no
+        // copy of the answer (up to `max_response_bytes`) is built first, and a peer that
+        // does not read its answers holds only what the stream buffers.
+        let (head, bins) = response_headers(&res)?;
+        let len = head.len()
+            + bins
+                .iter()
+                .zip(&res.slices)
+                .map(|(h, s)| h.len() + s.len())
+                .sum::<usize>();
+        let len = u32::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "sync frame over 4 GiB"))?;
+        io.write_all(&len.to_be_bytes()).await?;
+        io.write_all(&head).await?;
+        for (h, s) in bins.iter().zip(&res.slices) {
+            io.write_all(h).await?;
+            io.write_all(s).await?;
+        }
+        io.close().await
     }
 }
 
@@ -826,6 +896,43 @@ mod tests {
         };
         assert_eq!(rmp_serde::to_vec_named(&l).unwrap().len(), 83);
         assert_eq!(encode_leave(&k, &l).unwrap().len(), 175);
+    }
+
+    /// The streamed answer is byte for byte the frame of its plain MessagePack encoding
+    /// (what other implementations read), for every size class of array and `bin` header.
+    #[test]
+    fn a_streamed_answer_is_its_msgpack_encoding() {
+        for (count, size) in [(0, 0), (1, 0), (3, 200), (15, 300), (16, 70_000), (17, 5)] {
+            let res = SyncResponse {
+                v: PROTOCOL_VERSION,
+                slices: (0..count)
+                    .map(|i| Arc::from(vec![i as u8; size + i]))
+                    .collect(),
+            };
+            let mut codec = SyncCodec {
+                max_request: 1 << 20,
+                max_response: 1 << 24,
+            };
+            let mut out = futures::io::Cursor::new(Vec::new());
+            futures::executor::block_on(libp2p::request_response::Codec::write_response(
+                &mut codec,
+                &SYNC_PROTOCOL,
+                &mut out,
+                res.clone(),
+            ))
+            .unwrap();
+            let out = out.into_inner();
+            let plain = rmp_serde::to_vec_named(&res).unwrap();
+            assert_eq!(out[..4], (plain.len() as u32).to_be_bytes(), "{count}");
+            assert_eq!(out[4..], plain[..], "{count} slices of {size}");
+            let back = futures::executor::block_on(libp2p::request_response::Codec::read_response(
+                &mut codec,
+                &SYNC_PROTOCOL,
+                &mut futures::io::Cursor::new(out),
+            ))
+            .unwrap();
+            assert_eq!(back, res);
+        }
     }
 
     #[test]

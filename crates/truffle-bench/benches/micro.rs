@@ -236,9 +236,9 @@ fn sync_codec(c: &mut Criterion) {
         seq: 1,
         data: "x".repeat(64 * 1024),
     };
-    let slices: Vec<serde_bytes::ByteBuf> = (0..32)
+    let slices: Vec<std::sync::Arc<[u8]>> = (0..32)
         .map(|i| {
-            serde_bytes::ByteBuf::from(signed_slice(
+            std::sync::Arc::from(signed_slice(
                 &key,
                 &id,
                 device_of(&key),

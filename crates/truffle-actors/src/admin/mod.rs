@@ -269,6 +269,7 @@ async fn node(State(st): State<Arc<AppState>>) -> Json<Value> {
             "rejected": m.rejected,
             "devices_removed": m.devices_removed,
             "connection_failures": m.connection_failures,
+            "sync_over_budget": m.sync_over_budget,
         },
     }))
 }

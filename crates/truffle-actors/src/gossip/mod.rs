@@ -7,6 +7,7 @@
 //! its own. Local slices do not pass through it: store actors wake the swarm task, which
 //! signs and publishes them and then tells the engine (see [`crate::store::StorePort`]).
 
+mod budget;
 pub(crate) mod swarm;
 
 use std::collections::HashMap;

@@ -6,29 +6,35 @@
 //! gossip actor runs; the two talk through an unbounded command channel (local, bounded by
 //! the engine's own behaviour) and actor messages carrying engine inputs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::Either;
 use futures::StreamExt;
+use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::upgrade::Version as UpgradeVersion;
 use libp2p::core::Transport as _;
 use libp2p::gossipsub::{
-    self, AllowAllSubscriptionFilter, IdentTopic, IdentityTransform, MaxCountSubscriptionFilter,
+    self, AllowAllSubscriptionFilter, DataTransform, IdentTopic, MaxCountSubscriptionFilter,
     MessageAcceptance, MessageAuthenticity, MessageId, PeerScoreParams, PeerScoreThresholds,
-    TopicScoreParams, ValidationMode,
+    RawMessage, TopicHash, TopicScoreParams, ValidationMode,
 };
 use libp2p::identity::Keypair;
 use libp2p::pnet::PnetConfig;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{dns, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{
+    connection_limits, dns, identify, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm,
+};
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 
+use super::budget::InboundBudget;
 use super::{goodbye, GossipMsg};
 use crate::addrs::error_chain;
 use crate::config::Config;
@@ -46,7 +52,7 @@ use crate::wire::{
 };
 
 type Gossipsub =
-    gossipsub::Behaviour<IdentityTransform, MaxCountSubscriptionFilter<AllowAllSubscriptionFilter>>;
+    gossipsub::Behaviour<JoinedTopicsOnly, MaxCountSubscriptionFilter<AllowAllSubscriptionFilter>>;
 
 /// Most topics a remote peer may subscribe to before gossipsub ignores its subscriptions.
 /// (gossipsub's default filter caps this at 100 and rejects the whole list past it.)
@@ -54,8 +60,78 @@ const MAX_REMOTE_TOPICS: usize = 10_000;
 /// Extra room in the transmit limit for the envelope around a maximal slice.
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
 
+/// Drops gossip on topics this node has not joined before gossipsub caches it.
+///
+/// gossipsub 0.50.1 (`Behaviour::handle_received_message`) puts every received message in
+/// its message cache, where it stays for `history_length` heartbeats (2.5 s here), and
+/// only then checks whether this node subscribes to the message's topic; a message on
+/// any other topic is never validated or delivered, but it is held all the same. So a
+/// peer sending large messages on topics nobody here joined grew a node's memory by
+/// gigabytes. The inbound data transform is the one hook gossipsub runs before that
+/// cache: this one fails every message whose topic is not the presence topic or a joined
+/// store's, so gossipsub drops it on the spot (as a transform failure: no cache, no
+/// duplicate entry, no IDONTWANT, no forwarding). Each is counted as
+/// [`RejectReason::UnjoinedTopic`](crate::wire::RejectReason::UnjoinedTopic). Honest
+/// peers send a node only messages on topics it subscribed to, so only junk lands here.
+#[derive(Clone)]
+pub(crate) struct JoinedTopicsOnly {
+    joined: Arc<Mutex<HashSet<TopicHash>>>,
+    counters: Arc<Counters>,
+}
+
+impl JoinedTopicsOnly {
+    /// Accepts the presence topic only, until stores are joined.
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        let presence = IdentTopic::new(PRESENCE_TOPIC).hash();
+        Self {
+            joined: Arc::new(Mutex::new(HashSet::from([presence]))),
+            counters,
+        }
+    }
+
+    /// Accepts messages on `topic` from now on (before subscribing to it, so that nothing
+    /// sent on it after the subscription is dropped).
+    fn join(&self, topic: TopicHash) {
+        self.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic);
+    }
+
+    fn is_joined(&self, topic: &TopicHash) -> bool {
+        self.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+    }
+}
+
+impl DataTransform for JoinedTopicsOnly {
+    fn inbound_transform(&self, raw: RawMessage) -> std::io::Result<gossipsub::Message> {
+        if !self.is_joined(&raw.topic) {
+            // The topic is the sender's text: keep the log line short.
+            let topic: String = raw.topic.as_str().chars().take(80).collect();
+            let reason = crate::wire::RejectReason::UnjoinedTopic;
+            self.counters.reject(reason, &"a gossip peer", &topic);
+            return Err(std::io::Error::other("a topic this node has not joined"));
+        }
+        Ok(gossipsub::Message {
+            source: raw.source,
+            data: raw.data,
+            sequence_number: raw.sequence_number,
+            topic: raw.topic,
+        })
+    }
+
+    fn outbound_transform(&self, _: &TopicHash, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        Ok(data)
+    }
+}
+
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Pending and established incoming connections, and connections per peer.
+    limits: connection_limits::Behaviour,
     gossipsub: Gossipsub,
     sync: request_response::Behaviour<SyncCodec>,
     identify: identify::Behaviour,
@@ -116,13 +192,22 @@ fn message_id(m: &gossipsub::Message) -> MessageId {
     MessageId::from(&h.finalize()[..20])
 }
 
-pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>, Error> {
+pub(crate) fn build_swarm(
+    key: Keypair,
+    cfg: &Config,
+    topics: JoinedTopicsOnly,
+) -> Result<Swarm<Behaviour>, Error> {
     let max_msg = max_transmit_size(cfg);
     let heartbeat = cfg.gossip_heartbeat;
     let mdns_on = cfg.mdns;
     let max_response = cfg.max_response_bytes;
     let psk = cfg.psk;
     let connect_timeout = cfg.connect_timeout;
+    let inbound_timeout = cfg.inbound_handshake_timeout;
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(cfg.max_pending_incoming))
+        .with_max_established_incoming(Some(cfg.max_established_incoming))
+        .with_max_established_per_peer(Some(cfg.max_connections_per_peer));
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(
@@ -150,11 +235,17 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
                         None => Ok(Either::Right(socket)),
                     }
                 });
-                Ok(private
+                let upgraded = private
                     .upgrade(UpgradeVersion::V1Lazy)
                     .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
-                    .timeout(connect_timeout))
+                    .multiplex(yamux::Config::default());
+                // An incoming connection gets less time than a dial: a peer that opens
+                // connections and stays silent holds each one (and a file descriptor)
+                // until this runs out.
+                Ok(TransportTimeout::with_ingoing_timeout(
+                    TransportTimeout::with_outgoing_timeout(upgraded, connect_timeout),
+                    inbound_timeout,
+                ))
             },
         )
         .map_err(|e| Error::Transport(e.to_string()))?
@@ -173,10 +264,11 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
                 max_subscribed_topics: MAX_REMOTE_TOPICS,
                 max_subscriptions_per_request: MAX_REMOTE_TOPICS,
             };
-            let mut gossipsub = Gossipsub::new_with_subscription_filter(
+            let mut gossipsub = Gossipsub::new_with_subscription_filter_and_transform(
                 MessageAuthenticity::Anonymous,
                 gs_config,
                 filter,
+                topics,
             )?;
             gossipsub.with_peer_score(score_params(), PeerScoreThresholds::default())?;
             let sync = request_response::Behaviour::with_codec(
@@ -202,6 +294,7 @@ pub(crate) fn build_swarm(key: Keypair, cfg: &Config) -> Result<Swarm<Behaviour>
                 None
             };
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
                 gossipsub,
                 sync,
                 identify,
@@ -291,8 +384,12 @@ pub(crate) struct SwarmTask {
     pub keys: KeyCache,
     /// Our requests in flight, by libp2p id, with the engine's id.
     pub outbound: HashMap<OutboundRequestId, RequestId>,
-    /// Inbound requests waiting for the engine's answer.
-    pub inbound: HashMap<Token, ResponseChannel<SyncResponse>>,
+    /// Inbound requests waiting for the engine's answer, with libp2p's id of each.
+    pub inbound: HashMap<Token, (ResponseChannel<SyncResponse>, InboundRequestId)>,
+    /// What each peer's inbound requests may cost at a time (see [`super::budget`]).
+    pub inbound_budget: InboundBudget<PeerId, InboundRequestId>,
+    /// The topics gossipsub accepts messages on (shared with its inbound transform).
+    pub topics: JoinedTopicsOnly,
     pub next_token: Token,
     /// Signs this node's slices as they are published.
     pub key: Keypair,
@@ -377,6 +474,7 @@ impl SwarmTask {
             SwarmCmd::Subscribe { store, outbox } => {
                 self.outboxes.insert(store.clone(), outbox);
                 let topic = IdentTopic::new(store_topic(&store));
+                self.topics.join(topic.hash());
                 let gs = &mut self.swarm.behaviour_mut().gossipsub;
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
                 if let Err(e) = gs.subscribe(&topic) {
@@ -395,7 +493,7 @@ impl SwarmTask {
             }
             #[cfg(feature = "test-hooks")]
             SwarmCmd::InjectResponse { peer, slices } => {
-                let slices = slices.into_iter().map(serde_bytes::ByteBuf::from).collect();
+                let slices = slices.into_iter().map(Arc::from).collect();
                 self.on_response(peer, 0, slices);
             }
             SwarmCmd::PublishPresence(bytes) => {
@@ -450,20 +548,26 @@ impl SwarmTask {
                 };
                 self.request(peer, id, req);
             }
-            SwarmCmd::Respond { token, slices } => {
-                if let Some(channel) = self.inbound.remove(&token) {
-                    let response = SyncResponse {
-                        v: PROTOCOL_VERSION,
-                        slices: slices
-                            .iter()
-                            .map(|raw| serde_bytes::ByteBuf::from(raw.to_vec()))
-                            .collect(),
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .sync
-                        .send_response(channel, response);
+            SwarmCmd::Respond { token, mut slices } => {
+                let Some((channel, request)) = self.inbound.remove(&token) else {
+                    return;
+                };
+                // Only what fits the asking peer's bytes in flight goes out (nothing when
+                // the request already failed); the slices are shared with what the engine
+                // holds, never copied.
+                let sizes = slices.iter().map(|s| s.len());
+                if let Some(fit) = self.inbound_budget.fit(request, sizes) {
+                    if fit < slices.len() {
+                        slices.truncate(fit);
+                        inc(&self.counters.sync_over_budget);
+                    }
+                    let _ = self.swarm.behaviour_mut().sync.send_response(
+                        channel,
+                        SyncResponse {
+                            v: PROTOCOL_VERSION,
+                            slices,
+                        },
+                    );
                 }
             }
             SwarmCmd::Dial(peer, addrs) => {
@@ -665,7 +769,14 @@ impl SwarmTask {
         };
         let hint = kind.explain(self.psk_fingerprint.is_some());
         match &self.psk_fingerprint {
-            Some(fp) if matches!(kind, ConnectFailure::Handshake | ConnectFailure::Timeout) => {
+            Some(fp)
+                if matches!(
+                    kind,
+                    ConnectFailure::Handshake
+                        | ConnectFailure::Timeout
+                        | ConnectFailure::InboundTimeout
+                ) =>
+            {
                 tracing::warn!(psk_fingerprint = %fp, error, repeats, "{what}: {hint}")
             }
             _ => tracing::warn!(error, repeats, "{what}: {hint}"),
@@ -784,7 +895,7 @@ impl SwarmTask {
     }
 
     /// Verifies the slices of a sync answer and hands them to the engine.
-    fn on_response(&mut self, peer: PeerId, id: RequestId, raw: Vec<serde_bytes::ByteBuf>) {
+    fn on_response(&mut self, peer: PeerId, id: RequestId, raw: Vec<Arc<[u8]>>) {
         let mut slices = Vec::new();
         for bytes in raw.into_iter().take(crate::proto::MAX_WANTS) {
             inc(&self.counters.delivered);
@@ -811,7 +922,9 @@ impl SwarmTask {
                 peer,
                 message:
                     request_response::Message::Request {
-                        request, channel, ..
+                        request_id,
+                        request,
+                        channel,
                     },
                 ..
             } => {
@@ -825,10 +938,22 @@ impl SwarmTask {
                     );
                     // The stream is authenticated: `peer` is the device that is leaving.
                     self.forward(goodbye(peer.into(), request.incarnation));
+                } else if !self.inbound_budget.admit(peer, request_id) {
+                    // The peer has its most requests being answered: an empty answer now,
+                    // before the engine does any work for it.
+                    inc(&self.counters.sync_over_budget);
+                    tracing::debug!(%peer, "sync request over the peer's budget; answered empty");
+                    let _ = self.swarm.behaviour_mut().sync.send_response(
+                        channel,
+                        SyncResponse {
+                            v: PROTOCOL_VERSION,
+                            slices: Vec::new(),
+                        },
+                    );
                 } else {
                     self.next_token += 1;
                     let token = self.next_token;
-                    self.inbound.insert(token, channel);
+                    self.inbound.insert(token, (channel, request_id));
                     let want = request
                         .want
                         .iter()
@@ -879,13 +1004,16 @@ impl SwarmTask {
             }
             request_response::Event::InboundFailure {
                 peer,
-                request_id: _,
+                request_id,
                 error,
                 ..
             } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");
+                self.inbound_budget.release(request_id);
             }
-            _ => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.inbound_budget.release(request_id);
+            }
         }
     }
 }

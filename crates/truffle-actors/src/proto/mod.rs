@@ -1146,10 +1146,24 @@ impl Engine {
         }
     }
 
+    /// The held slices `want` names, each at most once however often it is named (a
+    /// whole-store want covers every device's slice in that store), up to
+    /// `max_response_bytes`. The slices are shared, not copied.
     fn answer(&self, want: &[Want]) -> Vec<Arc<[u8]>> {
+        let want = &want[..want.len().min(MAX_WANTS)];
+        let whole: HashSet<&StoreId> = want
+            .iter()
+            .filter(|w| w.device.is_none())
+            .map(|w| &w.store)
+            .collect();
+        let mut named: HashSet<(&StoreId, Option<&DeviceId>)> = HashSet::new();
         let mut slices = Vec::new();
         let mut bytes = 0usize;
-        'wants: for w in want.iter().take(MAX_WANTS) {
+        'wants: for w in want {
+            let covered = w.device.is_some() && whole.contains(&w.store);
+            if covered || !named.insert((&w.store, w.device.as_ref())) {
+                continue;
+            }
             let Some(held) = self.held.get(&w.store) else {
                 continue;
             };

@@ -409,3 +409,50 @@ fn a_refresh_of_a_full_view_dials_a_silent_member_first() {
         "one dial per refresh, the silent member"
     );
 }
+
+/// A request naming one slice many times, or a device's slice besides its whole store,
+/// gets each held slice once, shared with what the engine holds (the fetch-amplification
+/// attack asked for one 1 MB slice 64 times and got 64 copies).
+#[test]
+fn an_answer_holds_each_slice_once_however_often_it_is_wanted() {
+    let (mut e, t0) = engine();
+    let (a, b) = (st("a"), st("b"));
+    step(&mut e, Input::Join(a.clone()), t0);
+    step(&mut e, Input::Join(b.clone()), t0);
+    for (s, d, v) in [(&a, 1, 1), (&a, 2, 2), (&b, 1, 3)] {
+        step(
+            &mut e,
+            Input::Slice {
+                via: dev(d),
+                slice: slice(s, dev(d), Version::new(1, v)),
+            },
+            t0,
+        );
+    }
+    let one = |s: &StoreId, d: Option<u8>| Want {
+        store: s.clone(),
+        device: d.map(dev),
+    };
+    let mut want = vec![one(&a, Some(1)); 64];
+    want.extend([one(&a, None), one(&a, None), one(&a, Some(2))]);
+    want.extend(vec![one(&b, Some(1)); 3]);
+    want.extend([one(&st("c"), None), one(&b, Some(9))]);
+    let out = step(
+        &mut e,
+        Input::Request {
+            peer: dev(1),
+            token: 7,
+            want,
+        },
+        t0,
+    );
+    let Some(Output::Respond { token: 7, slices }) = out.first() else {
+        panic!("no answer: {out:?}");
+    };
+    assert_eq!(slices.len(), 3, "each held slice once: {slices:?}");
+    for (s, d) in [(&a, 1), (&a, 2), (&b, 1)] {
+        let held = &e.held[s][&dev(d)];
+        let sent = slices.iter().filter(|x| Arc::ptr_eq(x, held)).count();
+        assert_eq!(sent, 1, "{s}/{d} sent once, shared (not copied)");
+    }
+}
