@@ -416,6 +416,7 @@ mod rogue {
                             let response = SyncResponse {
                                 v: 1,
                                 slices: answer.iter().cloned().map(Arc::from).collect(),
+                                ..SyncResponse::default()
                             };
                             let _ = swarm.behaviour_mut().sync.send_response(channel, response);
                             let _ = seen_tx.send(Seen::Answered);
@@ -827,6 +828,7 @@ async fn a_fetch_wanting_one_slice_many_times_gets_it_once_and_unread_answers_st
             WANTED
         ],
         incarnation: 0,
+        ..SyncRequest::default()
     };
     let request_bytes = rmp_serde::to_vec_named(&request).unwrap().len();
     assert!(request_bytes < 5_000, "{request_bytes}");

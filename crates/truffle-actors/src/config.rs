@@ -25,6 +25,7 @@ pub(crate) struct Config {
     pub mdns: bool,
     pub psk: Option<PreSharedKey>,
     pub offline_view: bool,
+    pub liveness: crate::proto::Liveness,
 }
 
 impl Default for Config {
@@ -47,6 +48,7 @@ impl Default for Config {
             mdns: true,
             psk: None,
             offline_view: false,
+            liveness: crate::proto::Liveness::Heartbeats,
         }
     }
 }

@@ -173,6 +173,25 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// How this node judges which devices are alive (default [`Liveness::Heartbeats`]).
+    ///
+    /// [`Liveness::Watch`] is experimental: each node watches only its connected peers
+    /// (pinged every second), accuses one it cannot reach again, and the accused refutes
+    /// with a newer signed heartbeat; views are compared by hash with one random peer per
+    /// second. Its cost per node does not grow with the mesh, where heartbeats flood every
+    /// device's announcement to every node twice a second. Every node of a mesh must run
+    /// the same liveness: a heartbeats node removes a watch node after the presence
+    /// timeout, since watch nodes announce themselves only when something changes.
+    ///
+    /// ```
+    /// # use truffle_actors::{MeshNode, proto::Liveness};
+    /// let builder = MeshNode::builder().liveness(Liveness::Watch);
+    /// ```
+    pub fn liveness(mut self, liveness: crate::proto::Liveness) -> Self {
+        self.cfg.liveness = liveness;
+        self
+    }
+
     /// Events a subscriber may fall behind before it gets `Lagged` (default 1024).
     pub fn event_buffer(mut self, events: usize) -> Self {
         self.cfg.event_buffer = events;
@@ -519,6 +538,9 @@ impl MeshNodeBuilder {
             dial_warnings: Default::default(),
             keys: Default::default(),
             outbound: HashMap::new(),
+            asks: HashMap::new(),
+            presences: Default::default(),
+            me: device.peer_id(),
             inbound: HashMap::new(),
             inbound_budget: Default::default(),
             topics,
@@ -594,6 +616,7 @@ fn proto_config(cfg: &Config) -> ProtoConfig {
     p.max_response_bytes = cfg.max_response_bytes;
     p.leave_timeout = cfg.leave_timeout;
     p.target_peers = cfg.target_peers;
+    p.liveness = cfg.liveness;
     p
 }
 

@@ -28,6 +28,8 @@ pub const SLICE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/slice:";
 pub const PRESENCE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/presence:";
 /// Bytes prepended to a leave body before signing it.
 pub const LEAVE_SIGNING_CONTEXT: &[u8] = b"truffle/v1/leave:";
+/// Bytes prepended to an accusation body before signing it (watch liveness).
+pub const SUSPECT_SIGNING_CONTEXT: &[u8] = b"truffle/v1/suspect:";
 /// Most digest entries one presence message carries; stores past it are announced in
 /// later rounds (the digest rotates).
 pub const MAX_DIGEST_ENTRIES: usize = 256;
@@ -354,11 +356,24 @@ pub(crate) struct Leave {
     pub incarnation: u64,
 }
 
+/// "`device` stopped answering me": the signed body of a `suspect` message (watch
+/// liveness), published on the presence topic and signed by the accuser. `seq` is the
+/// accused's latest heartbeat the accuser knew; a heartbeat of the same run with a higher
+/// `seq` refutes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Suspect {
+    pub accuser: String,
+    pub device: String,
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
 /// A decoded message from the presence topic.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PresenceMsg {
     Presence(Presence),
     Leave(Leave),
+    Suspect(Suspect),
 }
 
 /// The wire form of the core's heartbeat.
@@ -420,6 +435,12 @@ pub(crate) fn encode_leave(key: &Keypair, l: &Leave) -> Result<Vec<u8>, String> 
     seal(key, "leave", LEAVE_SIGNING_CONTEXT, body)
 }
 
+/// Encodes and signs an accusation (the accuser's key).
+pub(crate) fn encode_suspect(key: &Keypair, s: &Suspect) -> Result<Vec<u8>, String> {
+    let body = rmp_serde::to_vec_named(s).map_err(|e| e.to_string())?;
+    seal(key, "suspect", SUSPECT_SIGNING_CONTEXT, body)
+}
+
 /// Decodes a presence-topic message and checks that the device it names signed it.
 /// Returns that device with the message.
 pub(crate) fn decode_presence_msg(
@@ -434,6 +455,7 @@ pub(crate) fn decode_presence_msg(
     let context = match h.kind.as_str() {
         "presence" => PRESENCE_SIGNING_CONTEXT,
         "leave" => LEAVE_SIGNING_CONTEXT,
+        "suspect" => SUSPECT_SIGNING_CONTEXT,
         _ => return Err(RejectReason::UnknownKind),
     };
     let msg: SignedMsg = rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
@@ -449,6 +471,11 @@ pub(crate) fn decode_presence_msg(
         }
         let d = p.device.clone();
         (PresenceMsg::Presence(p), d)
+    } else if h.kind == "suspect" {
+        let s: Suspect = rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
+        // Signed by the accuser, who names itself.
+        let d = s.accuser.clone();
+        (PresenceMsg::Suspect(s), d)
     } else {
         let l: Leave = rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
         let d = l.device.clone();
@@ -490,11 +517,15 @@ pub struct Want {
 }
 
 /// A direct request over [`SYNC_PROTOCOL`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The fields after `incarnation` belong to watch liveness (kinds `digest`, `members`,
+/// `trim`, `accused`); they are left out when empty, so a `fetch` or `leave` encodes as it
+/// always did, and a node that does not know a kind answers it with no slices.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
     /// [`PROTOCOL_VERSION`].
     pub v: u8,
-    /// `"fetch"` or `"leave"`.
+    /// `"fetch"`, `"leave"`, `"digest"`, `"members"`, `"trim"` or `"accused"`.
     pub kind: String,
     /// For `fetch`: what to send back.
     #[serde(default)]
@@ -502,6 +533,36 @@ pub struct SyncRequest {
     /// For `leave`: the incarnation that is leaving.
     #[serde(default)]
     pub incarnation: Incarnation,
+    /// For `digest`: the asker's view, hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<WireDigest>,
+    /// For `members`: the devices whose latest presence the asker wants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// For `accused`: the accusation passed on to the accused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accused: Option<WireSuspicion>,
+}
+
+/// A node's view, hashed (see the book's Simulation chapter, "Watch liveness").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireDigest {
+    /// XOR of the member entry hashes.
+    pub members: u64,
+    /// Per store: XOR of the held slice version hashes.
+    #[serde(default)]
+    pub stores: Vec<(String, u64)>,
+}
+
+/// An accusation passed on directly (`accused` request).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSuspicion {
+    /// The accused.
+    pub device: String,
+    /// Its run.
+    pub incarnation: u64,
+    /// Its latest heartbeat the accuser knew.
+    pub seq: u64,
 }
 
 /// The answer to a [`SyncRequest`]: signed slice messages, relayed as their owners signed them.
@@ -516,6 +577,17 @@ pub struct SyncResponse {
     /// Slice messages exactly as their owners encoded and signed them (MessagePack `bin`s).
     #[serde(default, with = "shared_bins")]
     pub slices: Vec<Arc<[u8]>>,
+    /// Answer to `digest` when the member hashes differ: the answering node's live
+    /// members, `(device, incarnation, presence seq)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<(String, u64, u64)>>,
+    /// Answer to `digest`: for each store whose hash differs, the slice versions held,
+    /// `(device, incarnation, counter)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<(String, Vec<(String, u64, u64)>)>,
+    /// Answer to `members`: presence messages exactly as their devices signed them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "shared_bins")]
+    pub presences: Vec<Arc<[u8]>>,
 }
 
 /// `Vec<Arc<[u8]>>` as a MessagePack array of `bin`s (serde would write each `[u8]` as an
@@ -611,7 +683,10 @@ impl libp2p::request_response::Codec for SyncCodec {
     {
         let buf = read_frame(io, self.max_request).await?;
         let h = header(&buf).map_err(invalid)?;
-        if h.kind != "fetch" && h.kind != "leave" {
+        if !matches!(
+            h.kind.as_str(),
+            "fetch" | "leave" | "digest" | "members" | "trim" | "accused"
+        ) {
             return Err(invalid(RejectReason::UnknownKind));
         }
         rmp_serde::from_slice(&buf).map_err(invalid)
@@ -648,6 +723,11 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        if res.members.is_some() || !res.stores.is_empty() || !res.presences.is_empty() {
+            // A watch-liveness answer: small next to a slice answer, encoded whole.
+            let body = rmp_serde::to_vec_named(&res).map_err(invalid)?;
+            return write_frame(io, &body).await;
+        }
         // The slices go to the stream straight from the shared bytes the node holds: no
         // copy of the answer (up to `max_response_bytes`) is built first, and a peer that
         // does not read its answers holds only what the stream buffers.
@@ -908,6 +988,7 @@ mod tests {
                 slices: (0..count)
                     .map(|i| Arc::from(vec![i as u8; size + i]))
                     .collect(),
+                ..SyncResponse::default()
             };
             let mut codec = SyncCodec {
                 max_request: 1 << 20,

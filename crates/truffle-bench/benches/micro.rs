@@ -247,7 +247,11 @@ fn sync_codec(c: &mut Criterion) {
             ))
         })
         .collect();
-    let response = SyncResponse { v: 1, slices };
+    let response = SyncResponse {
+        v: 1,
+        slices,
+        ..SyncResponse::default()
+    };
     let mut codec = SyncCodec {
         max_request: 1 << 20,
         max_response: 64 << 20,

@@ -48,6 +48,8 @@ pub struct Cfg {
     pub quick: bool,
     /// Seed for dial graphs and trial spacing.
     pub seed: u64,
+    /// The liveness the overlay scenarios (`idle-cost`, `hub-crash`) run.
+    pub liveness: truffle_actors::proto::Liveness,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +129,18 @@ struct Opts {
     /// List the scenarios.
     #[arg(long)]
     list: bool,
+    /// Liveness of the nodes in `idle-cost` and `hub-crash`: `heartbeats` (the default) or
+    /// `watch` (experimental; see `MeshNodeBuilder::liveness`).
+    #[arg(long, value_name = "KIND", default_value = "heartbeats", value_parser = parse_liveness)]
+    liveness: truffle_actors::proto::Liveness,
+}
+
+fn parse_liveness(s: &str) -> Result<truffle_actors::proto::Liveness, String> {
+    match s {
+        "heartbeats" => Ok(truffle_actors::proto::Liveness::Heartbeats),
+        "watch" => Ok(truffle_actors::proto::Liveness::Watch),
+        _ => Err(format!("unknown liveness `{s}`: heartbeats or watch")),
+    }
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {
@@ -226,6 +240,7 @@ fn main() {
     let cfg = Cfg {
         quick: opts.quick,
         seed: opts.seed,
+        liveness: opts.liveness,
     };
     let mut chosen = if opts.scenarios.is_empty() {
         ALL.to_vec()

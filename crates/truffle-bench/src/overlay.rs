@@ -13,6 +13,7 @@ use chitchat::spawn_chitchat;
 use chitchat::transport::UdpTransport;
 use serde_json::{json, Map, Value};
 use truffle_actors::prelude::*;
+use truffle_actors::proto::Liveness;
 
 use crate::baseline_chitchat::{config, free_udp_addrs};
 use crate::mesh::{Mesh, Payload};
@@ -27,11 +28,14 @@ const SETTLE: Duration = Duration::from_secs(5);
 
 /// `n` nodes, each bootstrapped from node 0, each joined to the store with one write;
 /// and when the last one joined.
-async fn star(n: usize) -> Result<(Vec<MeshNode>, Vec<Store<Payload>>, Instant), String> {
+async fn star(
+    n: usize,
+    liveness: Liveness,
+) -> Result<(Vec<MeshNode>, Vec<Store<Payload>>, Instant), String> {
     let topo = (0..n)
         .map(|i| if i == 0 { vec![] } else { vec![0] })
         .collect();
-    let mesh = Mesh::start_with(topo, |b| b).await?;
+    let mesh = Mesh::start_with(topo, |b| b.liveness(liveness)).await?;
     for (i, store) in mesh.stores.iter().enumerate() {
         store
             .update(move |d| d.seq = i as u64)
@@ -62,9 +66,9 @@ async fn shutdown(nodes: Vec<MeshNode>) {
 }
 
 /// One truffle measurement at `n` nodes.
-async fn truffle_idle(n: usize) -> Result<Value, String> {
+async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
     let rss0 = sys::rss_kb().unwrap_or(0);
-    let (nodes, stores, last_join) = star(n).await?;
+    let (nodes, stores, last_join) = star(n, liveness).await?;
     let converged = poll_until(SETUP_DEADLINE, || {
         stores.iter().all(|s| s.snapshot().len() == n)
     })
@@ -145,8 +149,10 @@ pub async fn idle_cost(cfg: &Cfg, report: &mut Report) -> Value {
     let mut table = Table::new(
         format!(
             "Idle cost: N nodes in one process, one seed address, converged and idle; \
-             whole-process CPU over {} s (100 % = one core), chitchat 0.13 at 1 s beside it",
-            WINDOW.as_secs()
+             whole-process CPU over {} s (100 % = one core), chitchat 0.13 at 1 s beside it; \
+             liveness {:?}",
+            WINDOW.as_secs(),
+            cfg.liveness
         ),
         &[
             "N",
@@ -160,7 +166,7 @@ pub async fn idle_cost(cfg: &Cfg, report: &mut Report) -> Value {
     );
     let mut out = Map::new();
     for &n in sizes {
-        let t = truffle_idle(n)
+        let t = truffle_idle(n, cfg.liveness)
             .await
             .unwrap_or_else(|e| json!({ "error": e }));
         let c = chitchat_idle(n)
@@ -197,7 +203,7 @@ pub async fn idle_cost(cfg: &Cfg, report: &mut Report) -> Value {
 /// The hub-crash scenario.
 pub async fn hub_crash(cfg: &Cfg, report: &mut Report) -> Value {
     let n = if cfg.quick { 8 } else { 32 };
-    match hub_crash_once(n).await {
+    match hub_crash_once(n, cfg.liveness).await {
         Ok(v) => {
             let mut table = Table::new(
                 format!(
@@ -231,8 +237,8 @@ pub async fn hub_crash(cfg: &Cfg, report: &mut Report) -> Value {
     }
 }
 
-async fn hub_crash_once(n: usize) -> Result<Value, String> {
-    let (mut nodes, mut stores, _) = star(n).await?;
+async fn hub_crash_once(n: usize, liveness: Liveness) -> Result<Value, String> {
+    let (mut nodes, mut stores, _) = star(n, liveness).await?;
     if poll_until(SETUP_DEADLINE, || {
         stores.iter().all(|s| s.snapshot().len() == n)
     })

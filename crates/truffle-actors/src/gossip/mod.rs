@@ -8,6 +8,7 @@
 //! signs and publishes them and then tells the engine (see [`crate::store::StorePort`]).
 
 mod budget;
+mod watch_wire;
 pub(crate) mod swarm;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::metrics::{inc, Counters};
 use crate::proto::{Engine, Input, Output, Report, Timer};
 use crate::store::{Outbox, StoreInput, StoreSink};
-use crate::wire::{encode_leave, encode_presence, presence_of, Leave};
+use crate::wire::{encode_leave, encode_presence, encode_suspect, presence_of, Leave, Suspect};
 
 pub(crate) enum GossipMsg {
     Join {
@@ -103,7 +104,10 @@ impl GossipState {
                     let mut presence = presence_of(&h);
                     presence.name = self.args.counters.intro.own_name();
                     match encode_presence(&self.args.key, &presence) {
-                        Ok(bytes) => self.cmd(SwarmCmd::PublishPresence(bytes)),
+                        Ok(bytes) => self.cmd(SwarmCmd::PublishPresence(
+                            bytes,
+                            Some((h.incarnation, h.seq)),
+                        )),
                         Err(e) => tracing::error!(error = %e, "cannot sign presence; not sent"),
                     }
                 }
@@ -176,9 +180,20 @@ impl GossipState {
                     }
                 }
                 Output::Report(r) => self.report(r),
-                // Watch liveness runs in the simulator only so far: a node's engine always
-                // runs with heartbeats (`Liveness::Heartbeats`), which never asks for these.
-                Output::PublishSuspect(_) | Output::Ask { .. } | Output::Reply { .. } => {}
+                Output::PublishSuspect(s) => {
+                    let msg = Suspect {
+                        accuser: self.args.engine.me().to_string(),
+                        device: s.device.to_string(),
+                        incarnation: s.incarnation,
+                        seq: s.seq,
+                    };
+                    match encode_suspect(&self.args.key, &msg) {
+                        Ok(bytes) => self.cmd(SwarmCmd::PublishPresence(bytes, None)),
+                        Err(e) => tracing::error!(error = %e, "cannot sign an accusation; not sent"),
+                    }
+                }
+                Output::Ask { peer, id, ask } => self.cmd(SwarmCmd::Ask { peer, id, ask }),
+                Output::Reply { token, reply } => self.cmd(SwarmCmd::Reply { token, reply }),
             }
         }
     }

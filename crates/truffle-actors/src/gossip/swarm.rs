@@ -35,6 +35,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::budget::InboundBudget;
+use super::watch_wire::{self, AskKind, Presences};
 use super::{goodbye, GossipMsg};
 use crate::addrs::error_chain;
 use crate::config::Config;
@@ -43,7 +44,7 @@ use crate::error::Error;
 use crate::faults::{blocked, drop_inbound, FaultHandle};
 use crate::ids::{DeviceId, StoreId, Version};
 use crate::metrics::{inc, Counters};
-use crate::proto::{Heartbeat, Input, RequestId, Token, Want};
+use crate::proto::{Ask, Input, Reply, RequestId, Token, Want};
 use crate::store::Outbox;
 use crate::wire::{
     decode_presence_msg, decode_slice, encode_slice_as, store_topic, KeyCache, PresenceMsg,
@@ -284,7 +285,15 @@ pub(crate) fn build_swarm(
                 "/truffle/id/1".into(),
                 key.public(),
             ));
-            let ping = ping::Behaviour::default();
+            // Watch liveness notices a peer that stopped answering by its pings.
+            let ping = match cfg.liveness {
+                crate::proto::Liveness::Watch => ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_secs(1))
+                        .with_timeout(Duration::from_secs(2)),
+                ),
+                _ => ping::Behaviour::default(),
+            };
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
                     mdns::Config::default(),
@@ -336,7 +345,20 @@ pub(crate) enum SwarmCmd {
         peer: PeerId,
         slices: Vec<Vec<u8>>,
     },
-    PublishPresence(Vec<u8>),
+    /// Publish on the presence topic: a heartbeat (with its `(incarnation, seq)`, kept to
+    /// answer `members` requests) or an accusation.
+    PublishPresence(Vec<u8>, Option<(u64, u64)>),
+    /// Send a watch-liveness request.
+    Ask {
+        peer: DeviceId,
+        id: RequestId,
+        ask: Ask,
+    },
+    /// Answer a watch-liveness request.
+    Reply {
+        token: Token,
+        reply: Reply,
+    },
     /// Publish this signed leave (if not empty) and no more local slices.
     Goodbye(Vec<u8>),
     /// Publish an own slice again (it reached nobody before).
@@ -384,6 +406,12 @@ pub(crate) struct SwarmTask {
     pub keys: KeyCache,
     /// Our requests in flight, by libp2p id, with the engine's id.
     pub outbound: HashMap<OutboundRequestId, RequestId>,
+    /// Our watch-liveness requests in flight, with the engine's id and the answer expected.
+    pub asks: HashMap<OutboundRequestId, (RequestId, AskKind)>,
+    /// The latest presence message of each device, to answer `members` requests.
+    pub presences: Presences,
+    /// This device (its own presence is kept too).
+    pub me: PeerId,
     /// Inbound requests waiting for the engine's answer, with libp2p's id of each.
     pub inbound: HashMap<Token, (ResponseChannel<SyncResponse>, InboundRequestId)>,
     /// What each peer's inbound requests may cost at a time (see [`super::budget`]).
@@ -496,7 +524,10 @@ impl SwarmTask {
                 let slices = slices.into_iter().map(Arc::from).collect();
                 self.on_response(peer, 0, slices);
             }
-            SwarmCmd::PublishPresence(bytes) => {
+            SwarmCmd::PublishPresence(bytes, own) => {
+                if let Some(at) = own {
+                    self.presences.keep(self.me, at, Arc::from(bytes.as_slice()));
+                }
                 let topic = IdentTopic::new(PRESENCE_TOPIC);
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
                     if !matches!(e, gossipsub::PublishError::NoPeersSubscribedToTopic) {
@@ -532,6 +563,7 @@ impl SwarmTask {
                         })
                         .collect(),
                     incarnation: 0,
+                    ..SyncRequest::default()
                 };
                 self.request(peer, id, req);
             }
@@ -543,10 +575,29 @@ impl SwarmTask {
                 let req = SyncRequest {
                     v: PROTOCOL_VERSION,
                     kind: "leave".into(),
-                    want: Vec::new(),
                     incarnation,
+                    ..SyncRequest::default()
                 };
                 self.request(peer, id, req);
+            }
+            SwarmCmd::Ask { peer, id, ask } => {
+                let (req, kind) = watch_wire::request_of(ask);
+                let rid = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer.peer_id(), req);
+                self.asks.insert(rid, (id, kind));
+            }
+            SwarmCmd::Reply { token, reply } => {
+                let Some((channel, request)) = self.inbound.remove(&token) else {
+                    return;
+                };
+                let res = watch_wire::response_of(reply, &self.presences);
+                let sizes = res.presences.iter().map(|p| p.len());
+                if self.inbound_budget.fit(request, sizes).is_some() {
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, res);
+                }
             }
             SwarmCmd::Respond { token, mut slices } => {
                 let Some((channel, request)) = self.inbound.remove(&token) else {
@@ -566,6 +617,7 @@ impl SwarmTask {
                         SyncResponse {
                             v: PROTOCOL_VERSION,
                             slices,
+                            ..SyncResponse::default()
                         },
                     );
                 }
@@ -658,6 +710,14 @@ impl SwarmTask {
                 result: Ok(rtt),
                 ..
             })) => self.counters.intro.rtt(peer.into(), rtt),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Err(error),
+                ..
+            })) => {
+                tracing::debug!(%peer, %error, "ping failed");
+                self.forward(Input::Unresponsive { peer: peer.into() });
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -711,6 +771,9 @@ impl SwarmTask {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 inc(&self.counters.connection_failures);
+                if let Some(peer) = peer_id {
+                    self.forward(Input::DialFailed { peer: peer.into() });
+                }
                 self.connection_failed(
                     &format!(
                         "dial to {}",
@@ -833,23 +896,12 @@ impl SwarmTask {
                     self.counters
                         .intro
                         .heard_name(device.into(), p.name.as_deref());
-                    let heartbeat = Heartbeat {
-                        device: device.into(),
-                        incarnation: p.incarnation,
-                        seq: p.seq,
-                        addrs: p.addrs,
-                        partial: p.partial,
-                        digest: p
-                            .digest
-                            .iter()
-                            .filter_map(|e| {
-                                Some((
-                                    StoreId::new(&e.store).ok()?,
-                                    Version::new(e.incarnation, e.version),
-                                ))
-                            })
-                            .collect(),
-                    };
+                    self.presences.keep(
+                        device,
+                        (p.incarnation, p.seq),
+                        Arc::from(message.data.as_slice()),
+                    );
+                    let heartbeat = watch_wire::heartbeat_of(device, p);
                     self.forward(Input::Heartbeat {
                         via: via.into(),
                         heartbeat: Arc::new(heartbeat),
@@ -859,6 +911,22 @@ impl SwarmTask {
                 Ok((device, PresenceMsg::Leave(l))) => {
                     inc(&self.counters.presence_received);
                     self.forward(goodbye(device.into(), l.incarnation));
+                    MessageAcceptance::Accept
+                }
+                Ok((accuser, PresenceMsg::Suspect(sus))) => {
+                    let Ok(accused) = sus.device.parse::<DeviceId>() else {
+                        self.counters
+                            .reject(crate::wire::RejectReason::BadField, &via, "presence topic");
+                        return MessageAcceptance::Reject;
+                    };
+                    self.forward(Input::Suspect {
+                        accuser: accuser.into(),
+                        suspicion: crate::proto::Suspicion {
+                            device: accused,
+                            incarnation: sus.incarnation,
+                            seq: sus.seq,
+                        },
+                    });
                     MessageAcceptance::Accept
                 }
                 Err(reason) => {
@@ -933,7 +1001,7 @@ impl SwarmTask {
                         channel,
                         SyncResponse {
                             v: PROTOCOL_VERSION,
-                            slices: Vec::new(),
+                            ..SyncResponse::default()
                         },
                     );
                     // The stream is authenticated: `peer` is the device that is leaving.
@@ -947,9 +1015,18 @@ impl SwarmTask {
                         channel,
                         SyncResponse {
                             v: PROTOCOL_VERSION,
-                            slices: Vec::new(),
+                            ..SyncResponse::default()
                         },
                     );
+                } else if let Some(ask) = watch_wire::ask_of(&request) {
+                    self.next_token += 1;
+                    let token = self.next_token;
+                    self.inbound.insert(token, (channel, request_id));
+                    self.forward(Input::Asked {
+                        peer: peer.into(),
+                        token,
+                        ask,
+                    });
                 } else {
                     self.next_token += 1;
                     let token = self.next_token;
@@ -986,6 +1063,21 @@ impl SwarmTask {
             } => {
                 if let Some(id) = self.outbound.remove(&request_id) {
                     self.on_response(peer, id, response.slices);
+                } else if let Some((id, kind)) = self.asks.remove(&request_id) {
+                    let (reply, rejected) = watch_wire::reply_of(
+                        kind,
+                        response,
+                        &mut self.keys,
+                        &mut self.presences,
+                    );
+                    for reason in rejected {
+                        self.counters.reject(reason, &peer, "members answer");
+                    }
+                    self.forward(Input::Replied {
+                        peer: peer.into(),
+                        id,
+                        reply,
+                    });
                 }
             }
             request_response::Event::OutboundFailure {
@@ -995,7 +1087,11 @@ impl SwarmTask {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
-                if let Some(id) = self.outbound.remove(&request_id) {
+                let id = self
+                    .outbound
+                    .remove(&request_id)
+                    .or_else(|| self.asks.remove(&request_id).map(|(id, _)| id));
+                if let Some(id) = id {
                     self.forward(Input::RequestFailed {
                         peer: peer.into(),
                         id,

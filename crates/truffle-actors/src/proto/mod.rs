@@ -35,7 +35,10 @@ mod membership;
 mod tests;
 mod watch;
 
-pub use self::watch::{Ask, Digest, DigestReply, Reply, Suspicion};
+pub use self::watch::{
+    Ask, Digest, DigestReply, Reply, Suspicion, MAX_MEMBERS_ASKED, MAX_MEMBER_ENTRIES,
+    MAX_STORE_ENTRIES,
+};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -1,0 +1,241 @@
+//! Watch liveness on the wire: the engine's [`Ask`]s and [`Reply`]s as sync requests and
+//! answers, and the presence messages a node keeps to answer `members` requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use libp2p::PeerId;
+
+use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+use crate::proto::{Ask, Digest, DigestReply, Heartbeat, Reply, Suspicion};
+use crate::wire::{
+    decode_presence_msg, KeyCache, Presence, PresenceMsg, RejectReason, SyncRequest, SyncResponse,
+    WireDigest, WireSuspicion, MAX_PRESENCE_BYTES, PROTOCOL_VERSION,
+};
+
+/// Most presence messages kept to answer `members` requests (one per device).
+const MAX_KEPT_PRESENCES: usize = 65_536;
+
+/// Which answer an outbound request expects.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AskKind {
+    Digest,
+    Members,
+    Done,
+}
+
+/// The latest presence message of each device, exactly as it signed it, with its
+/// `(incarnation, seq)`: what a `members` request is answered with.
+#[derive(Default)]
+pub(crate) struct Presences {
+    by_device: HashMap<PeerId, ((Incarnation, u64), Arc<[u8]>)>,
+}
+
+impl Presences {
+    /// Keeps `raw` if it is newer than what is kept of `device`.
+    pub fn keep(&mut self, device: PeerId, at: (Incarnation, u64), raw: Arc<[u8]>) {
+        let room = self.by_device.len() < MAX_KEPT_PRESENCES;
+        match self.by_device.get_mut(&device) {
+            Some(kept) if kept.0 >= at => {}
+            Some(kept) => *kept = (at, raw),
+            None if room => {
+                self.by_device.insert(device, (at, raw));
+            }
+            None => {}
+        }
+    }
+
+    /// The signed message of exactly this heartbeat, if kept.
+    fn get(&self, h: &Heartbeat) -> Option<Arc<[u8]>> {
+        let (at, raw) = self.by_device.get(&h.device.peer_id())?;
+        (*at == (h.incarnation, h.seq)).then(|| raw.clone())
+    }
+}
+
+/// The core's heartbeat from a verified presence body.
+pub(crate) fn heartbeat_of(device: PeerId, p: Presence) -> Heartbeat {
+    Heartbeat {
+        device: device.into(),
+        incarnation: p.incarnation,
+        seq: p.seq,
+        addrs: p.addrs,
+        partial: p.partial,
+        digest: p
+            .digest
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    StoreId::new(&e.store).ok()?,
+                    Version::new(e.incarnation, e.version),
+                ))
+            })
+            .collect(),
+    }
+}
+
+/// The request for an engine [`Ask`], and which answer to expect.
+pub(crate) fn request_of(ask: Ask) -> (SyncRequest, AskKind) {
+    let mut req = SyncRequest {
+        v: PROTOCOL_VERSION,
+        ..SyncRequest::default()
+    };
+    let kind = match ask {
+        Ask::Digest(d) => {
+            req.kind = "digest".into();
+            req.digest = Some(WireDigest {
+                members: d.members,
+                stores: d
+                    .stores
+                    .into_iter()
+                    .map(|(s, h)| (s.to_string(), h))
+                    .collect(),
+            });
+            AskKind::Digest
+        }
+        Ask::Members(devices) => {
+            req.kind = "members".into();
+            req.devices = devices.iter().map(|d| d.to_string()).collect();
+            AskKind::Members
+        }
+        Ask::Accused(s) => {
+            req.kind = "accused".into();
+            req.accused = Some(WireSuspicion {
+                device: s.device.to_string(),
+                incarnation: s.incarnation,
+                seq: s.seq,
+            });
+            AskKind::Done
+        }
+        // `Trim`, and kinds added later that carry nothing.
+        _ => {
+            req.kind = "trim".into();
+            AskKind::Done
+        }
+    };
+    (req, kind)
+}
+
+/// The engine [`Ask`] of an inbound request, if it is one (and well-formed). Entries that
+/// do not parse are dropped; lists are bounded by the engine.
+pub(crate) fn ask_of(req: &SyncRequest) -> Option<Ask> {
+    match req.kind.as_str() {
+        "digest" => {
+            let d = req.digest.as_ref()?;
+            Some(Ask::Digest(Digest {
+                members: d.members,
+                stores: d
+                    .stores
+                    .iter()
+                    .take(crate::proto::MAX_STORE_ENTRIES)
+                    .filter_map(|(s, h)| Some((StoreId::new(s).ok()?, *h)))
+                    .collect(),
+            }))
+        }
+        "members" => Some(Ask::Members(
+            req.devices
+                .iter()
+                .take(crate::proto::MAX_MEMBERS_ASKED)
+                .filter_map(|d| d.parse::<DeviceId>().ok())
+                .collect(),
+        )),
+        "trim" => Some(Ask::Trim),
+        "accused" => {
+            let s = req.accused.as_ref()?;
+            Some(Ask::Accused(Suspicion {
+                device: s.device.parse().ok()?,
+                incarnation: s.incarnation,
+                seq: s.seq,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// The answer for an engine [`Reply`].
+pub(crate) fn response_of(reply: Reply, kept: &Presences) -> SyncResponse {
+    let mut res = SyncResponse {
+        v: PROTOCOL_VERSION,
+        ..SyncResponse::default()
+    };
+    match reply {
+        Reply::Digest(DigestReply { members, stores }) => {
+            res.members = members.map(|m| {
+                m.into_iter()
+                    .map(|(d, i, s)| (d.to_string(), i, s))
+                    .collect()
+            });
+            res.stores = stores
+                .into_iter()
+                .map(|(store, entries)| {
+                    let entries = entries
+                        .into_iter()
+                        .map(|(d, v)| (d.to_string(), v.incarnation, v.counter))
+                        .collect();
+                    (store.to_string(), entries)
+                })
+                .collect();
+        }
+        Reply::Members(beats) => {
+            res.presences = beats.iter().filter_map(|b| kept.get(b)).collect();
+        }
+        _ => {}
+    }
+    res
+}
+
+/// The engine [`Reply`] in an answer of `kind`: presences are verified (and kept), entries
+/// that do not parse dropped. Rejected presences are returned for counting.
+pub(crate) fn reply_of(
+    kind: AskKind,
+    res: SyncResponse,
+    keys: &mut KeyCache,
+    kept: &mut Presences,
+) -> (Reply, Vec<RejectReason>) {
+    let mut rejected = Vec::new();
+    let reply = match kind {
+        AskKind::Done => Reply::Done,
+        AskKind::Digest => Reply::Digest(DigestReply {
+            members: res.members.map(|m| {
+                m.into_iter()
+                    .take(crate::proto::MAX_MEMBER_ENTRIES)
+                    .filter_map(|(d, i, s)| Some((d.parse::<DeviceId>().ok()?, i, s)))
+                    .collect()
+            }),
+            stores: res
+                .stores
+                .into_iter()
+                .take(crate::proto::MAX_STORE_ENTRIES)
+                .filter_map(|(store, entries)| {
+                    let store = StoreId::new(&store).ok()?;
+                    let entries = entries
+                        .into_iter()
+                        .take(crate::proto::MAX_STORE_ENTRIES)
+                        .filter_map(|(d, i, c)| {
+                            Some((d.parse::<DeviceId>().ok()?, Version::new(i, c)))
+                        })
+                        .collect();
+                    Some((store, entries))
+                })
+                .collect(),
+        }),
+        AskKind::Members => {
+            let mut beats = Vec::new();
+            for raw in res
+                .presences
+                .into_iter()
+                .take(crate::proto::MAX_MEMBERS_ASKED)
+            {
+                match decode_presence_msg(&raw, MAX_PRESENCE_BYTES, keys) {
+                    Ok((device, PresenceMsg::Presence(p))) => {
+                        kept.keep(device, (p.incarnation, p.seq), raw.clone());
+                        beats.push(Arc::new(heartbeat_of(device, p)));
+                    }
+                    Ok(_) => rejected.push(RejectReason::UnknownKind),
+                    Err(reason) => rejected.push(reason),
+                }
+            }
+            Reply::Members(beats)
+        }
+    };
+    (reply, rejected)
+}
