@@ -586,16 +586,54 @@ async fn a_rogue_peer_gets_nothing_accepted_and_cannot_starve_honest_updates() {
             items: vec!["forged".into()],
         },
     );
-    // Valid messages first: invalid ones lower the rogue's gossipsub score, and three in a
-    // row put it below the graylist threshold for a while (its messages are then ignored).
+    // Re-encoded copies of a message the observer already has (the writer's captured
+    // slice, each in an envelope with one more field) share its message id, which covers
+    // the signed content only: gossipsub drops them as duplicates before any check, and
+    // nothing is forwarded or counted. (Before, each copy had an id of its own and was
+    // verified, accepted and forwarded, then counted `stale`.)
+    const COPIES: u32 = 200;
+    let before = observer.metrics();
+    for i in 0..COPIES {
+        rogue
+            .cmds
+            .send(rogue::Cmd::Publish(TOPIC.into(), varied(&captured, i + 1)))
+            .unwrap();
+    }
+    // Then a re-encoded copy of something new, the rogue's own presence, on the same
+    // stream: once it is counted, the copies sent before it were handled. It is not
+    // forwarded, and costs the rogue score.
+    let fresh = varied(
+        &truffle_actors::testing::signed_presence(&rogue.key, 1, 1, &[]),
+        1,
+    );
+    let n = before.rejected(RejectReason::NonCanonical) + 1;
+    rogue_until(
+        &rogue,
+        "truffle/v1/presence",
+        &fresh,
+        &observer,
+        RejectReason::NonCanonical,
+        n,
+    )
+    .await;
+    let after = observer.metrics();
+    eprintln!(
+        "{COPIES} re-encoded copies of a seen slice: delivered {} -> {}, stale {} -> {}; a re-encoded new presence: non_canonical {}",
+        before.delivered,
+        after.delivered,
+        before.stale(),
+        after.stale(),
+        after.rejected(RejectReason::NonCanonical)
+    );
+    assert_eq!(
+        after.delivered, before.delivered,
+        "a re-encoded copy of a seen message was checked"
+    );
+    assert_eq!(after.stale(), before.stale());
+
+    // Invalid messages lower the rogue's gossipsub score, and three in a row put it below
+    // the graylist threshold for a while (its messages are then ignored until it decays).
     let cases: Vec<(&str, Vec<u8>, RejectReason)> = vec![
-        // The writer's genuine (older) message, in an envelope with one more field: a
-        // copy that gossipsub's duplicate filter does not recognise, checked in full.
-        (
-            "replayed capture",
-            varied(&captured, 1),
-            RejectReason::Stale,
-        ),
         (
             "garbage",
             b"\xc1\xc1 not msgpack".to_vec(),

@@ -361,7 +361,10 @@ async fn an_older_version_never_overwrites_a_newer_one() {
     shutdown_all(vec![writer, reader]).await;
 }
 
-/// Publishes `bytes` from `from` until `at` has counted `n` rejections for `reason`.
+/// Publishes `bytes` from `from` until `at` has counted `n` rejections for `reason`. The
+/// attempts are re-encoded copies sharing one message id: once one reached `at`, the
+/// others are duplicates there (and `from` refuses to publish them), so `at` must be
+/// subscribed and known to `from` by then.
 async fn publish_until(
     from: &MeshNode,
     store: &StoreId,
@@ -372,7 +375,8 @@ async fn publish_until(
 ) {
     let mut attempt = 0;
     send_until_rejected(at, reason, n, || {
-        // A new copy each time: the same bytes again would be refused as a duplicate.
+        // A first publish that reached nobody is not remembered; a re-encoded copy goes
+        // out then, as the same bytes would.
         attempt += 1;
         from.test_publish_raw(store, varied(bytes, attempt))
     })

@@ -84,6 +84,47 @@ fn the_wire_chapter_test_vectors_match_the_code() {
     h.update(&envelope);
     let id = &h.finalize()[..20];
     missing.check("message id", &hex(id));
+    assert_eq!(
+        truffle_actors::wire::message_id(topic, &envelope),
+        id,
+        "the library's message id of a canonical envelope is the hash of its bytes"
+    );
+    // The id covers the signed content, not the envelope's bytes: the same message
+    // re-encoded (here with one more field) has the same id.
+    #[derive(Serialize)]
+    struct Padded<'a> {
+        v: u8,
+        kind: &'a str,
+        #[serde(with = "serde_bytes")]
+        body: &'a [u8],
+        #[serde(with = "serde_bytes")]
+        sig: &'a [u8],
+        pad: u8,
+    }
+    #[derive(serde::Deserialize)]
+    struct Env {
+        v: u8,
+        kind: String,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        sig: Vec<u8>,
+    }
+    let e: Env = rmp_serde::from_slice(&envelope).unwrap();
+    let padded = rmp_serde::to_vec_named(&Padded {
+        v: e.v,
+        kind: &e.kind,
+        body: &e.body,
+        sig: &e.sig,
+        pad: 0,
+    })
+    .unwrap();
+    assert_ne!(padded, envelope);
+    assert_eq!(
+        truffle_actors::wire::message_id(topic, &padded),
+        id,
+        "a re-encoded copy has the original's id"
+    );
     assert!(
         missing.0.is_empty(),
         "the wire chapter does not show the current test vectors; it should contain:\n\n{}",

@@ -163,9 +163,10 @@ pub struct Envelope {
 }
 
 /// The same signed message in an envelope with an extra `attempt` field (readers ignore
-/// unknown fields): a copy with a different gossipsub message id, so that a test can
-/// publish it again (gossipsub refuses to publish the same bytes twice within its
-/// duplicate-cache time, and receivers drop a repeat of the same bytes unseen).
+/// unknown fields): other bytes, the same signed content. Message ids cover the signed
+/// content, so every attempt has the original's id: a receiver that has seen one of them
+/// (or the original) in the last 60 s drops the others as duplicates, and one that has
+/// not checks it, uses its content if valid and counts it `non_canonical`.
 #[allow(dead_code)]
 pub fn varied(bytes: &[u8], attempt: u32) -> Vec<u8> {
     #[derive(serde::Serialize)]

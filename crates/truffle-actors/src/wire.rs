@@ -77,11 +77,17 @@ pub enum RejectReason {
     /// A gossip message on a topic this node has not joined (neither the presence topic
     /// nor a joined store's): dropped before gossipsub caches or forwards it.
     UnjoinedTopic,
+    /// A signed message whose envelope is not in its canonical form (an extra field,
+    /// another field order, a longer encoding than needed): a re-encoded copy. It is not
+    /// forwarded and costs its sender peer score; its signed content, when valid, is
+    /// still used (a re-encoded copy shares the original's message id, so it may be the
+    /// only copy this node gets).
+    NonCanonical,
 }
 
 impl RejectReason {
     /// All reasons, in counter order.
-    pub const ALL: [RejectReason; 12] = [
+    pub const ALL: [RejectReason; 13] = [
         RejectReason::Undecodable,
         RejectReason::UnknownVersion,
         RejectReason::UnknownKind,
@@ -94,6 +100,7 @@ impl RejectReason {
         RejectReason::AfterLeave,
         RejectReason::DataDecode,
         RejectReason::UnjoinedTopic,
+        RejectReason::NonCanonical,
     ];
 
     /// A stable snake_case name, used as the metric key.
@@ -111,6 +118,7 @@ impl RejectReason {
             RejectReason::AfterLeave => "after_leave",
             RejectReason::DataDecode => "data_decode",
             RejectReason::UnjoinedTopic => "unjoined_topic",
+            RejectReason::NonCanonical => "non_canonical",
         }
     }
 
@@ -165,6 +173,105 @@ struct SignedMsg {
     body: Vec<u8>,
     #[serde(with = "serde_bytes")]
     sig: Vec<u8>,
+}
+
+/// A [`SignedMsg`] borrowed from the bytes it is read from. Unknown fields are skipped.
+#[derive(Deserialize)]
+struct EnvelopeRef<'a> {
+    v: u8,
+    kind: &'a str,
+    #[serde(borrow, with = "serde_bytes")]
+    body: &'a [u8],
+    #[serde(borrow, with = "serde_bytes")]
+    sig: &'a [u8],
+}
+
+impl<'a> EnvelopeRef<'a> {
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        rmp_serde::from_slice(bytes).ok()
+    }
+
+    /// The canonical encoding of this envelope (what [`seal`] writes: the map `v`, `kind`,
+    /// `body`, `sig` in that order, each value in its shortest form) in the pieces it is
+    /// made of, without copying the body: the head up to the body's bytes, the body, the
+    /// part up to the signature's bytes, the signature.
+    fn canonical_parts(&self) -> Option<[CowBytes<'a>; 4]> {
+        use rmp::encode;
+        let mut head = Vec::with_capacity(32 + self.kind.len());
+        encode::write_map_len(&mut head, 4).ok()?;
+        encode::write_str(&mut head, "v").ok()?;
+        encode::write_uint(&mut head, u64::from(self.v)).ok()?;
+        encode::write_str(&mut head, "kind").ok()?;
+        encode::write_str(&mut head, self.kind).ok()?;
+        encode::write_str(&mut head, "body").ok()?;
+        encode::write_bin_len(&mut head, u32::try_from(self.body.len()).ok()?).ok()?;
+        let mut mid = Vec::with_capacity(8);
+        encode::write_str(&mut mid, "sig").ok()?;
+        encode::write_bin_len(&mut mid, u32::try_from(self.sig.len()).ok()?).ok()?;
+        Some([
+            CowBytes::Owned(head),
+            CowBytes::Borrowed(self.body),
+            CowBytes::Owned(mid),
+            CowBytes::Borrowed(self.sig),
+        ])
+    }
+
+    /// Whether `bytes`, which this envelope was read from, is its canonical encoding.
+    fn is_canonical_in(&self, bytes: &[u8]) -> bool {
+        let Some(parts) = self.canonical_parts() else {
+            return false;
+        };
+        let mut rest = bytes;
+        for part in &parts {
+            match rest.strip_prefix(part.as_ref()) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        rest.is_empty()
+    }
+
+    /// The canonical encoding, as bytes of its own.
+    fn canonical(&self) -> Option<Vec<u8>> {
+        Some(self.canonical_parts()?.concat())
+    }
+}
+
+/// Bytes either made here or borrowed from a message.
+type CowBytes<'a> = std::borrow::Cow<'a, [u8]>;
+
+/// Whether `bytes` is a signed message in its canonical encoding (see
+/// [`RejectReason::NonCanonical`]); false for anything that is not a signed message.
+pub(crate) fn is_canonical(bytes: &[u8]) -> bool {
+    EnvelopeRef::parse(bytes).is_some_and(|e| e.is_canonical_in(bytes))
+}
+
+/// The gossipsub message id of `data` published on `topic`: the first 20 bytes of SHA-256
+/// over the topic, a zero byte, and the canonical encoding of the signed message in
+/// `data` (its `v`, `kind`, `body` and `sig`; for a message as Truffle writes it, `data`
+/// itself). Data that is not a signed message is hashed as it is.
+///
+/// So a re-encoded copy of a message (an extra field, another field order) has the
+/// original's id, and gossipsub drops it as a duplicate of the original before anything
+/// checks it. The book's wire chapter documents this function; other implementations
+/// must compute the same.
+///
+/// ```
+/// let id = truffle_actors::wire::message_id("truffle/v1/presence", &[0x81, 0xa1, 0x76, 0x01]);
+/// assert_eq!(id[..4], [0x42, 0xf0, 0xa4, 0xa3]);
+/// ```
+pub fn message_id(topic: &str, data: &[u8]) -> [u8; 20] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(topic.as_bytes());
+    h.update([0u8]);
+    match EnvelopeRef::parse(data).and_then(|e| e.canonical_parts()) {
+        Some(parts) => parts.iter().for_each(|p| h.update(p)),
+        None => h.update(data),
+    }
+    let mut id = [0u8; 20];
+    id.copy_from_slice(&h.finalize()[..20]);
+    id
 }
 
 /// A slice whose owner signature has been checked (the protocol core's [`crate::proto::Slice`]).
@@ -292,9 +399,8 @@ pub(crate) fn decode_slice(
     if h.kind != "slice" {
         return Err(RejectReason::UnknownKind);
     }
-    let msg: SignedMsg = rmp_serde::from_slice(bytes).map_err(|_| RejectReason::Undecodable)?;
-    let body: SliceBody =
-        rmp_serde::from_slice(&msg.body).map_err(|_| RejectReason::Undecodable)?;
+    let msg = EnvelopeRef::parse(bytes).ok_or(RejectReason::Undecodable)?;
+    let body: SliceBody = rmp_serde::from_slice(msg.body).map_err(|_| RejectReason::Undecodable)?;
     if body.data.len() > max_data {
         return Err(RejectReason::Oversized);
     }
@@ -304,16 +410,22 @@ pub(crate) fn decode_slice(
         keys,
         &device.peer_id(),
         SLICE_SIGNING_CONTEXT,
-        &msg.body,
-        &msg.sig,
+        msg.body,
+        msg.sig,
     )?;
+    // What is kept (and relayed in sync answers) is the canonical form, whatever form
+    // it came in.
+    let raw = match msg.is_canonical_in(bytes) {
+        true => Arc::from(bytes),
+        false => Arc::from(msg.canonical().ok_or(RejectReason::Undecodable)?),
+    };
     Ok(VerifiedSlice {
         store,
         device,
         version: Version::new(body.incarnation, body.version),
         updated_at: body.updated_at,
         data: Arc::from(body.data),
-        raw: Arc::from(bytes),
+        raw,
     })
 }
 
@@ -1014,6 +1126,69 @@ mod tests {
             .unwrap();
             assert_eq!(back, res);
         }
+    }
+
+    /// What `seal` writes is canonical, and the id of a message is the id of its
+    /// canonical form: re-encoded copies share it, and a slice read from one keeps the
+    /// canonical bytes.
+    #[test]
+    fn re_encoded_copies_are_not_canonical_and_share_the_original_id() {
+        let (k, d) = key();
+        let store = StoreId::new("todos").unwrap();
+        let topic = store_topic(&store);
+        for size in [0usize, 10, 300, 70_000] {
+            let good = encode_slice(&k, &store, d, Version::new(1, 1), 0, vec![7; size]).unwrap();
+            assert!(is_canonical(&good), "{size}");
+            let plain = {
+                use sha2::{Digest, Sha256};
+                let mut h = Sha256::new();
+                h.update(topic.as_bytes());
+                h.update([0u8]);
+                h.update(&good);
+                h.finalize()[..20].to_vec()
+            };
+            assert_eq!(
+                message_id(&topic, &good)[..],
+                plain[..],
+                "canonical: the data"
+            );
+            let env: SignedMsg = rmp_serde::from_slice(&good).unwrap();
+            #[derive(Serialize)]
+            struct Extra<'a> {
+                #[serde(flatten)]
+                e: &'a SignedMsg,
+                pad: u8,
+            }
+            #[derive(Serialize)]
+            struct Reordered<'a> {
+                kind: &'a str,
+                v: u8,
+                #[serde(with = "serde_bytes")]
+                body: &'a [u8],
+                #[serde(with = "serde_bytes")]
+                sig: &'a [u8],
+            }
+            let copies = [
+                rmp_serde::to_vec_named(&Extra { e: &env, pad: 1 }).unwrap(),
+                rmp_serde::to_vec_named(&Reordered {
+                    kind: &env.kind,
+                    v: env.v,
+                    body: &env.body,
+                    sig: &env.sig,
+                })
+                .unwrap(),
+            ];
+            for copy in copies {
+                assert_ne!(copy, good);
+                assert!(!is_canonical(&copy), "{size}");
+                assert_eq!(message_id(&topic, &copy), message_id(&topic, &good));
+                let s = decode_slice(&copy, 1 << 20, &mut KeyCache::default()).unwrap();
+                assert_eq!(&*s.raw, &good[..], "the canonical form is kept");
+            }
+        }
+        assert!(!is_canonical(b"\xc1 junk"));
+        let junk_id = message_id(&topic, b"\xc1 junk");
+        assert_ne!(junk_id, message_id(&topic, b"\xc1 junk!"));
     }
 
     #[test]

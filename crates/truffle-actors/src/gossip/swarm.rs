@@ -47,9 +47,9 @@ use crate::metrics::{inc, Counters};
 use crate::proto::{Ask, Input, Reply, RequestId, Token, Want};
 use crate::store::Outbox;
 use crate::wire::{
-    decode_presence_msg, decode_slice, encode_slice_as, store_topic, KeyCache, PresenceMsg,
-    SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES, PRESENCE_TOPIC, PROTOCOL_VERSION,
-    STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
+    decode_presence_msg, decode_slice, encode_slice_as, is_canonical, store_topic, KeyCache,
+    PresenceMsg, RejectReason, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
+    PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
 };
 
 type Gossipsub =
@@ -177,20 +177,16 @@ pub(crate) fn topic_score_params() -> TopicScoreParams {
     }
 }
 
-/// The gossipsub message id: the first 20 bytes of SHA-256 over the topic, a zero byte and
-/// the data (documented in the book's wire chapter; other implementations must match it).
+/// The gossipsub message id, [`crate::wire::message_id`]: over the topic and the signed
+/// content of the message (its canonical encoding), documented in the book's wire chapter.
 ///
 /// Messages are anonymous at the gossipsub layer (no source, sequence number or gossipsub
 /// signature): each carries its owner's signature inside, which makes it valid whoever
-/// relays it. So the id depends on the content only, and gossipsub drops every further
-/// copy of a message before anything checks a signature.
+/// relays it. So the id depends on the signed content only, and gossipsub drops every
+/// further copy of a message, re-encoded ones included, before anything checks a
+/// signature.
 fn message_id(m: &gossipsub::Message) -> MessageId {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(m.topic.as_str().as_bytes());
-    h.update([0u8]);
-    h.update(&m.data);
-    MessageId::from(&h.finalize()[..20])
+    MessageId::from(&crate::wire::message_id(m.topic.as_str(), &m.data)[..])
 }
 
 pub(crate) fn build_swarm(
@@ -906,12 +902,12 @@ impl SwarmTask {
                         via: via.into(),
                         heartbeat: Arc::new(heartbeat),
                     });
-                    MessageAcceptance::Accept
+                    self.accept_if_canonical(via, &message.data, topic)
                 }
                 Ok((device, PresenceMsg::Leave(l))) => {
                     inc(&self.counters.presence_received);
                     self.forward(goodbye(device.into(), l.incarnation));
-                    MessageAcceptance::Accept
+                    self.accept_if_canonical(via, &message.data, topic)
                 }
                 Ok((accuser, PresenceMsg::Suspect(sus))) => {
                     let Ok(accused) = sus.device.parse::<DeviceId>() else {
@@ -941,8 +937,7 @@ impl SwarmTask {
         inc(&self.counters.delivered);
         match decode_slice(&message.data, self.max_slice, &mut self.keys) {
             Ok(slice) if slice.store.as_str() != topic_store => {
-                self.counters
-                    .reject(crate::wire::RejectReason::WrongStore, &via, topic);
+                self.counters.reject(RejectReason::WrongStore, &via, topic);
                 MessageAcceptance::Reject
             }
             Ok(slice) if drop_inbound(&self.faults, &[via, slice.device.peer_id()]) => {
@@ -953,13 +948,25 @@ impl SwarmTask {
                     via: via.into(),
                     slice,
                 });
-                MessageAcceptance::Accept
+                self.accept_if_canonical(via, &message.data, topic)
             }
             Err(reason) => {
                 self.counters.reject(reason, &via, topic);
                 MessageAcceptance::Reject
             }
         }
+    }
+
+    /// `Accept` for a valid message in its canonical form. A re-encoded copy (its signed
+    /// content valid, and already used: it shares the original's message id, so it may
+    /// be the only copy this node gets) is not forwarded, and costs `via` peer score.
+    fn accept_if_canonical(&self, via: PeerId, data: &[u8], context: &str) -> MessageAcceptance {
+        if is_canonical(data) {
+            return MessageAcceptance::Accept;
+        }
+        self.counters
+            .reject(RejectReason::NonCanonical, &via, context);
+        MessageAcceptance::Reject
     }
 
     /// Verifies the slices of a sync answer and hands them to the engine.
