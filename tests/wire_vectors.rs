@@ -125,6 +125,11 @@ fn the_wire_chapter_test_vectors_match_the_code() {
         id,
         "a re-encoded copy has the original's id"
     );
+    // An accusation (watch liveness), signed by the test key and naming its own device id
+    // (a real accuser names another), at incarnation 1700000000000 and heartbeat 7.
+    let suspect = truffle_actors::testing::signed_suspect(&key, device, 1_700_000_000_000, 7);
+    missing.check("signed suspect", &hex_lines(&suspect));
+    missing.check("signed suspect size", &format!("({} bytes)", suspect.len()));
     assert!(
         missing.0.is_empty(),
         "the wire chapter does not show the current test vectors; it should contain:\n\n{}",

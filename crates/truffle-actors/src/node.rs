@@ -176,7 +176,7 @@ impl MeshNodeBuilder {
     /// How this node judges which devices are alive (default [`Liveness::Heartbeats`]).
     ///
     /// [`Liveness::Watch`] is experimental: each node watches only its connected peers
-    /// (pinged every second), accuses one it cannot reach again, and the accused refutes
+    /// (pinged every 2 s), accuses one it cannot reach again, and the accused refutes
     /// with a newer signed heartbeat; views are compared by hash with one random peer per
     /// second. Its cost per node does not grow with the mesh, where heartbeats flood every
     /// device's announcement to every node twice a second. Every node of a mesh must run

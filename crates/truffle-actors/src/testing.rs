@@ -45,6 +45,18 @@ pub fn signed_presence(
     crate::wire::encode_presence(key, &p).expect("test presence encodes")
 }
 
+/// Encodes an accusation (watch liveness) by `key`'s device that `device`, in its run
+/// `incarnation`, stopped answering after its heartbeat `seq`; signed with `key`.
+pub fn signed_suspect(key: &Keypair, device: DeviceId, incarnation: u64, seq: u64) -> Vec<u8> {
+    let s = crate::wire::Suspect {
+        accuser: key.public().to_peer_id().to_string(),
+        device: device.to_string(),
+        incarnation,
+        seq,
+    };
+    crate::wire::encode_suspect(key, &s).expect("test accusation encodes")
+}
+
 /// Runs every decoder that sees network bytes over `bytes`: the slice and presence-topic
 /// decoders and the sync codec's request and response readers. For fuzzing and property
 /// tests: it must never panic, whatever the input.

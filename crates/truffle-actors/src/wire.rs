@@ -656,6 +656,10 @@ pub struct SyncRequest {
     pub accused: Option<WireSuspicion>,
 }
 
+/// In a `digest` answer: a store id and the slice versions held in it, each
+/// `(device, incarnation, counter)`.
+pub type StoreVersions = (String, Vec<(String, u64, u64)>);
+
 /// A node's view, hashed (see the book's Simulation chapter, "Watch liveness").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireDigest {
@@ -696,7 +700,7 @@ pub struct SyncResponse {
     /// Answer to `digest`: for each store whose hash differs, the slice versions held,
     /// `(device, incarnation, counter)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stores: Vec<(String, Vec<(String, u64, u64)>)>,
+    pub stores: Vec<StoreVersions>,
     /// Answer to `members`: presence messages exactly as their devices signed them.
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "shared_bins")]
     pub presences: Vec<Arc<[u8]>>,

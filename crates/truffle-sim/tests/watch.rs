@@ -128,7 +128,7 @@ fn each_side_of_a_partition_removes_the_other_and_all_converge_within_3_s_of_the
     assert!(converge_by(&mut sim, t + 5 * S).is_some());
     let groups = sim.halves();
     sim.partition(&groups);
-    let t = sim.now() + 12 * S;
+    let t = sim.now() + 20 * S;
     sim.run_until(t);
     for i in 0..sim.len() {
         let e = sim.engine(i).unwrap();

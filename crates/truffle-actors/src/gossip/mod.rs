@@ -8,8 +8,8 @@
 //! signs and publishes them and then tells the engine (see [`crate::store::StorePort`]).
 
 mod budget;
-mod watch_wire;
 pub(crate) mod swarm;
+mod watch_wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -189,7 +189,9 @@ impl GossipState {
                     };
                     match encode_suspect(&self.args.key, &msg) {
                         Ok(bytes) => self.cmd(SwarmCmd::PublishPresence(bytes, None)),
-                        Err(e) => tracing::error!(error = %e, "cannot sign an accusation; not sent"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot sign an accusation; not sent")
+                        }
                     }
                 }
                 Output::Ask { peer, id, ask } => self.cmd(SwarmCmd::Ask { peer, id, ask }),

@@ -285,8 +285,8 @@ pub(crate) fn build_swarm(
             let ping = match cfg.liveness {
                 crate::proto::Liveness::Watch => ping::Behaviour::new(
                     ping::Config::new()
-                        .with_interval(Duration::from_secs(1))
-                        .with_timeout(Duration::from_secs(2)),
+                        .with_interval(Duration::from_secs(2))
+                        .with_timeout(Duration::from_secs(3)),
                 ),
                 _ => ping::Behaviour::default(),
             };
@@ -522,7 +522,8 @@ impl SwarmTask {
             }
             SwarmCmd::PublishPresence(bytes, own) => {
                 if let Some(at) = own {
-                    self.presences.keep(self.me, at, Arc::from(bytes.as_slice()));
+                    self.presences
+                        .keep(self.me, at, Arc::from(bytes.as_slice()));
                 }
                 let topic = IdentTopic::new(PRESENCE_TOPIC);
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
@@ -911,8 +912,11 @@ impl SwarmTask {
                 }
                 Ok((accuser, PresenceMsg::Suspect(sus))) => {
                     let Ok(accused) = sus.device.parse::<DeviceId>() else {
-                        self.counters
-                            .reject(crate::wire::RejectReason::BadField, &via, "presence topic");
+                        self.counters.reject(
+                            crate::wire::RejectReason::BadField,
+                            &via,
+                            "presence topic",
+                        );
                         return MessageAcceptance::Reject;
                     };
                     self.forward(Input::Suspect {
@@ -1071,12 +1075,8 @@ impl SwarmTask {
                 if let Some(id) = self.outbound.remove(&request_id) {
                     self.on_response(peer, id, response.slices);
                 } else if let Some((id, kind)) = self.asks.remove(&request_id) {
-                    let (reply, rejected) = watch_wire::reply_of(
-                        kind,
-                        response,
-                        &mut self.keys,
-                        &mut self.presences,
-                    );
+                    let (reply, rejected) =
+                        watch_wire::reply_of(kind, response, &mut self.keys, &mut self.presences);
                     for reason in rejected {
                         self.counters.reject(reason, &peer, "members answer");
                     }

@@ -24,11 +24,14 @@ pub(crate) enum AskKind {
     Done,
 }
 
+/// A kept presence message: its `(incarnation, seq)` and its signed bytes.
+type Kept = ((Incarnation, u64), Arc<[u8]>);
+
 /// The latest presence message of each device, exactly as it signed it, with its
 /// `(incarnation, seq)`: what a `members` request is answered with.
 #[derive(Default)]
 pub(crate) struct Presences {
-    by_device: HashMap<PeerId, ((Incarnation, u64), Arc<[u8]>)>,
+    by_device: HashMap<PeerId, Kept>,
 }
 
 impl Presences {

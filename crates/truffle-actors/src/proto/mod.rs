@@ -107,7 +107,7 @@ pub struct ProtoConfig {
     pub liveness: Liveness,
     /// Watch liveness: how long an accusation by one member waits for the accused to
     /// answer before it removes the device. Each further independent accuser shortens the
-    /// wait, down to a third of this with three.
+    /// wait, down to half of this with three.
     pub suspect_timeout: Duration,
     /// Watch liveness: how long a node tries to reach a peer whose connection dropped
     /// before it accuses it.
@@ -147,8 +147,8 @@ impl Default for ProtoConfig {
             redial_every: Duration::from_secs(1),
             target_peers: 8,
             liveness: Liveness::Heartbeats,
-            suspect_timeout: Duration::from_millis(1500),
-            probe_timeout: Duration::from_secs(1),
+            suspect_timeout: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(2),
             anti_entropy_every: Duration::from_secs(1),
         }
     }
@@ -788,7 +788,7 @@ impl Engine {
                 *self.conns.entry(peer).or_default() += 1;
                 self.connected_at.entry(peer).or_insert(now);
                 if self.watching() {
-                    self.on_connected(peer, first, out);
+                    self.on_connected(peer, first, now, out);
                 }
             }
             Input::ConnectionClosed { peer, remaining } => {
@@ -1264,21 +1264,16 @@ impl Engine {
                     after: self.cfg.redial_every,
                     timer: Timer::Redial,
                 });
+                if self.watching() {
+                    self.check_health(now);
+                }
                 if !self.leaving {
                     self.ticks += 1;
                     let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
                     self.redial(refresh, out);
                     self.maintain_view(now, refresh, out);
                     if self.watching() {
-                        self.dial_lost(now, out);
-                        let alert = self.alert_until.is_some_and(|t| now < t);
-                        let probes = match alert {
-                            true => watch::ALERT_PROBES,
-                            false => usize::from(self.ticks.is_multiple_of(2)),
-                        };
-                        for _ in 0..probes {
-                            self.probe_random(now, out);
-                        }
+                        self.watch_tick(now, out);
                     }
                 }
             }
@@ -1317,7 +1312,10 @@ impl Engine {
             }
         }
         let short = self.conns.len() < self.cfg.target_peers;
-        let refresh_pick = match refresh && !self.bootstrap.is_empty() {
+        // Watch liveness mixes the view with its random probes; the refresh dial of a
+        // bootstrap peer would have every node that shares one seed dial it in the same
+        // second.
+        let refresh_pick = match refresh && !self.bootstrap.is_empty() && !self.watching() {
             true => self.rng.random_range(0..self.bootstrap.len()),
             false => usize::MAX,
         };
@@ -1421,7 +1419,7 @@ impl Engine {
             shuffle(&mut self.rng, &mut old);
             for peer in old.into_iter().take(have - high) {
                 if self.watching() {
-                    self.trim(peer, out);
+                    self.trim(peer, now, out);
                 } else {
                     out.push(Output::Disconnect { peer });
                 }

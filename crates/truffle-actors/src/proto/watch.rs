@@ -12,7 +12,7 @@
 //!   if alive, answers with a new signed heartbeat (a higher sequence number), which ends
 //!   the suspicion everywhere. A suspicion that runs out removes the device. One accuser
 //!   waits [`ProtoConfig::suspect_timeout`]; each further independent accuser shortens the
-//!   wait (down to a third at three), as in Lifeguard. So no single member can make a live
+//!   wait (down to half at three), as in Lifeguard. So no single member can make a live
 //!   device disappear: the device itself must stay silent for the whole wait.
 //! * **Heartbeats only on change.** A device announces itself when it starts, when its
 //!   addresses change, to refute an accusation and when it learns a peer does not count
@@ -38,12 +38,20 @@ pub const MAX_MEMBER_ENTRIES: usize = 16_384;
 pub const MAX_STORE_ENTRIES: usize = 4096;
 /// Most heartbeats asked for (and answered) in one request.
 pub const MAX_MEMBERS_ASKED: usize = 4096;
-/// After an accusation (made or heard), a node probes [`ALERT_PROBES`] members per
-/// redial tick instead of one every other tick, for this long: a failure seldom comes
-/// alone (a partition cuts off a whole group), and the members cut off are found sooner.
+/// After an accusation (made or heard), a node probes [`ALERT_PROBES`] members per redial
+/// tick instead of one every other tick, for this long: a failure seldom comes alone (a
+/// partition cuts off a whole group), and the members cut off are found sooner.
 const ALERT_FOR: Duration = Duration::from_secs(10);
 /// Probes per redial tick while alert.
-pub(super) const ALERT_PROBES: usize = 4;
+const ALERT_PROBES: usize = 2;
+/// A redial tick this late means this node is short of CPU (Lifeguard's local health):
+/// its own slowness would look like its peers' (pings and redials time out), so for
+/// [`UNHEALTHY_FOR`] it accuses no one, probes no one at random, and gives a lost peer
+/// three times as long to answer a redial.
+const LATE_TICK: Duration = Duration::from_millis(300);
+const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
+/// A trim whose notice is not acknowledged within this closes the connection anyway.
+const TRIM_ACK_WAIT: Duration = Duration::from_secs(1);
 /// A refutation or re-announcement is not published sooner than this after the previous
 /// heartbeat, so a flood of accusations costs the accused one heartbeat per this period.
 const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
@@ -132,6 +140,12 @@ pub(super) struct WatchState {
     probe_order: Vec<DeviceId>,
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
     random_probes: DetSet<DeviceId>,
+    /// When the next redial tick is due (to notice late ticks).
+    next_tick: Option<Instant>,
+    /// Until when this node counts itself short of CPU.
+    unhealthy_until: Option<Instant>,
+    /// When each pending trim notice was sent.
+    trim_sent: DetMap<RequestId, Instant>,
 }
 
 impl WatchState {
@@ -149,6 +163,9 @@ impl WatchState {
             ticks: 0,
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
+            next_tick: None,
+            unhealthy_until: None,
+            trim_sent: DetMap::with_hasher(h.clone()),
         }
     }
 }
@@ -235,7 +252,13 @@ impl Engine {
         out.push(Output::PublishHeartbeat(hb));
     }
 
-    pub(super) fn on_connected(&mut self, peer: DeviceId, first: bool, out: &mut Vec<Output>) {
+    pub(super) fn on_connected(
+        &mut self,
+        peer: DeviceId,
+        first: bool,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         self.watch.probes.remove(&peer);
         let probed = self.watch.random_probes.remove(&peer);
         if !first || self.leaving {
@@ -243,10 +266,55 @@ impl Engine {
         }
         if probed && self.conns.len() > self.cfg.target_peers {
             // It answered; the view is full: close the probe's connection again.
-            self.trim(peer, out);
+            self.trim(peer, now, out);
         } else {
             // A new neighbour: compare views now (a join, a heal, a view change).
             self.ask_digest(peer, out);
+        }
+    }
+
+    /// Notes whether this redial tick came late (see [`LATE_TICK`]).
+    pub(super) fn check_health(&mut self, now: Instant) {
+        if let Some(due) = self.watch.next_tick {
+            if now.saturating_duration_since(due) > LATE_TICK {
+                self.watch.unhealthy_until = Some(now + UNHEALTHY_FOR);
+            }
+        }
+        self.watch.next_tick = Some(now + self.cfg.redial_every);
+    }
+
+    fn healthy(&self, now: Instant) -> bool {
+        self.watch.unhealthy_until.is_none_or(|t| now >= t)
+    }
+
+    /// The watch part of a redial tick: lost members, random probes, overdue trims.
+    pub(super) fn watch_tick(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let mut overdue: Vec<RequestId> = self
+            .watch
+            .trim_sent
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= TRIM_ACK_WAIT)
+            .map(|(id, _)| *id)
+            .collect();
+        overdue.sort();
+        for id in overdue {
+            self.trim_answered(id, out);
+        }
+        if !self.healthy(now) {
+            return;
+        }
+        self.dial_lost(now, out);
+        let alert = self.alert_until.is_some_and(|t| now < t);
+        // Probes only while the view has room: a probe that answers is a connection.
+        let high = self.cfg.target_peers + self.cfg.target_peers.div_ceil(2);
+        let probes = match alert {
+            true => ALERT_PROBES,
+            false => usize::from(self.ticks.is_multiple_of(2)),
+        };
+        for _ in 0..probes {
+            if self.conns.len() < high {
+                self.probe_random(now, out);
+            }
         }
     }
 
@@ -308,7 +376,11 @@ impl Engine {
         {
             return;
         }
-        self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+        let wait = match self.healthy(now) {
+            true => self.cfg.probe_timeout,
+            false => self.cfg.probe_timeout * 3,
+        };
+        self.watch.probes.insert(peer, now + wait);
         self.dialled.insert(peer, now);
         out.push(self.dial(peer));
     }
@@ -316,6 +388,10 @@ impl Engine {
     pub(super) fn accuse(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.probes.remove(&peer);
         self.watch.random_probes.remove(&peer);
+        if !self.healthy(now) {
+            // Short of CPU: the silence may be ours. Leave it to healthier members.
+            return;
+        }
         let Some((of, true)) = self.membership.presence_of(&peer) else {
             return;
         };
@@ -399,7 +475,7 @@ impl Engine {
             }
         }
         let max = self.cfg.suspect_timeout;
-        for r in self.membership.expire_suspects(now, max / 3, max) {
+        for r in self.membership.expire_suspects(now, max / 2, max) {
             self.watch.lost.insert(r.device, now);
             self.remove(r, out);
         }
@@ -436,12 +512,13 @@ impl Engine {
     }
 
     /// Closes the connection to `peer` to trim the view, telling it first.
-    pub(super) fn trim(&mut self, peer: DeviceId, out: &mut Vec<Output>) {
+    pub(super) fn trim(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         if self.watch.trims.values().any(|p| *p == peer) {
             return;
         }
         let id = self.request_id();
         self.watch.trims.insert(id, peer);
+        self.watch.trim_sent.insert(id, now);
         out.push(Output::Ask {
             peer,
             id,
@@ -451,6 +528,7 @@ impl Engine {
 
     /// A trim was acknowledged (or failed): close the connection now.
     pub(super) fn trim_answered(&mut self, id: RequestId, out: &mut Vec<Output>) -> bool {
+        self.watch.trim_sent.remove(&id);
         let Some(peer) = self.watch.trims.remove(&id) else {
             return false;
         };
@@ -549,13 +627,15 @@ impl Engine {
 
     fn on_diff(&mut self, peer: DeviceId, r: DigestReply, now: Instant, out: &mut Vec<Output>) {
         if let Some(members) = r.members {
-            let me = self.own_presence();
+            // A peer that lists this run at an older heartbeat only lags behind (it fetches
+            // the newer one itself); one that does not list this run at all missed the
+            // announcement, or removed us while we were cut off: announce again. (Re-
+            // announcing to laggards would feed itself whenever gossip is slower than the
+            // comparisons: each announcement makes every peer a laggard again.)
             let counted = members
                 .iter()
-                .any(|(d, i, s)| *d == self.me && (*i, *s) >= me);
+                .any(|(d, i, _)| *d == self.me && *i == self.incarnation);
             if !counted {
-                // The peer does not count this run as live (it missed the announcement, or
-                // removed us while we were cut off): announce again.
                 self.watch.announce = true;
             }
             let newer: Vec<DeviceId> = members
