@@ -44,65 +44,53 @@ struct Todo {
 }
 // ANCHOR_END: types
 
-const USAGE: &str = "usage: todo [--name NAME] [--listen MULTIADDR]... [--peer MULTIADDR]... [--no-mdns] [--key-file PATH] [--psk-file PATH] [--json] [--data-dir PATH] [--admin HOST:PORT]";
-
+/// A shared todo list: every device edits its own list and sees everyone's.
+#[derive(clap::Parser)]
+#[command(name = "todo")]
 struct Args {
+    /// This device's name, shown to the others.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "",
+        hide_default_value = true
+    )]
     name: String,
+    /// Address to listen on (repeatable; default: every interface, a free port).
+    #[arg(long, value_name = "MULTIADDR", value_parser = multiaddr)]
     listen: Vec<Multiaddr>,
+    /// A peer to join the mesh through (repeatable).
+    #[arg(long = "peer", value_name = "MULTIADDR", value_parser = multiaddr)]
     peers: Vec<Multiaddr>,
+    /// Do not discover peers on the local network.
+    #[arg(long = "no-mdns", action = clap::ArgAction::SetFalse)]
     mdns: bool,
+    /// Keep this device's identity in this file (created if missing).
+    #[arg(long, value_name = "PATH")]
     key_file: Option<String>,
+    /// Join the private mesh whose pre-shared key is in this file (swarm.key format).
+    #[arg(long, value_name = "PATH")]
     psk_file: Option<String>,
+    /// Print one JSON object per line instead of the human-readable list.
+    #[arg(long)]
     json: bool,
+    /// Save this device's list here and restore it on the next start.
+    #[arg(long, value_name = "PATH")]
     data_dir: Option<String>,
+    /// Serve the admin endpoint (dashboard, metrics, JSON API) on HOST:PORT (port 0 picks
+    /// one).
+    #[arg(long, value_name = "HOST:PORT", value_parser = socket_addr)]
     admin: Option<std::net::SocketAddr>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        name: String::new(),
-        listen: Vec::new(),
-        peers: Vec::new(),
-        mdns: true,
-        key_file: None,
-        psk_file: None,
-        json: false,
-        data_dir: None,
-        admin: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |what: &str| {
-            it.next()
-                .ok_or_else(|| format!("{flag} needs {what}\n{USAGE}"))
-        };
-        let addr = |s: String| {
-            s.parse::<Multiaddr>().map_err(|e| {
-                format!(
-                    "{flag} {s:?} is not a multiaddr ({e}); for example /ip4/127.0.0.1/tcp/4001"
-                )
-            })
-        };
-        match flag.as_str() {
-            "--name" => args.name = value("a name")?,
-            "--listen" => args.listen.push(addr(value("a multiaddr")?)?),
-            "--peer" => args.peers.push(addr(value("a multiaddr")?)?),
-            "--no-mdns" => args.mdns = false,
-            "--key-file" => args.key_file = Some(value("a path")?),
-            "--psk-file" => args.psk_file = Some(value("a path")?),
-            "--json" => args.json = true,
-            "--data-dir" => args.data_dir = Some(value("a path")?),
-            "--admin" => {
-                let v = value("an address")?;
-                args.admin = Some(v.parse().map_err(|e| {
-                    format!("--admin {v:?} is not HOST:PORT ({e}); for example 127.0.0.1:9090")
-                })?)
-            }
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    Ok(args)
+fn multiaddr(s: &str) -> Result<Multiaddr, String> {
+    s.parse::<Multiaddr>()
+        .map_err(|e| format!("{s:?} is not a multiaddr ({e}); for example /ip4/127.0.0.1/tcp/4001"))
+}
+
+fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|e| format!("{s:?} is not HOST:PORT ({e}); for example 127.0.0.1:9090"))
 }
 
 /// The `state` JSON line: every device this node holds, itself included.
@@ -171,13 +159,8 @@ async fn app() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("{msg}");
-            return ExitCode::from(2);
-        }
-    };
+    // Exits 2 with a usage message on bad arguments (0 with help for --help).
+    let args = <Args as clap::Parser>::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
