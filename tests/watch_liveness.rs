@@ -5,42 +5,15 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use futures::FutureExt;
-use truffle_actors::prelude::*;
 use truffle_actors::proto::Liveness;
-
-async fn until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_mesh_idles_quietly_and_outlives_the_node_everyone_bootstrapped_from() {
     const N: usize = 24;
-    init_tracing();
-    let hub = builder("hub")
-        .liveness(Liveness::Watch)
-        .start()
-        .await
-        .expect("hub starts");
-    let addr = hub.listen_addrs()[0].clone();
-    let mut nodes = vec![hub];
-    for i in 1..N {
-        let b = builder(&format!("n{i}"))
-            .liveness(Liveness::Watch)
-            .bootstrap(addr.clone());
-        nodes.push(b.start().await.expect("node starts"));
-    }
+    let mut nodes = star(N, |b| b.liveness(Liveness::Watch)).await;
     let mut stores = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let s = node.store::<Status>().await.unwrap();
@@ -75,48 +48,7 @@ async fn a_watch_mesh_idles_quietly_and_outlives_the_node_everyone_bootstrapped_
         after - before
     );
 
-    let mut watchers = Vec::new();
-    for s in &stores[1..] {
-        watchers.push(s.subscribe());
-    }
-    let hub = nodes.remove(0);
-    let hub_id = hub.device_id();
-    drop(stores.remove(0));
-    let crashed = Instant::now();
-    drop(hub); // no leave: a crash, as far as the others can tell
-    until(
-        "every survivor drops the hub",
-        Duration::from_secs(30),
-        || stores.iter().all(|s| s.get(&hub_id).is_none()),
-    )
-    .await;
-    let detected = crashed.elapsed();
-    stores[0].update(|d| d.text = "after".into()).await.unwrap();
-    let writer = nodes[0].device_id();
-    until(
-        "the write after the crash reaches every survivor",
-        Duration::from_secs(30),
-        || {
-            stores[1..]
-                .iter()
-                .all(|s| s.get(&writer).is_some_and(|x| x.data.text == "after"))
-        },
-    )
-    .await;
-    for s in &stores {
-        assert_eq!(s.snapshot().remote.len(), N - 2, "whole after the crash");
-    }
-    let mut lost = BTreeSet::new();
-    for w in &mut watchers {
-        while let Some(Some(ev)) = w.recv().now_or_never() {
-            if let StoreEvent::RemoteRemoved { device_id, .. } = ev {
-                if device_id != hub_id {
-                    lost.insert(device_id);
-                }
-            }
-        }
-    }
-    assert!(lost.is_empty(), "survivors lost each other: {lost:?}");
+    let detected = crash_the_hub(&mut nodes, &mut stores).await;
     eprintln!("hub removed everywhere {detected:?} after the crash");
     for n in nodes {
         n.shutdown().await.unwrap();

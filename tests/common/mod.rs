@@ -59,6 +59,80 @@ pub async fn mesh(n: usize) -> Vec<MeshNode> {
     nodes
 }
 
+/// One shared seed address, as the README tells users to do: every node bootstraps from
+/// node 0 (the "hub"); `each` may change every node's builder.
+pub async fn star(n: usize, each: impl Fn(MeshNodeBuilder) -> MeshNodeBuilder) -> Vec<MeshNode> {
+    init_tracing();
+    let hub = each(builder("hub")).start().await.expect("hub starts");
+    let addr = hub.listen_addrs()[0].clone();
+    let mut nodes = vec![hub];
+    for i in 1..n {
+        let b = each(builder(&format!("n{i}"))).bootstrap(addr.clone());
+        nodes.push(b.start().await.expect("node starts"));
+    }
+    nodes
+}
+
+/// Waits until `cond` holds, polling every 100 ms, or fails after `deadline`.
+pub async fn until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Crashes node 0 of a converged mesh (dropped without a leave: a crash, as far as the
+/// others can tell) and checks what users rely on: every survivor removes it, a write
+/// after the crash reaches every survivor, and no survivor ever loses another. Returns
+/// how long the last survivor took to remove it.
+pub async fn crash_the_hub(nodes: &mut Vec<MeshNode>, stores: &mut Vec<Store<Status>>) -> Duration {
+    let n = nodes.len();
+    let mut watchers: Vec<_> = stores[1..].iter().map(|s| s.subscribe()).collect();
+    let hub = nodes.remove(0);
+    let hub_id = hub.device_id();
+    drop(stores.remove(0));
+    let crashed = std::time::Instant::now();
+    drop(hub);
+    until(
+        "every survivor drops the hub",
+        Duration::from_secs(30),
+        || stores.iter().all(|s| s.get(&hub_id).is_none()),
+    )
+    .await;
+    let detected = crashed.elapsed();
+    stores[0].update(|d| d.text = "after".into()).await.unwrap();
+    let writer = nodes[0].device_id();
+    until(
+        "the write after the crash reaches every survivor",
+        Duration::from_secs(30),
+        || {
+            stores[1..]
+                .iter()
+                .all(|s| s.get(&writer).is_some_and(|x| x.data.text == "after"))
+        },
+    )
+    .await;
+    for s in stores.iter() {
+        assert_eq!(s.snapshot().remote.len(), n - 2, "whole after the crash");
+    }
+    let mut lost = std::collections::BTreeSet::new();
+    for w in &mut watchers {
+        while let Some(Some(ev)) = futures::FutureExt::now_or_never(w.recv()) {
+            if let StoreEvent::RemoteRemoved { device_id, .. } = ev {
+                if device_id != hub_id {
+                    lost.insert(device_id);
+                }
+            }
+        }
+    }
+    assert!(lost.is_empty(), "survivors lost each other: {lost:?}");
+    detected
+}
+
 /// Waits until `cond` holds on `store`, or fails the test with the last snapshot.
 pub async fn eventually<T, F>(
     what: &str,

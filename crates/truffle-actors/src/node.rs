@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
 use crate::gossip::swarm::{build_swarm, JoinedTopicsOnly, SwarmCmd, SwarmTask};
+use crate::gossip::watch_wire::Presences;
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
 use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
@@ -541,7 +542,7 @@ impl MeshNodeBuilder {
             keys: Default::default(),
             outbound: HashMap::new(),
             asks: HashMap::new(),
-            presences: Default::default(),
+            presences: Presences::for_liveness(cfg.liveness),
             me: device.peer_id(),
             inbound: HashMap::new(),
             inbound_budget: Default::default(),

@@ -171,6 +171,13 @@ enum Topic {
     Store(u32),
 }
 
+/// What a request stream carries.
+enum Request {
+    Fetch(Vec<Want>),
+    Goodbye(u64),
+    Ask(Ask),
+}
+
 /// What a gossip message carries.
 #[derive(Clone, Debug)]
 enum Gossip {
@@ -535,6 +542,28 @@ impl Sim {
         for s in 0..self.store_ids.len() {
             self.write(i, s as u32);
         }
+    }
+
+    /// Starts every node in index order, one every `gap`.
+    pub fn start_all(&mut self, gap: Micros) {
+        for i in 0..self.len() {
+            let t = self.now + gap;
+            self.run_until(t);
+            self.start_node(i);
+        }
+    }
+
+    /// Runs until the mesh has converged (checked every 10 ms), or until `deadline`;
+    /// returns when it converged.
+    pub fn converge_by(&mut self, deadline: Micros) -> Option<Micros> {
+        while self.now < deadline {
+            if self.converged() {
+                return Some(self.now);
+            }
+            let t = self.now + 10_000;
+            self.run_until(t);
+        }
+        self.converged().then_some(self.now)
     }
 
     /// Node `i` writes a new version of its slice in store `s` (its runtime signs and
@@ -967,7 +996,7 @@ impl Sim {
                         Ask::Accused(_) => 120,
                         _ => 16,
                     };
-                    self.ask(i, peer, id, bytes, ask);
+                    self.request(i, peer, id, bytes, Request::Ask(ask));
                 }
                 Output::Reply { token, reply } => {
                     let Some((to, tg, id)) = self.tokens.remove(&token) else {
@@ -1028,14 +1057,14 @@ impl Sim {
                 }
                 Output::Fetch { peer, id, want } => {
                     let bytes = 16 + want.len() * 70;
-                    self.request(i, peer, id, bytes, Some(want), 0);
+                    self.request(i, peer, id, bytes, Request::Fetch(want));
                 }
                 Output::SendGoodbye {
                     peer,
                     id,
                     incarnation,
                 } => {
-                    self.request(i, peer, id, 64, None, incarnation);
+                    self.request(i, peer, id, 64, Request::Goodbye(incarnation));
                 }
                 Output::Respond { token, slices } => {
                     let Some((to, tg, id)) = self.tokens.remove(&token) else {
@@ -1121,121 +1150,71 @@ impl Sim {
         }
     }
 
-    /// Sends an [`Ask`] from `i` to `peer` (a stream, like a fetch: not lost, failing when
-    /// not connected or across a cut).
-    fn ask(&mut self, i: usize, peer: DeviceId, id: u64, bytes: usize, ask: Ask) {
+    /// Opens a request stream from `i` to `peer` carrying `what` (not lost: streams are
+    /// reliable). It fails after a round trip when the two are not connected, and after
+    /// the request timeout across a cut.
+    fn request(&mut self, i: usize, peer: DeviceId, id: u64, bytes: usize, what: Request) {
         let g = self.nodes[i].generation;
         let Some(p) = self.peer_index(&peer) else {
             return;
         };
         let me = self.nodes[i].id;
-        if !self.nodes[i].conns.contains(&p) {
-            let rtt = 2 * us(self.cfg.latency);
+        let failed = if !self.nodes[i].conns.contains(&p) {
+            Some(2 * us(self.cfg.latency))
+        } else {
+            None
+        };
+        let sent = match failed {
+            Some(_) => None,
+            None => self.send(i, p, bytes),
+        };
+        let Some(d) = sent else {
+            let after = failed.unwrap_or(REQUEST_TIMEOUT);
             self.push(
-                self.now + rtt,
-                Event::Input(i, g, Input::RequestFailed { peer, id }),
-            );
-            return;
-        }
-        let Some(d) = self.send(i, p, bytes) else {
-            self.push(
-                self.now + REQUEST_TIMEOUT,
+                self.now + after,
                 Event::Input(i, g, Input::RequestFailed { peer, id }),
             );
             return;
         };
         let gp = self.nodes[p].generation;
-        self.next_token += 1;
-        let token = self.next_token;
-        self.tokens.insert(token, (i, g, id));
-        self.push(
-            self.now + d,
-            Event::Input(
-                p,
-                gp,
-                Input::Asked {
-                    peer: me,
-                    token,
-                    ask,
-                },
-            ),
-        );
-    }
-
-    fn request(
-        &mut self,
-        i: usize,
-        peer: DeviceId,
-        id: u64,
-        bytes: usize,
-        want: Option<Vec<Want>>,
-        incarnation: u64,
-    ) {
-        let g = self.nodes[i].generation;
-        let Some(p) = self.peer_index(&peer) else {
-            return;
+        let mut token = || {
+            self.next_token += 1;
+            self.tokens.insert(self.next_token, (i, g, id));
+            self.next_token
         };
-        let me = self.nodes[i].id;
-        if !self.nodes[i].conns.contains(&p) {
-            let rtt = 2 * us(self.cfg.latency);
-            self.push(
-                self.now + rtt,
-                Event::Input(i, g, Input::RequestFailed { peer, id }),
-            );
-            return;
-        }
-        let Some(d) = self.send(i, p, bytes) else {
-            self.push(
-                self.now + REQUEST_TIMEOUT,
-                Event::Input(i, g, Input::RequestFailed { peer, id }),
-            );
-            return;
-        };
-        let gp = self.nodes[p].generation;
-        match want {
-            Some(want) => {
-                self.next_token += 1;
-                let token = self.next_token;
-                self.tokens.insert(token, (i, g, id));
-                self.push(
-                    self.now + d,
-                    Event::Input(
-                        p,
-                        gp,
-                        Input::Request {
-                            peer: me,
-                            token,
-                            want,
-                        },
-                    ),
-                );
-            }
-            None => {
-                self.push(
-                    self.now + d,
-                    Event::Input(
-                        p,
-                        gp,
-                        Input::Goodbye {
-                            device: me,
-                            incarnation,
-                        },
-                    ),
-                );
+        let input = match what {
+            Request::Fetch(want) => Input::Request {
+                peer: me,
+                token: token(),
+                want,
+            },
+            Request::Ask(ask) => Input::Asked {
+                peer: me,
+                token: token(),
+                ask,
+            },
+            Request::Goodbye(incarnation) => {
+                // Answered at once, with an empty response.
                 let back = self.send(p, i, 16).map(|b| self.now + d + b);
-                let at = back.unwrap_or(self.now + REQUEST_TIMEOUT);
-                let input = if back.is_some() {
-                    Input::Response {
+                let answer = match back {
+                    Some(_) => Input::Response {
                         peer,
                         id,
                         slices: Vec::new(),
-                    }
-                } else {
-                    Input::RequestFailed { peer, id }
+                    },
+                    None => Input::RequestFailed { peer, id },
                 };
-                self.push(at, Event::Input(i, g, input));
+                self.push(
+                    back.unwrap_or(self.now + REQUEST_TIMEOUT),
+                    Event::Input(i, g, answer),
+                );
+                Input::Goodbye {
+                    device: me,
+                    incarnation,
+                }
             }
-        }
+        };
+        self.push(self.now + d, Event::Input(p, gp, input));
     }
 }
 

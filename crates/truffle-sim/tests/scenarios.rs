@@ -26,27 +26,6 @@ fn false_removals(sim: &Sim) -> Vec<&Observation> {
     sim.false_removals()
 }
 
-/// Starts every node, one every `gap`, and runs until `until`.
-fn start_all(sim: &mut Sim, gap: Micros) {
-    for i in 0..sim.len() {
-        let t = sim.now() + gap;
-        sim.run_until(t);
-        sim.start_node(i);
-    }
-}
-
-/// Runs until the mesh has converged, or `deadline`; returns when it converged.
-fn converge_by(sim: &mut Sim, deadline: Micros) -> Option<Micros> {
-    while sim.now() < deadline {
-        if sim.converged() {
-            return Some(sim.now());
-        }
-        let t = sim.now() + 10_000;
-        sim.run_until(t);
-    }
-    sim.converged().then(|| sim.now())
-}
-
 #[test]
 fn a_join_wave_of_128_nodes_converges_without_false_removals() {
     let out = run(Scenario::JoinWave, cfg(128, 11), 20.0);
@@ -94,9 +73,9 @@ fn the_crash_of_the_node_everyone_bootstrapped_from_loses_nothing_else() {
 #[test]
 fn a_restart_with_the_same_key_replaces_the_old_run_everywhere() {
     let mut sim = Sim::new(cfg(120, 13));
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    assert!(sim.converge_by(t + 5 * S).is_some());
     let (victim, id) = (17, sim.id(17));
     let old = sim
         .engine(victim)
@@ -108,7 +87,9 @@ fn a_restart_with_the_same_key_replaces_the_old_run_everywhere() {
     sim.run_until(t);
     sim.start_node(victim);
     let restarted = sim.now();
-    let done = converge_by(&mut sim, restarted + 5 * S).expect("converges after the restart");
+    let done = sim
+        .converge_by(restarted + 5 * S)
+        .expect("converges after the restart");
     // Nobody waited for the old run to time out: the new incarnation replaced it.
     assert!(done - restarted < 1_000_000, "{} µs", done - restarted);
     for i in (0..sim.len()).filter(|&i| i != victim) {
@@ -130,9 +111,9 @@ fn each_side_of_a_partition_stays_whole_and_the_mesh_converges_after_the_heal() 
         topology: Topology::Halves,
         ..cfg(128, 15)
     });
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    assert!(sim.converge_by(t + 5 * S).is_some());
     let groups = sim.halves();
     sim.partition(&groups);
     let t = sim.now() + 6 * S;
@@ -150,7 +131,9 @@ fn each_side_of_a_partition_stays_whole_and_the_mesh_converges_after_the_heal() 
     }
     sim.heal();
     let healed = sim.now();
-    let done = converge_by(&mut sim, healed + 10 * S).expect("converges after the heal");
+    let done = sim
+        .converge_by(healed + 10 * S)
+        .expect("converges after the heal");
     assert!(done - healed < 3 * S, "{} µs", done - healed);
     assert!(
         false_removals(&sim).is_empty(),
@@ -171,9 +154,9 @@ fn with_30_percent_loss_and_a_timeout_sized_for_it_nothing_is_falsely_removed() 
             .with_presence(Duration::from_millis(500), Duration::from_secs(8)),
         ..cfg(128, 15)
     });
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    let done = converge_by(&mut sim, t + 10 * S);
+    let done = sim.converge_by(t + 10 * S);
     assert!(done.is_some(), "lagging: {}", sim.lagging());
     let t = sim.now() + 10 * S;
     sim.run_until(t);
@@ -184,9 +167,9 @@ fn with_30_percent_loss_and_a_timeout_sized_for_it_nothing_is_falsely_removed() 
 #[test]
 fn a_leave_racing_a_restart_does_not_remove_the_new_run() {
     let mut sim = Sim::new(cfg(110, 16));
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    assert!(sim.converge_by(t + 5 * S).is_some());
     let victim = 42;
     sim.leave(victim);
     // The leave completes once acknowledged (a few ms); the device comes straight back,
@@ -197,7 +180,9 @@ fn a_leave_racing_a_restart_does_not_remove_the_new_run() {
     }
     sim.start_node(victim);
     let back = sim.now();
-    let done = converge_by(&mut sim, back + 5 * S).expect("converges with the new run");
+    let done = sim
+        .converge_by(back + 5 * S)
+        .expect("converges with the new run");
     assert!(done - back < 2 * S);
     let t = sim.now() + 5 * S;
     sim.run_until(t);
@@ -223,7 +208,7 @@ fn more_than_256_stores_converge_through_digest_rotation() {
         slice_bytes: 16,
         ..cfg(100, 17)
     });
-    start_all(&mut sim, 5_000);
+    sim.start_all(5_000);
     let t = sim.now() + 10 * S;
     sim.run_until(t);
     let ids: Vec<_> = (0..sim.len()).map(|i| sim.id(i)).collect();
@@ -268,7 +253,7 @@ fn fault_schedule(seed: u64, n: usize) -> Result<(), String> {
         topology: Topology::Halves,
         ..cfg(n, seed)
     });
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now() + 3 * S;
     sim.run_until(t);
     let mut down: Vec<usize> = Vec::new();
@@ -313,7 +298,7 @@ fn fault_schedule(seed: u64, n: usize) -> Result<(), String> {
         sim.start_node(i);
     }
     let t = sim.now();
-    if converge_by(&mut sim, t + 10 * S).is_none() {
+    if sim.converge_by(t + 10 * S).is_none() {
         return Err(format!(
             "not converged 10 s after the last fault ({} nodes lagging); schedule: {log:?}",
             sim.lagging()

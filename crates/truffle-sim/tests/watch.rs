@@ -21,25 +21,6 @@ fn cfg(nodes: usize, seed: u64) -> SimConfig {
     }
 }
 
-fn start_all(sim: &mut Sim, gap: Micros) {
-    for i in 0..sim.len() {
-        let t = sim.now() + gap;
-        sim.run_until(t);
-        sim.start_node(i);
-    }
-}
-
-fn converge_by(sim: &mut Sim, deadline: Micros) -> Option<Micros> {
-    while sim.now() < deadline {
-        if sim.converged() {
-            return Some(sim.now());
-        }
-        let t = sim.now() + 10_000;
-        sim.run_until(t);
-    }
-    sim.converged().then(|| sim.now())
-}
-
 fn assert_clean(out: &Outcome) {
     assert_eq!(out.false_removals, 0, "{out:?}");
     assert_eq!(out.lagging_at_end, 0, "{out:?}");
@@ -96,16 +77,18 @@ fn the_crash_of_the_node_everyone_bootstrapped_from_loses_nothing_else() {
 #[test]
 fn a_restart_with_the_same_key_replaces_the_old_run_within_a_second() {
     let mut sim = Sim::new(cfg(120, 25));
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    assert!(sim.converge_by(t + 5 * S).is_some());
     let (victim, id) = (17, sim.id(17));
     sim.crash(victim);
     let t = sim.now() + 300_000;
     sim.run_until(t);
     sim.start_node(victim);
     let restarted = sim.now();
-    let done = converge_by(&mut sim, restarted + 5 * S).expect("converges after the restart");
+    let done = sim
+        .converge_by(restarted + 5 * S)
+        .expect("converges after the restart");
     assert!(done - restarted < S, "{} µs", done - restarted);
     for i in (0..sim.len()).filter(|&i| i != victim) {
         assert!(sim.engine(i).unwrap().is_online(&id), "node {i}");
@@ -123,9 +106,9 @@ fn each_side_of_a_partition_removes_the_other_and_all_converge_within_3_s_of_the
         topology: Topology::Halves,
         ..cfg(128, 26)
     });
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    assert!(sim.converge_by(t + 5 * S).is_some());
     let groups = sim.halves();
     sim.partition(&groups);
     let t = sim.now() + 20 * S;
@@ -142,7 +125,9 @@ fn each_side_of_a_partition_removes_the_other_and_all_converge_within_3_s_of_the
     }
     sim.heal();
     let healed = sim.now();
-    let done = converge_by(&mut sim, healed + 10 * S).expect("converges after the heal");
+    let done = sim
+        .converge_by(healed + 10 * S)
+        .expect("converges after the heal");
     assert!(done - healed < 3 * S, "{} µs", done - healed);
     for i in 0..sim.len() {
         let e = sim.engine(i).unwrap();
@@ -161,10 +146,10 @@ fn with_30_percent_loss_at_default_settings_nothing_is_falsely_removed() {
         loss: 0.3,
         ..cfg(128, 27)
     });
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
     assert!(
-        converge_by(&mut sim, t + 15 * S).is_some(),
+        sim.converge_by(t + 15 * S).is_some(),
         "lagging: {}",
         sim.lagging()
     );
@@ -181,9 +166,9 @@ fn with_30_percent_loss_at_default_settings_nothing_is_falsely_removed() {
 #[test]
 fn a_lying_accuser_cannot_remove_a_live_device() {
     let mut sim = Sim::new(cfg(100, 28));
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    assert!(sim.converge_by(t + 5 * S).is_some());
     // Node 3 accuses node 40 ten times a second for five seconds.
     for _ in 0..50 {
         sim.accuse(3, 40);
@@ -202,9 +187,9 @@ fn a_lying_accuser_cannot_remove_a_live_device() {
 #[test]
 fn a_live_device_some_nodes_cannot_reach_directly_stays_visible_through_the_others() {
     let mut sim = Sim::new(cfg(100, 29));
-    start_all(&mut sim, 10_000);
+    sim.start_all(10_000);
     let t = sim.now();
-    assert!(converge_by(&mut sim, t + 5 * S).is_some());
+    assert!(sim.converge_by(t + 5 * S).is_some());
     // Node 50 loses its direct link to every node below 30 (and they to it).
     for i in 0..30 {
         sim.set_link(i, 50, false);

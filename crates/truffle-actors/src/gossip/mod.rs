@@ -9,7 +9,7 @@
 
 mod budget;
 pub(crate) mod swarm;
-mod watch_wire;
+pub(crate) mod watch_wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;

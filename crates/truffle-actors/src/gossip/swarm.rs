@@ -521,7 +521,7 @@ impl SwarmTask {
                 self.on_response(peer, 0, slices);
             }
             SwarmCmd::PublishPresence(bytes, own) => {
-                if let Some(at) = own {
+                if let (Some(at), true) = (own, self.presences.enabled()) {
                     self.presences
                         .keep(self.me, at, Arc::from(bytes.as_slice()));
                 }
@@ -893,11 +893,10 @@ impl SwarmTask {
                     self.counters
                         .intro
                         .heard_name(device.into(), p.name.as_deref());
-                    self.presences.keep(
-                        device,
-                        (p.incarnation, p.seq),
-                        Arc::from(message.data.as_slice()),
-                    );
+                    if self.presences.enabled() {
+                        let raw = Arc::from(message.data.as_slice());
+                        self.presences.keep(device, (p.incarnation, p.seq), raw);
+                    }
                     let heartbeat = watch_wire::heartbeat_of(device, p);
                     self.forward(Input::Heartbeat {
                         via: via.into(),

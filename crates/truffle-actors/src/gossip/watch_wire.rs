@@ -7,7 +7,7 @@ use std::sync::Arc;
 use libp2p::PeerId;
 
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
-use crate::proto::{Ask, Digest, DigestReply, Heartbeat, Reply, Suspicion};
+use crate::proto::{Ask, Digest, DigestReply, Heartbeat, Liveness, Reply, Suspicion};
 use crate::wire::{
     decode_presence_msg, KeyCache, Presence, PresenceMsg, RejectReason, SyncRequest, SyncResponse,
     WireDigest, WireSuspicion, MAX_PRESENCE_BYTES, PROTOCOL_VERSION,
@@ -28,15 +28,33 @@ pub(crate) enum AskKind {
 type Kept = ((Incarnation, u64), Arc<[u8]>);
 
 /// The latest presence message of each device, exactly as it signed it, with its
-/// `(incarnation, seq)`: what a `members` request is answered with.
-#[derive(Default)]
+/// `(incarnation, seq)`: what a `members` request is answered with. Only watch liveness
+/// asks for them; with heartbeats (every device's presence twice a second) nothing is
+/// kept.
 pub(crate) struct Presences {
+    enabled: bool,
     by_device: HashMap<PeerId, Kept>,
 }
 
 impl Presences {
+    /// Keeps presences when `liveness` asks for them.
+    pub fn for_liveness(liveness: Liveness) -> Self {
+        Self {
+            enabled: liveness == Liveness::Watch,
+            by_device: HashMap::new(),
+        }
+    }
+
+    /// Whether presences are kept (so whether the caller need copy one).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Keeps `raw` if it is newer than what is kept of `device`.
     pub fn keep(&mut self, device: PeerId, at: (Incarnation, u64), raw: Arc<[u8]>) {
+        if !self.enabled {
+            return;
+        }
         let room = self.by_device.len() < MAX_KEPT_PRESENCES;
         match self.by_device.get_mut(&device) {
             Some(kept) if kept.0 >= at => {}

@@ -136,6 +136,19 @@ fn contribution(id: &DeviceId, d: &DeviceState) -> u64 {
     }
 }
 
+/// Takes an online device offline by timeout (silence, or an accusation nobody refuted),
+/// keeping the member hash and the online count in step.
+fn go_offline(id: DeviceId, d: &mut DeviceState, hash: &mut u64, online: &mut usize) -> Removal {
+    *hash ^= contribution(&id, d);
+    d.online = false;
+    *online -= 1;
+    Removal {
+        device: id,
+        reason: RemovalReason::Timeout,
+        stores: d.drop_held(),
+    }
+}
+
 impl Membership {
     pub fn new(timeout: Duration, hasher: DetState) -> Self {
         Self {
@@ -212,7 +225,6 @@ impl Membership {
     /// more members agree, the less likely all of them are wrong).
     pub fn expire_suspects(&mut self, now: Instant, min: Duration, max: Duration) -> Vec<Removal> {
         let mut out = Vec::new();
-        let mut hash = self.hash;
         let mut due: Vec<DeviceId> = self
             .suspects
             .iter()
@@ -230,20 +242,11 @@ impl Membership {
             let Some(d) = self.devices.get_mut(&id) else {
                 continue;
             };
-            let id = &id;
             if d.online {
-                hash ^= contribution(id, d);
-                d.online = false;
-                self.online -= 1;
-                out.push(Removal {
-                    device: *id,
-                    reason: RemovalReason::Timeout,
-                    stores: d.drop_held(),
-                });
+                out.push(go_offline(id, d, &mut self.hash, &mut self.online));
             }
         }
-        self.hash = hash;
-        out.sort_by_key(|r| r.device);
+        // `due` was sorted: so is `out`.
         out
     }
 
@@ -421,23 +424,11 @@ impl Membership {
         let mut out = Vec::new();
         for (id, d) in self.devices.iter_mut() {
             if d.online && now.saturating_duration_since(d.last_seen) > self.timeout {
-                self.hash ^= contribution(id, d);
-                d.online = false;
-                self.online -= 1;
-                out.push(Removal {
-                    device: *id,
-                    reason: RemovalReason::Timeout,
-                    stores: d.drop_held(),
-                });
+                out.push(go_offline(*id, d, &mut self.hash, &mut self.online));
             }
         }
         out.sort_by_key(|r| r.device);
         out
-    }
-
-    /// The version of `device`'s slice in `store` last admitted (held or not).
-    pub fn seen(&self, device: &DeviceId, store: &StoreId) -> Option<Version> {
-        Some(self.devices.get(device)?.stores.get(store)?.seen)
     }
 
     /// The store could not use a slice it was sent (for example its data did not decode):

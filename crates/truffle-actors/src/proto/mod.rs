@@ -30,6 +30,7 @@
 //! assert!(out.iter().any(|o| matches!(o, Output::PublishHeartbeat(_))));
 //! ```
 
+mod held;
 mod membership;
 #[cfg(test)]
 mod tests;
@@ -561,7 +562,7 @@ pub struct Engine {
     /// This node's own slice versions, for the presence digest.
     own: BTreeMap<StoreId, Version>,
     /// Signed slices held, own included, exactly as their owners signed them.
-    held: DetMap<StoreId, DetMap<DeviceId, Arc<[u8]>>>,
+    held: held::Held,
     /// Own slices whose last publish reached nobody: published again when a peer joins.
     unpublished: DetMap<StoreId, (Version, Arc<[u8]>)>,
     membership: Membership,
@@ -587,10 +588,10 @@ pub struct Engine {
     reconnect: DetSet<DeviceId>,
     leaving: bool,
     leave: Option<PendingLeave>,
+    /// Expiry ticks so far (housekeeping that walks every member runs on some of them).
+    expire_ticks: u64,
     /// Watch liveness state.
     watch: watch::WatchState,
-    /// Until when this node probes more members per tick (watch liveness).
-    alert_until: Option<Instant>,
 }
 
 impl Engine {
@@ -615,7 +616,7 @@ impl Engine {
             listen_addrs: Vec::new(),
             joined: DetSet::with_hasher(h.clone()),
             own: BTreeMap::new(),
-            held: DetMap::with_hasher(h.clone()),
+            held: held::Held::new(h.clone()),
             unpublished: DetMap::with_hasher(h.clone()),
             membership: Membership::new(timeout, h.clone()),
             seq: 0,
@@ -632,8 +633,8 @@ impl Engine {
             reconnect: DetSet::with_hasher(h.clone()),
             leaving: false,
             leave: None,
+            expire_ticks: 0,
             watch: watch::WatchState::new(&h),
-            alert_until: None,
         }
     }
 
@@ -706,7 +707,7 @@ impl Engine {
     pub fn state_size(&self) -> (usize, usize, usize) {
         (
             self.membership.known(),
-            self.held.values().map(|h| h.len()).sum(),
+            self.held.count(),
             self.fetched.len() + self.fetches.len(),
         )
     }
@@ -727,13 +728,8 @@ impl Engine {
                 if self.own.get(&store).is_some_and(|held| *held > version) {
                     return;
                 }
-                let old = self.own.insert(store.clone(), version);
-                self.rehash(&store, self.me, old, Some(version));
-                let h = &self.hasher;
-                self.held
-                    .entry(store.clone())
-                    .or_insert_with(|| DetMap::with_hasher(h.clone()))
-                    .insert(self.me, raw.clone());
+                self.own.insert(store.clone(), version);
+                self.held.insert(&store, self.me, version, raw.clone());
                 if reached_nobody {
                     self.unpublished.insert(store, (version, raw));
                 } else {
@@ -741,13 +737,8 @@ impl Engine {
                 }
             }
             Input::Undecodable { store, device } => {
-                let old = self.membership.held_version(&device, &store);
                 self.membership.unhold(&device, &store);
-                if let Some(h) = self.held.get_mut(&store) {
-                    if h.remove(&device).is_some() {
-                        self.rehash(&store, device, old, None);
-                    }
-                }
+                self.held.remove(&store, &device);
             }
             Input::Leave => self.start_leave(out),
             Input::ListenAddrs(addrs) => {
@@ -943,15 +934,10 @@ impl Engine {
             }));
             return;
         }
-        let old = self.membership.held_version(&v.device, &v.store);
         match self.membership.admit(v.device, &v.store, v.version, now) {
             Admit::Apply => {
-                self.rehash(&v.store, v.device, old, Some(v.version));
-                let h = &self.hasher;
                 self.held
-                    .entry(v.store.clone())
-                    .or_insert_with(|| DetMap::with_hasher(h.clone()))
-                    .insert(v.device, v.raw.clone());
+                    .insert(&v.store, v.device, v.version, v.raw.clone());
                 self.fetched.remove(&(v.device, v.store.clone()));
                 out.push(Output::Deliver(v));
             }
@@ -978,15 +964,7 @@ impl Engine {
         for store in r.stores {
             self.drop_slice(store, r.device, r.reason, out);
         }
-        let mut stores: Vec<StoreId> = self.held.keys().cloned().collect();
-        stores.sort();
-        for store in stores {
-            let removed = self.held.get_mut(&store).and_then(|h| h.remove(&r.device));
-            if removed.is_some() {
-                let old = self.membership.seen(&r.device, &store);
-                self.rehash(&store, r.device, old, None);
-            }
-        }
+        self.held.remove_device(&r.device);
     }
 
     fn drop_slice(
@@ -996,15 +974,7 @@ impl Engine {
         reason: RemovalReason,
         out: &mut Vec<Output>,
     ) {
-        if self
-            .held
-            .get_mut(&store)
-            .and_then(|h| h.remove(&device))
-            .is_some()
-        {
-            let old = self.membership.seen(&device, &store);
-            self.rehash(&store, device, old, None);
-        }
+        self.held.remove(&store, &device);
         if self.joined.contains(&store) {
             out.push(Output::Remove {
                 store,
@@ -1167,12 +1137,12 @@ impl Engine {
             if covered || !named.insert((&w.store, w.device.as_ref())) {
                 continue;
             }
-            let Some(held) = self.held.get(&w.store) else {
+            let Some(held) = self.held.store(&w.store) else {
                 continue;
             };
             let pick: Vec<&Arc<[u8]>> = match &w.device {
-                None => held.values().collect(),
-                Some(d) => held.get(d).into_iter().collect(),
+                None => held.slices().collect(),
+                Some(d) => held.slice(d).into_iter().collect(),
             };
             for raw in pick {
                 // Each entry costs its bytes plus a msgpack bin header (at most 5 bytes).
@@ -1240,8 +1210,8 @@ impl Engine {
                 });
                 // Housekeeping that walks every member: every tick with heartbeats, every
                 // 32nd with watch liveness (whose other per-tick work does not grow with N).
-                self.watch.ticks += 1;
-                if !self.watching() || self.watch.ticks.is_multiple_of(32) {
+                self.expire_ticks += 1;
+                if !self.watching() || self.expire_ticks.is_multiple_of(32) {
                     let forget_after = (self.cfg.presence_timeout * 10).max(FORGET_AFTER_MIN);
                     self.membership.forget_silent(now, forget_after);
                     let m = &self.membership;

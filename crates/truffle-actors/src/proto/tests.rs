@@ -451,7 +451,7 @@ fn an_answer_holds_each_slice_once_however_often_it_is_wanted() {
     };
     assert_eq!(slices.len(), 3, "each held slice once: {slices:?}");
     for (s, d) in [(&a, 1), (&a, 2), (&b, 1)] {
-        let held = &e.held[s][&dev(d)];
+        let held = e.held.store(s).and_then(|h| h.slice(&dev(d))).unwrap();
         let sent = slices.iter().filter(|x| Arc::ptr_eq(x, held)).count();
         assert_eq!(sent, 1, "{s}/{d} sent once, shared (not copied)");
     }

@@ -127,15 +127,11 @@ pub(super) struct WatchState {
     pub probes: DetMap<DeviceId, Instant>,
     /// Peers whose next connection close is expected (a trim, either way).
     expect_close: DetSet<DeviceId>,
-    /// Trims asked, by request.
-    trims: DetMap<RequestId, DeviceId>,
-    /// Per store, XOR of [`slice_hash`] over the slices held (own included).
-    store_hash: DetMap<StoreId, u64>,
+    /// Trims asked and not yet acknowledged, by request: the peer, and when.
+    trims: DetMap<RequestId, (DeviceId, Instant)>,
     /// Members removed by suspicion, and when: dialled now and then for a while, in case
     /// they were only cut off.
     lost: DetMap<DeviceId, Instant>,
-    /// Expire ticks so far (housekeeping that walks every member runs on a few of them).
-    pub ticks: u64,
     /// Members still to probe this round, in random order (see [`Engine::probe_random`]).
     probe_order: Vec<DeviceId>,
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
@@ -144,8 +140,8 @@ pub(super) struct WatchState {
     next_tick: Option<Instant>,
     /// Until when this node counts itself short of CPU.
     unhealthy_until: Option<Instant>,
-    /// When each pending trim notice was sent.
-    trim_sent: DetMap<RequestId, Instant>,
+    /// Until when this node probes more members per tick (after an accusation).
+    alert_until: Option<Instant>,
 }
 
 impl WatchState {
@@ -158,49 +154,20 @@ impl WatchState {
             probes: DetMap::with_hasher(h.clone()),
             expect_close: DetSet::with_hasher(h.clone()),
             trims: DetMap::with_hasher(h.clone()),
-            store_hash: DetMap::with_hasher(h.clone()),
             lost: DetMap::with_hasher(h.clone()),
-            ticks: 0,
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
             next_tick: None,
             unhealthy_until: None,
-            trim_sent: DetMap::with_hasher(h.clone()),
+            alert_until: None,
         }
     }
-}
-
-/// The order-independent hash of one held slice version, the same on every node.
-fn slice_hash(device: &DeviceId, version: Version) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x736c_6963).hash_one((
-        device,
-        version.incarnation,
-        version.counter,
-    ))
 }
 
 impl Engine {
     /// Whether this engine runs watch liveness.
     pub(super) fn watching(&self) -> bool {
         self.cfg.liveness == Liveness::Watch
-    }
-
-    /// Keeps a store's hash in step with the slices held: `old` leaves, `new` enters.
-    pub(super) fn rehash(
-        &mut self,
-        store: &StoreId,
-        device: DeviceId,
-        old: Option<Version>,
-        new: Option<Version>,
-    ) {
-        if !self.watching() {
-            return;
-        }
-        let h = self.watch.store_hash.entry(store.clone()).or_default();
-        for v in [old, new].into_iter().flatten() {
-            *h ^= slice_hash(&device, v);
-        }
     }
 
     /// The hash of this node's member view (itself included; watch liveness): two nodes
@@ -218,12 +185,7 @@ impl Engine {
         let mut stores: Vec<(StoreId, u64)> = self
             .joined
             .iter()
-            .map(|s| {
-                (
-                    s.clone(),
-                    self.watch.store_hash.get(s).copied().unwrap_or(0),
-                )
-            })
+            .map(|s| (s.clone(), self.held.hash(s)))
             .collect();
         stores.sort();
         stores.truncate(MAX_STORE_ENTRIES);
@@ -291,9 +253,9 @@ impl Engine {
     pub(super) fn watch_tick(&mut self, now: Instant, out: &mut Vec<Output>) {
         let mut overdue: Vec<RequestId> = self
             .watch
-            .trim_sent
+            .trims
             .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= TRIM_ACK_WAIT)
+            .filter(|(_, (_, t))| now.saturating_duration_since(*t) >= TRIM_ACK_WAIT)
             .map(|(id, _)| *id)
             .collect();
         overdue.sort();
@@ -304,7 +266,7 @@ impl Engine {
             return;
         }
         self.dial_lost(now, out);
-        let alert = self.alert_until.is_some_and(|t| now < t);
+        let alert = self.watch.alert_until.is_some_and(|t| now < t);
         // Probes only while the view has room: a probe that answers is a connection.
         let high = self.cfg.target_peers + self.cfg.target_peers.div_ceil(2);
         let probes = match alert {
@@ -395,7 +357,7 @@ impl Engine {
         let Some((of, true)) = self.membership.presence_of(&peer) else {
             return;
         };
-        self.alert_until = Some(now + ALERT_FOR);
+        self.watch.alert_until = Some(now + ALERT_FOR);
         if self.membership.suspect(peer, of, self.me, now) {
             out.push(Output::Report(Report::Suspected {
                 device: peer,
@@ -436,7 +398,7 @@ impl Engine {
                 device: s.device,
                 accuser,
             }));
-            self.alert_until = Some(now + ALERT_FOR);
+            self.watch.alert_until = Some(now + ALERT_FOR);
             if new && self.conns.contains_key(&s.device) {
                 let id = self.request_id();
                 out.push(Output::Ask {
@@ -513,12 +475,11 @@ impl Engine {
 
     /// Closes the connection to `peer` to trim the view, telling it first.
     pub(super) fn trim(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
-        if self.watch.trims.values().any(|p| *p == peer) {
+        if self.watch.trims.values().any(|(p, _)| *p == peer) {
             return;
         }
         let id = self.request_id();
-        self.watch.trims.insert(id, peer);
-        self.watch.trim_sent.insert(id, now);
+        self.watch.trims.insert(id, (peer, now));
         out.push(Output::Ask {
             peer,
             id,
@@ -528,8 +489,7 @@ impl Engine {
 
     /// A trim was acknowledged (or failed): close the connection now.
     pub(super) fn trim_answered(&mut self, id: RequestId, out: &mut Vec<Output>) -> bool {
-        self.watch.trim_sent.remove(&id);
-        let Some(peer) = self.watch.trims.remove(&id) else {
+        let Some((peer, _)) = self.watch.trims.remove(&id) else {
             return false;
         };
         self.watch.expect_close.insert(peer);
@@ -586,19 +546,13 @@ impl Engine {
         });
         let mut stores = Vec::new();
         for (store, hash) in theirs.stores.iter().take(MAX_STORE_ENTRIES) {
-            if !self.joined.contains(store)
-                || self.watch.store_hash.get(store).copied().unwrap_or(0) == *hash
-            {
+            if !self.joined.contains(store) || self.held.hash(store) == *hash {
                 continue;
             }
             let mut entries: Vec<(DeviceId, Version)> = self
                 .held
-                .get(store)
-                .map(|h| {
-                    h.keys()
-                        .filter_map(|d| Some((*d, self.held_version(store, d)?)))
-                        .collect()
-                })
+                .store(store)
+                .map(|h| h.versions().collect())
                 .unwrap_or_default();
             entries.sort();
             entries.truncate(MAX_STORE_ENTRIES);
