@@ -56,6 +56,9 @@ pub struct Metrics {
     /// chapter). Honest peers rarely cause this; a steady rise names a greedy one in the
     /// `debug` log.
     pub sync_over_budget: u64,
+    /// Connections established since start (dialled or accepted). In an idle mesh it
+    /// grows only with view maintenance: a steady climb means connections churn.
+    pub connections_opened: u64,
 }
 
 impl Metrics {
@@ -143,6 +146,7 @@ impl Counters {
             devices_removed: self.devices_removed.load(Relaxed),
             connection_failures: self.connection_failures.load(Relaxed),
             sync_over_budget: self.sync_over_budget.load(Relaxed),
+            connections_opened: self.prom.connections_opened.get(),
         }
     }
 }

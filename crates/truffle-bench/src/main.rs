@@ -50,6 +50,8 @@ pub struct Cfg {
     pub seed: u64,
     /// The liveness the overlay scenarios (`idle-cost`, `hub-crash`) run.
     pub liveness: truffle_actors::proto::Liveness,
+    /// Mesh sizes for the overlay scenarios instead of their defaults (empty: defaults).
+    pub nodes: Vec<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +135,10 @@ struct Opts {
     /// `watch` (experimental; see `MeshNodeBuilder::liveness`).
     #[arg(long, value_name = "KIND", default_value = "heartbeats", value_parser = parse_liveness)]
     liveness: truffle_actors::proto::Liveness,
+    /// Mesh size for `idle-cost` and `hub-crash` instead of their defaults (repeatable,
+    /// 2 to 256).
+    #[arg(long = "nodes", value_name = "N", value_parser = clap::value_parser!(u16).range(2..=256))]
+    nodes: Vec<u16>,
 }
 
 fn parse_liveness(s: &str) -> Result<truffle_actors::proto::Liveness, String> {
@@ -241,6 +247,7 @@ fn main() {
         quick: opts.quick,
         seed: opts.seed,
         liveness: opts.liveness,
+        nodes: opts.nodes.iter().map(|&n| usize::from(n)).collect(),
     };
     let mut chosen = if opts.scenarios.is_empty() {
         ALL.to_vec()

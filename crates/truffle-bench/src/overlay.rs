@@ -14,6 +14,7 @@ use chitchat::transport::UdpTransport;
 use serde_json::{json, Map, Value};
 use truffle_actors::prelude::*;
 use truffle_actors::proto::Liveness;
+use truffle_actors::Metrics;
 
 use crate::baseline_chitchat::{config, free_udp_addrs};
 use crate::mesh::{Mesh, Payload};
@@ -82,10 +83,19 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
     };
     let converge_ms = last_join.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(SETTLE).await;
+    let before: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
     let cpu = sys::cpu_share_over(WINDOW).await;
     let rss = sys::rss_kb().unwrap_or(0);
-    let conns: Vec<u64> = nodes.iter().map(|x| x.metrics().connected_peers).collect();
-    let presence: u64 = nodes.iter().map(|x| x.metrics().presence_received).sum();
+    let after: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
+    let conns: Vec<u64> = after.iter().map(|m| m.connected_peers).collect();
+    let presence: u64 = after.iter().map(|m| m.presence_received).sum();
+    // Per node and second over the window: what an idle node still does.
+    let rate = |f: fn(&Metrics) -> u64| {
+        let d: u64 = before.iter().zip(&after).map(|(b, a)| f(a) - f(b)).sum();
+        d as f64 / n as f64 / WINDOW.as_secs_f64()
+    };
+    let opened = rate(|m| m.connections_opened);
+    let heard = rate(|m| m.presence_received);
     shutdown(nodes).await;
     Ok(json!({
         "converged_after_last_join_ms": converge_ms,
@@ -94,6 +104,8 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
         "connections_mean": conns.iter().sum::<u64>() as f64 / n as f64,
         "connections_max": conns.iter().max().copied().unwrap_or(0),
         "presence_received_total": presence,
+        "idle_connections_opened_per_node_s": opened,
+        "idle_presence_received_per_node_s": heard,
     }))
 }
 
@@ -145,7 +157,11 @@ fn pct(v: &Value) -> String {
 
 /// The idle-cost scenario.
 pub async fn idle_cost(cfg: &Cfg, report: &mut Report) -> Value {
-    let sizes: &[usize] = if cfg.quick { &[8] } else { &[16, 32, 64, 128] };
+    let sizes: &[usize] = match () {
+        _ if !cfg.nodes.is_empty() => &cfg.nodes,
+        _ if cfg.quick => &[8],
+        _ => &[16, 32, 64, 128],
+    };
     let mut table = Table::new(
         format!(
             "Idle cost: N nodes in one process, one seed address, converged and idle; \
@@ -161,6 +177,8 @@ pub async fn idle_cost(cfg: &Cfg, report: &mut Report) -> Value {
             "RSS/node",
             "conns mean",
             "conns max",
+            "conns opened/node/s",
+            "presence/node/s",
             "converged after last join",
         ],
     );
@@ -182,6 +200,8 @@ pub async fn idle_cost(cfg: &Cfg, report: &mut Report) -> Value {
             f("rss_per_node_kb").map_or("-".into(), |kb| format!("{:.2} MB", kb / 1024.0)),
             f("connections_mean").map_or("-".into(), |x| format!("{x:.1}")),
             f("connections_max").map_or("-".into(), |x| format!("{x:.0}")),
+            f("idle_connections_opened_per_node_s").map_or("-".into(), |x| format!("{x:.2}")),
+            f("idle_presence_received_per_node_s").map_or("-".into(), |x| format!("{x:.2}")),
             f("converged_after_last_join_ms").map_or("-".into(), |x| format!("{x:.0} ms")),
         ]);
         report.figure(
@@ -202,39 +222,45 @@ pub async fn idle_cost(cfg: &Cfg, report: &mut Report) -> Value {
 
 /// The hub-crash scenario.
 pub async fn hub_crash(cfg: &Cfg, report: &mut Report) -> Value {
-    let n = if cfg.quick { 8 } else { 32 };
-    match hub_crash_once(n, cfg.liveness).await {
-        Ok(v) => {
-            let mut table = Table::new(
-                format!(
-                    "Hub crash: {n} nodes bootstrapped from node 0, which is dropped without \
-                     a leave once views have formed; survivors that hold every other \
-                     survivor, sampled every 250 ms for 10 s"
-                ),
-                &[
-                    "N",
-                    "whole (min)",
-                    "whole (end)",
-                    "hub gone everywhere after",
-                ],
-            );
-            let g = |k: &str| v.get(k).and_then(Value::as_f64);
-            table.row(vec![
-                n.to_string(),
-                g("whole_min").map_or("-".into(), |x| format!("{x:.0} / {}", n - 1)),
-                g("whole_end").map_or("-".into(), |x| format!("{x:.0} / {}", n - 1)),
-                g("hub_gone_ms").map_or("never".into(), |x| format!("{x:.0} ms")),
-            ]);
-            table.print();
-            report.figure(format!("hub_crash.n{n}.whole_min"), g("whole_min"));
-            report.figure(format!("hub_crash.n{n}.hub_gone_ms"), g("hub_gone_ms"));
-            v
-        }
-        Err(e) => {
-            println!("hub-crash: error: {e}");
-            json!({ "error": e })
-        }
+    let sizes: &[usize] = match () {
+        _ if !cfg.nodes.is_empty() => &cfg.nodes,
+        _ if cfg.quick => &[8],
+        _ => &[32],
+    };
+    let mut table = Table::new(
+        "Hub crash: N nodes bootstrapped from node 0, which is dropped without a leave once \
+         views have formed; survivors that hold every other survivor, sampled every 250 ms \
+         for 10 s",
+        &[
+            "N",
+            "whole (min)",
+            "whole (end)",
+            "hub gone everywhere after",
+        ],
+    );
+    let mut out = Map::new();
+    for &n in sizes {
+        let v = match hub_crash_once(n, cfg.liveness).await {
+            Ok(v) => v,
+            Err(e) => {
+                println!("hub-crash, {n} nodes: error: {e}");
+                out.insert(format!("n{n}"), json!({ "error": e }));
+                continue;
+            }
+        };
+        let g = |k: &str| v.get(k).and_then(Value::as_f64);
+        table.row(vec![
+            n.to_string(),
+            g("whole_min").map_or("-".into(), |x| format!("{x:.0} / {}", n - 1)),
+            g("whole_end").map_or("-".into(), |x| format!("{x:.0} / {}", n - 1)),
+            g("hub_gone_ms").map_or("never".into(), |x| format!("{x:.0} ms")),
+        ]);
+        report.figure(format!("hub_crash.n{n}.whole_min"), g("whole_min"));
+        report.figure(format!("hub_crash.n{n}.hub_gone_ms"), g("hub_gone_ms"));
+        out.insert(format!("n{n}"), v);
     }
+    table.print();
+    Value::Object(out)
 }
 
 async fn hub_crash_once(n: usize, liveness: Liveness) -> Result<Value, String> {

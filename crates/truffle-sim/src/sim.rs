@@ -123,10 +123,6 @@ const REQUEST_TIMEOUT: Micros = 10_000_000;
 /// A dial across a partition fails after this (TCP's connect timeout is longer; the
 /// engines stop waiting sooner).
 const DIAL_TIMEOUT: Micros = 5_000_000;
-/// Ping period on a connection, and how long a ping may take: a connection whose link was
-/// cut reports its peer unresponsive within the sum (watch liveness acts on it).
-const PING_EVERY: Micros = 1_000_000;
-const PING_TIMEOUT: Micros = 1_000_000;
 
 fn us(d: Duration) -> Micros {
     d.as_micros() as Micros
@@ -419,6 +415,14 @@ impl Sim {
         (us(self.cfg.latency) as f64 * f) as Micros
     }
 
+    /// When a node notices by its pings that a connection's link was cut now: within a
+    /// ping period (the next ping is somewhere in it) plus the ping timeout, as the
+    /// runtime's libp2p ping is set up ([`ProtoConfig::ping_every`]).
+    fn ping_failure_at(&mut self) -> Micros {
+        let every = us(self.cfg.proto.ping_every).max(1);
+        self.now + self.rng.random_range(0..every) + us(self.cfg.proto.ping_timeout)
+    }
+
     fn lost(&mut self) -> bool {
         self.cfg.loss > 0.0 && self.rng.random::<f64>() < self.cfg.loss
     }
@@ -448,7 +452,7 @@ impl Sim {
             }
         }
         for (a, b) in cut {
-            let at = self.now + self.rng.random_range(0..PING_EVERY) + PING_TIMEOUT;
+            let at = self.ping_failure_at();
             let g = self.nodes[a].generation;
             self.push(at, Event::PingCheck(a, g, b));
         }
@@ -463,7 +467,7 @@ impl Sim {
             self.cut.insert(key);
             for (x, y) in [(a, b), (b, a)] {
                 if self.nodes[x].conns.contains(&y) {
-                    let at = self.now + self.rng.random_range(0..PING_EVERY) + PING_TIMEOUT;
+                    let at = self.ping_failure_at();
                     let g = self.nodes[x].generation;
                     self.push(at, Event::PingCheck(x, g, y));
                 }

@@ -283,11 +283,14 @@ pub(crate) fn build_swarm(
             ));
             // Watch liveness notices a peer that stopped answering by its pings.
             let ping = match cfg.liveness {
-                crate::proto::Liveness::Watch => ping::Behaviour::new(
-                    ping::Config::new()
-                        .with_interval(Duration::from_secs(2))
-                        .with_timeout(Duration::from_secs(3)),
-                ),
+                crate::proto::Liveness::Watch => {
+                    let p = crate::proto::ProtoConfig::default();
+                    ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(p.ping_every)
+                            .with_timeout(p.ping_timeout),
+                    )
+                }
                 _ => ping::Behaviour::default(),
             };
             let mdns = if mdns_on {

