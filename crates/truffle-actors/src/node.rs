@@ -543,6 +543,7 @@ impl MeshNodeBuilder {
             outbound: HashMap::new(),
             asks: HashMap::new(),
             presences: Presences::for_liveness(cfg.liveness),
+            unsent_presence: None,
             me: device.peer_id(),
             inbound: HashMap::new(),
             inbound_budget: Default::default(),

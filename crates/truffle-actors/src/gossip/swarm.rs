@@ -409,6 +409,10 @@ pub(crate) struct SwarmTask {
     pub asks: HashMap<OutboundRequestId, (RequestId, AskKind)>,
     /// The latest presence message of each device, to answer `members` requests.
     pub presences: Presences,
+    /// This node's latest presence message while no peer is known to subscribe to the
+    /// presence topic (just after the first connection, before subscriptions arrive):
+    /// published as soon as one does, so a heartbeat sent only on change is not lost.
+    pub unsent_presence: Option<Vec<u8>>,
     /// This device (its own presence is kept too).
     pub me: PeerId,
     /// Inbound requests waiting for the engine's answer, with libp2p's id of each.
@@ -528,12 +532,7 @@ impl SwarmTask {
                     self.presences
                         .keep(self.me, at, Arc::from(bytes.as_slice()));
                 }
-                let topic = IdentTopic::new(PRESENCE_TOPIC);
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
-                    if !matches!(e, gossipsub::PublishError::NoPeersSubscribedToTopic) {
-                        tracing::debug!(error = %e, "presence publish failed");
-                    }
-                }
+                self.publish_presence(bytes);
             }
             SwarmCmd::Goodbye(payload) => {
                 self.leaving = true;
@@ -662,6 +661,23 @@ impl SwarmTask {
     }
 
     /// Sends a sync request, remembering the engine's id for its answer.
+    fn publish_presence(&mut self, bytes: Vec<u8>) {
+        let topic = IdentTopic::new(PRESENCE_TOPIC);
+        self.unsent_presence = None;
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, bytes.clone())
+        {
+            Ok(_) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                self.unsent_presence = Some(bytes);
+            }
+            Err(e) => tracing::debug!(error = %e, "presence publish failed"),
+        }
+    }
+
     fn request(&mut self, peer: DeviceId, id: RequestId, req: SyncRequest) {
         let rid = self
             .swarm
@@ -862,6 +878,11 @@ impl SwarmTask {
             gossipsub::Event::Subscribed { peer_id, topic }
                 if !drop_inbound(&self.faults, &[peer_id]) =>
             {
+                if topic.as_str() == PRESENCE_TOPIC && !self.leaving {
+                    if let Some(bytes) = self.unsent_presence.take() {
+                        self.publish_presence(bytes);
+                    }
+                }
                 if let Some(store) = store_of_topic(topic.as_str()) {
                     self.forward(Input::Subscribed {
                         peer: peer_id.into(),

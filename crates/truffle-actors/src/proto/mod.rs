@@ -767,7 +767,7 @@ impl Engine {
                     self.remove(r, out);
                 }
             }
-            Input::Subscribed { peer, store } => self.on_subscribed(peer, store, out),
+            Input::Subscribed { peer, store } => self.on_subscribed(peer, store, now, out),
             Input::Unsubscribed { peer, store } => {
                 if let Some(s) = self.subs.get_mut(&peer) {
                     s.remove(&store);
@@ -903,7 +903,13 @@ impl Engine {
         self.next_request
     }
 
-    fn on_subscribed(&mut self, peer: DeviceId, store: StoreId, out: &mut Vec<Output>) {
+    fn on_subscribed(
+        &mut self,
+        peer: DeviceId,
+        store: StoreId,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         if peer == self.me {
             return;
         }
@@ -925,7 +931,7 @@ impl Engine {
             if self.watching() {
                 // Compare by hash first: a converged pair exchanges a few bytes, not every
                 // slice of the store (views change all the time; slices seldom differ).
-                self.ask_digest(peer, out);
+                self.ask_digest(peer, now, out);
             } else {
                 self.fetch_all(peer, &store, out);
             }
@@ -1264,7 +1270,7 @@ impl Engine {
                     timer: Timer::AntiEntropy,
                 });
                 if !self.leaving {
-                    self.compare_with_random_peer(out);
+                    self.compare_with_random_peer(now, out);
                 }
             }
             Timer::LeaveDeadline => {

@@ -148,6 +148,10 @@ pub(super) struct WatchState {
     unhealthy_until: Option<Instant>,
     /// Until when this node probes more members per tick (after an accusation).
     alert_until: Option<Instant>,
+    /// When this node last sent each connected peer its digest.
+    compared: DetMap<DeviceId, Instant>,
+    /// Whether this run announced itself again once its view had formed.
+    view_announced: bool,
 }
 
 impl WatchState {
@@ -166,6 +170,8 @@ impl WatchState {
             next_tick: None,
             unhealthy_until: None,
             alert_until: None,
+            compared: DetMap::with_hasher(h.clone()),
+            view_announced: false,
         }
     }
 }
@@ -237,7 +243,7 @@ impl Engine {
             self.trim(peer, now, out);
         } else {
             // A new neighbour: compare views now (a join, a heal, a view change).
-            self.ask_digest(peer, out);
+            self.ask_digest(peer, now, out);
         }
     }
 
@@ -267,6 +273,15 @@ impl Engine {
         overdue.sort();
         for id in overdue {
             self.trim_answered(id, out);
+        }
+        // A node announces itself at start over its first connections, often all to one
+        // shared seed, whose gossipsub mesh reaches only a few of the others; and during
+        // a join wave nobody has a mesh yet. Once its own view has formed it announces
+        // once more, over random connections: a join wave of 128 nodes then converges
+        // from two rounds of heartbeats instead of member by member through digests.
+        if !self.watch.view_announced && self.conns.len() >= self.cfg.target_peers {
+            self.watch.view_announced = true;
+            self.watch.announce = true;
         }
         if !self.healthy(now) {
             return;
@@ -313,7 +328,8 @@ impl Engine {
         self.watch.probe_order = order;
     }
 
-    pub(super) fn ask_digest(&mut self, peer: DeviceId, out: &mut Vec<Output>) {
+    pub(super) fn ask_digest(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
+        self.watch.compared.insert(peer, now);
         let id = self.request_id();
         out.push(Output::Ask {
             peer,
@@ -322,14 +338,16 @@ impl Engine {
         });
     }
 
-    pub(super) fn compare_with_random_peer(&mut self, out: &mut Vec<Output>) {
+    pub(super) fn compare_with_random_peer(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let conns = &self.conns;
+        self.watch.compared.retain(|d, _| conns.contains_key(d));
         if self.conns.is_empty() {
             return;
         }
         let mut peers: Vec<DeviceId> = self.conns.keys().copied().collect();
         peers.sort();
         let peer = peers[self.rng.random_range(0..peers.len())];
-        self.ask_digest(peer, out);
+        self.ask_digest(peer, now, out);
     }
 
     /// The last connection to `peer` closed, or it stopped answering: unless that was
@@ -531,7 +549,22 @@ impl Engine {
                 }
                 Reply::Members(beats)
             }
-            Ask::Digest(theirs) => Reply::Digest(self.diff(&theirs)),
+            Ask::Digest(theirs) => {
+                let diff = self.diff(&theirs);
+                // Push-pull: where views differ, the asker learns what this node has from
+                // the answer, and this node learns what the asker has by asking back (at
+                // most once per period and peer, so two nodes do not ask each other in
+                // turn forever).
+                if diff.members.is_some() || !diff.stores.is_empty() {
+                    let recent = self.watch.compared.get(&peer).is_some_and(|t| {
+                        now.saturating_duration_since(*t) < self.cfg.anti_entropy_every
+                    });
+                    if !recent && self.conns.contains_key(&peer) {
+                        self.ask_digest(peer, now, out);
+                    }
+                }
+                Reply::Digest(diff)
+            }
         };
         out.push(Output::Reply { token, reply });
     }
@@ -592,10 +625,16 @@ impl Engine {
             // announcement, or removed us while we were cut off: announce again. (Re-
             // announcing to laggards would feed itself whenever gossip is slower than the
             // comparisons: each announcement makes every peer a laggard again.)
+            //
+            // Only a node that lost members lately announces again: it was most likely cut
+            // off, and the other side removed it. A peer that merely has not heard of a
+            // newcomer yet pulls its heartbeat itself (a digest that differs is compared
+            // both ways, see `on_asked`); newcomers re-announcing to every such peer made
+            // a join wave of 128 nodes flood four rounds of heartbeats instead of one.
             let counted = members
                 .iter()
                 .any(|(d, i, _)| *d == self.me && *i == self.incarnation);
-            if !counted {
+            if !counted && !self.watch.lost.is_empty() {
                 self.watch.announce = true;
             }
             let newer: Vec<DeviceId> = members
