@@ -56,6 +56,20 @@ pub struct Metrics {
     /// chapter). Honest peers rarely cause this; a steady rise names a greedy one in the
     /// `debug` log.
     pub sync_over_budget: u64,
+    /// Gossip messages not forwarded (and not verified) because they carried a slice
+    /// version no newer than one already seen of that device and store, or came faster
+    /// than the per-device, per-store gossip rate allows
+    /// ([`MeshNodeBuilder::gossip_rate`](crate::MeshNodeBuilder::gossip_rate)). The
+    /// newest version still arrives, through the digests.
+    pub gossip_over_rate: u64,
+    /// Remote slices a store never saw because a newer slice of the same device (or its
+    /// removal) arrived while the store was still busy: each store's inbox keeps one slot
+    /// per device, so a slow store, or a device writing very fast, cannot build a
+    /// backlog.
+    pub store_coalesced: u64,
+    /// Departed devices remembered only by a compact tombstone (the versions last seen of
+    /// them), so that a replay of their old messages cannot bring them back.
+    pub tombstones: u64,
 }
 
 impl Metrics {
@@ -81,6 +95,9 @@ pub(crate) struct Counters {
     pub devices_removed: AtomicU64,
     pub connection_failures: AtomicU64,
     pub sync_over_budget: AtomicU64,
+    pub gossip_over_rate: AtomicU64,
+    pub store_coalesced: AtomicU64,
+    pub tombstones: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     last_warn: Mutex<[Option<Instant>; RejectReason::ALL.len()]>,
     /// Metrics that exist only in Prometheus form (labelled, histograms).
@@ -143,6 +160,9 @@ impl Counters {
             devices_removed: self.devices_removed.load(Relaxed),
             connection_failures: self.connection_failures.load(Relaxed),
             sync_over_budget: self.sync_over_budget.load(Relaxed),
+            gossip_over_rate: self.gossip_over_rate.load(Relaxed),
+            store_coalesced: self.store_coalesced.load(Relaxed),
+            tombstones: self.tombstones.load(Relaxed),
         }
     }
 }
@@ -344,7 +364,7 @@ impl std::fmt::Debug for LiveValues {
 impl Collector for LiveValues {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 5] = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             (
                 "slices_delivered",
                 "Slices received from the network (gossip or sync answers), before any check.",
@@ -370,13 +390,28 @@ impl Collector for LiveValues {
                 "Inbound sync requests answered short or empty: the asking peer was over its per-peer budget.",
                 &c.sync_over_budget,
             ),
+            (
+                "gossip_over_rate",
+                "Gossip slices not verified nor forwarded: stale, or over the per-device, per-store gossip rate.",
+                &c.gossip_over_rate,
+            ),
+            (
+                "store_coalesced",
+                "Remote slices a store never saw: a newer one of the same device (or its removal) replaced it in the store's inbox first.",
+                &c.store_coalesced,
+            ),
         ];
         for (name, help, v) in counters {
             let m = ConstCounter::new(v.load(Relaxed));
             m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
         }
         let (known, connected, connections) = c.intro.counts();
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "tombstones",
+                "Departed devices remembered only by a tombstone, so replays of their old messages are refused.",
+                c.tombstones.load(Relaxed) as i64,
+            ),
             (
                 "peers_online",
                 "Remote devices currently considered live.",
