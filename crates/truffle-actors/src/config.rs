@@ -26,6 +26,8 @@ pub(crate) struct Config {
     pub psk: Option<PreSharedKey>,
     pub offline_view: bool,
     pub liveness: crate::proto::Liveness,
+    /// Test hook: the forget window (see [`crate::proto::ProtoConfig::forget_after`]).
+    pub forget_after: Duration,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             psk: None,
             offline_view: false,
             liveness: crate::proto::Liveness::Heartbeats,
+            forget_after: Duration::from_secs(60),
         }
     }
 }

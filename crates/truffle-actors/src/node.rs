@@ -114,7 +114,8 @@ impl MeshNodeBuilder {
     ///
     /// The incarnation is then the start time and is not saved: if the clock goes back
     /// between runs, peers that remember the old run take the new run's slices as stale
-    /// (until they restart, or forget the device after it has been silent for a while).
+    /// (until they restart, or their tombstone of the old run is dropped: a day after it
+    /// was last heard of at most; see the book's Security chapter).
     /// [`key_file`](Self::key_file) saves the incarnation and forces it to grow.
     pub fn keypair(mut self, key: Keypair) -> Self {
         self.key = KeySource::Keypair(key);
@@ -315,6 +316,15 @@ impl MeshNodeBuilder {
     /// closed once their handshake completes.
     pub fn max_connections_per_peer(mut self, connections: u32) -> Self {
         self.cfg.max_connections_per_peer = connections;
+        self
+    }
+
+    /// Test hook: how long a silent device is remembered in full before only its tombstone
+    /// is kept (default 60 s, never below 10 × the presence timeout).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_forget_after(mut self, after: Duration) -> Self {
+        self.cfg.forget_after = after;
         self
     }
 
@@ -620,6 +630,7 @@ fn proto_config(cfg: &Config) -> ProtoConfig {
     p.leave_timeout = cfg.leave_timeout;
     p.target_peers = cfg.target_peers;
     p.liveness = cfg.liveness;
+    p.forget_after = cfg.forget_after;
     p
 }
 

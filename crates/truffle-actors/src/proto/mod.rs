@@ -67,8 +67,8 @@ pub type DetSet<K> = HashSet<K, DetState>;
 
 /// Most wants honoured from one sync request, and slices accepted from one response.
 pub const MAX_WANTS: usize = 4096;
-/// Devices silent (and holding nothing here) for 10 × the presence timeout, and at least
-/// this long, are forgotten.
+/// The default of [`ProtoConfig::forget_after`]; also how long watch liveness keeps
+/// dialling a member it lost.
 const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
 /// A fetch for the same device and store is not repeated sooner than this.
 const REFETCH_AFTER: Duration = Duration::from_secs(1);
@@ -116,6 +116,11 @@ pub struct ProtoConfig {
     /// Watch liveness: how often a node compares its view (members and slice versions) with
     /// one random connected peer.
     pub anti_entropy_every: Duration,
+    /// Devices silent (and holding nothing here) for this long, and at least 10 × the
+    /// presence timeout, are forgotten; a compact tombstone of each (the versions last
+    /// seen of it) is kept much longer, so that replaying its old messages cannot bring
+    /// it back.
+    pub forget_after: Duration,
 }
 
 /// How a node decides that a device is gone.
@@ -151,6 +156,7 @@ impl Default for ProtoConfig {
             suspect_timeout: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(2),
             anti_entropy_every: Duration::from_secs(1),
+            forget_after: FORGET_AFTER_MIN,
         }
     }
 }
@@ -703,6 +709,12 @@ impl Engine {
         self.membership.held_version(device, store)
     }
 
+    /// Devices forgotten but remembered by a tombstone (so a replay of their old messages
+    /// cannot bring them back).
+    pub fn tombstones(&self) -> usize {
+        self.membership.tombstones()
+    }
+
     /// Size of the state kept: (devices tracked, slices held, fetches remembered).
     pub fn state_size(&self) -> (usize, usize, usize) {
         (
@@ -1212,7 +1224,7 @@ impl Engine {
                 // 32nd with watch liveness (whose other per-tick work does not grow with N).
                 self.expire_ticks += 1;
                 if !self.watching() || self.expire_ticks.is_multiple_of(32) {
-                    let forget_after = (self.cfg.presence_timeout * 10).max(FORGET_AFTER_MIN);
+                    let forget_after = (self.cfg.presence_timeout * 10).max(self.cfg.forget_after);
                     self.membership.forget_silent(now, forget_after);
                     let m = &self.membership;
                     self.addrs.retain(|d, _| m.knows(d));
