@@ -1,4 +1,5 @@
-//! Hostile and faulty peers (issue 12): replays of a departed device. Each test points a rogue peer (raw libp2p with its own
+//! Hostile and faulty peers (issue 12): replays of a departed device, members flooding
+//! their own slice. Each test points a rogue peer (raw libp2p with its own
 //! keys, `common::rogue`) at real nodes on loopback and asserts on the honest nodes.
 
 mod common;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::rogue::{self, envelope_device};
 use common::*;
 use truffle_actors::prelude::*;
-use truffle_actors::{MeshNodeBuilder, RejectReason};
+use truffle_actors::{MeshNodeBuilder, RejectReason, Version};
 
 const TOPIC: &str = "truffle/v1/store/todos";
 const PRESENCE: &str = "truffle/v1/presence";
@@ -239,6 +240,272 @@ async fn a_departed_device_stays_gone_when_its_old_messages_are_replayed() {
         restarted_at.elapsed()
     );
     for n in [back, writer, honest] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Latencies of one device's updates as seen on a store: `sent` maps a version counter to
+/// when it was written; the task ends at the update whose items are `["last"]`.
+fn latencies<T>(
+    store: &Store<T>,
+    of: DeviceId,
+    sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>,
+    is_last: impl Fn(&T) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<Vec<Duration>>
+where
+    T: Clone + Send + Sync + 'static,
+{
+    let mut events = store.subscribe();
+    tokio::spawn(async move {
+        let mut lat = Vec::new();
+        while let Some(ev) = events.recv().await {
+            if let StoreEvent::RemoteUpdated { slice } = ev {
+                if slice.device_id == of {
+                    if let Some(t) = sent.lock().unwrap().get(&slice.version.counter) {
+                        lat.push(t.elapsed());
+                    }
+                    if is_last(&slice.data) {
+                        break;
+                    }
+                }
+            }
+        }
+        lat.sort();
+        lat
+    })
+}
+
+/// The `q` quantile of sorted latencies.
+fn quantile(lat: &[Duration], q: f64) -> Duration {
+    lat[((lat.len() - 1) as f64 * q) as usize]
+}
+
+/// Writes to `w` every 50 ms for `dur`, then a last write of `["last"]`, recording when
+/// each version was written.
+async fn write_every_50ms(
+    w: &Store<Todos>,
+    dur: Duration,
+    sent: &std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
+) -> usize {
+    let end = tokio::time::Instant::now() + dur;
+    let mut writes = 0;
+    loop {
+        let last = tokio::time::Instant::now() >= end;
+        let next = w.local().version.counter + 1;
+        sent.lock().unwrap().insert(next, Instant::now());
+        w.update(move |t| {
+            t.items = vec![if last {
+                "last".into()
+            } else {
+                format!("write {next}")
+            }]
+        })
+        .await
+        .unwrap();
+        writes += 1;
+        if last {
+            return writes;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The rogue's own slices: versions `1..=n` of its slice in `todos`, each 64 bytes of data.
+fn own_slices(key: &truffle_actors::identity::Keypair, n: u64) -> Vec<Vec<u8>> {
+    let store = StoreId::new("todos").unwrap();
+    let me = DeviceId::from(key.public().to_peer_id());
+    (1..=n)
+        .map(|c| {
+            let t = Todos {
+                items: vec![format!("{c:0>56}")],
+            };
+            truffle_actors::testing::signed_slice(key, &store, me, Version::new(1, c), &t)
+        })
+        .collect()
+}
+
+/// Keeps the rogue a live member: a heartbeat every 300 ms announcing version `latest` of
+/// its slice, until the returned sender is dropped.
+fn keep_alive(
+    cmds: tokio::sync::mpsc::UnboundedSender<rogue::Cmd>,
+    key: truffle_actors::identity::Keypair,
+    latest: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let store = StoreId::new("todos").unwrap();
+        for seq in 1.. {
+            let v = latest.load(std::sync::atomic::Ordering::Relaxed);
+            let p = truffle_actors::testing::signed_presence(
+                &key,
+                1,
+                seq,
+                &[(&store, Version::new(1, v))],
+            );
+            if cmds.send(rogue::Cmd::Publish(PRESENCE.into(), p)).is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                _ = &mut stopped => return,
+            }
+        }
+    });
+    stop
+}
+
+/// A member floods its own slice with new versions, 11,000 a second of 64 bytes (the
+/// issue's attack), while an honest writer writes every 50 ms. Before, every version was
+/// verified, applied and relayed mesh-wide. Now each node verifies and relays at most a
+/// burst of 8 and then 50 a second of one device's slice in one store (the gossip rate),
+/// declining the rest unverified; honest updates keep their latency; and once the flood
+/// stops, every node, also the one not connected to the flooder, holds its last version
+/// (slices are last-write-wins, and the digests fetch the newest).
+///
+/// `TRUFFLE_GOSSIP_RATE_OFF=1` runs the same attack with the rate off (the stale check
+/// only), for the before figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_flooding_its_own_slice_is_relayed_at_its_rate_and_its_last_version_arrives() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
+
+    init_tracing();
+    let rate_off = std::env::var("TRUFFLE_GOSSIP_RATE_OFF").is_ok_and(|v| v == "1");
+    let each = |b: MeshNodeBuilder| match rate_off {
+        true => b.gossip_rate(Duration::ZERO, 1),
+        false => b,
+    };
+    let writer = each(builder("writer")).start().await.unwrap();
+    let o1 = each(builder("o1"))
+        .bootstrap(writer.listen_addrs()[0].clone())
+        .start()
+        .await
+        .unwrap();
+    let o2 = each(builder("o2"))
+        .bootstrap(writer.listen_addrs()[0].clone())
+        .bootstrap(o1.listen_addrs()[0].clone())
+        .start()
+        .await
+        .unwrap();
+    let w = writer.store::<Todos>().await.unwrap();
+    let s1 = o1.store::<Todos>().await.unwrap();
+    let s2 = o2.store::<Todos>().await.unwrap();
+    let wid = writer.device_id();
+    let rogue = rogue::start(&[o1.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
+    let rid = DeviceId::from(rogue.key.public().to_peer_id());
+    let latest = Arc::new(AtomicU64::new(0));
+    let alive = keep_alive(rogue.cmds.clone(), rogue.key.clone(), latest.clone());
+    let mut rogue = rogue;
+    let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
+    for s in [&s1, &s2] {
+        eventually("the writer's first write arrives", s, |s| {
+            s.get(&wid).is_some_and(|x| x.version == w0.version)
+        })
+        .await;
+    }
+
+    // Honest latency before the attack.
+    let sent: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let is_last = |t: &Todos| t.items == ["last"];
+    let lat = latencies(&s2, wid, sent.clone(), is_last);
+    write_every_50ms(&w, Duration::from_secs(2), &sent).await;
+    let base = tokio::time::timeout(DEADLINE, lat).await.unwrap().unwrap();
+    let base_p99 = quantile(&base, 0.99);
+
+    // The flood, and the honest writer meanwhile.
+    const SECS: u64 = 2;
+    const PER_SEC: u64 = 11_000;
+    let n = SECS * PER_SEC;
+    let flood = own_slices(&rogue.key, n);
+    let last = flood.last().unwrap().clone();
+    let rss_before = rogue::rss().unwrap();
+    let before = (o1.metrics(), o2.metrics());
+    sent.lock().unwrap().clear();
+    let lat1 = latencies(&s1, wid, sent.clone(), is_last);
+    let lat2 = latencies(&s2, wid, sent.clone(), is_last);
+    rogue
+        .cmds
+        .send(rogue::Cmd::FloodWith(
+            TOPIC.into(),
+            flood,
+            Duration::from_secs(SECS),
+        ))
+        .unwrap();
+    let writes = write_every_50ms(&w, Duration::from_secs(SECS), &sent).await;
+    let published = loop {
+        match tokio::time::timeout(DEADLINE, rogue.seen.recv()).await {
+            Ok(Some(rogue::Seen::Flooded(k))) => break k,
+            Ok(Some(_)) => {}
+            _ => panic!("the rogue's flood did not finish"),
+        }
+    };
+    // From now on its heartbeats announce its last version, and it hands that out when
+    // asked, as a real member does.
+    rogue.cmds.send(rogue::Cmd::AnswerWith(vec![last])).unwrap();
+    latest.store(n, Relaxed);
+    let lat1 = tokio::time::timeout(DEADLINE, lat1).await.unwrap().unwrap();
+    let lat2 = tokio::time::timeout(DEADLINE, lat2).await.unwrap().unwrap();
+
+    // Every node ends up with the flooder's last version.
+    for (what, s) in [("o1", &s1), ("o2 (not connected to the rogue)", &s2)] {
+        eventually(
+            &format!("{what} holds the flooder's last version"),
+            s,
+            |s| s.get(&rid).is_some_and(|x| x.version == Version::new(1, n)),
+        )
+        .await;
+    }
+    let rss_after = rogue::rss().unwrap();
+    let after = (o1.metrics(), o2.metrics());
+    // Slices applied besides the writer's own updates: the flooder's.
+    let applied = (
+        (after.0.applied - before.0.applied).saturating_sub(writes as u64),
+        (after.1.applied - before.1.applied).saturating_sub(writes as u64),
+    );
+    let verified =
+        |b: &truffle_actors::Metrics, a: &truffle_actors::Metrics| a.delivered - b.delivered;
+    eprintln!(
+        "flood of {published} own-slice versions in {SECS} s (rate {}): o1 declined {} unverified, \
+         o2 received {} slices, applied o1 {} o2 {}; writer's {writes} updates at o2: p50 {:?} \
+         p99 {:?} (before the flood p99 {:?}), at o1 p99 {:?}; process RSS {} MB -> {} MB",
+        if rate_off { "off" } else { "default" },
+        after.0.gossip_over_rate - before.0.gossip_over_rate,
+        verified(&before.1, &after.1),
+        applied.0,
+        applied.1,
+        quantile(&lat2, 0.5),
+        quantile(&lat2, 0.99),
+        base_p99,
+        quantile(&lat1, 0.99),
+        rss_before >> 20,
+        rss_after >> 20,
+    );
+    assert!(
+        published as u64 >= n / 2,
+        "the flood was too weak to mean anything: {published}"
+    );
+    assert!(lat2.len() * 2 > writes, "most honest updates were applied");
+    if !rate_off {
+        // A burst of 8, then 50 a second, over the flood's 2 s (and a little more while
+        // gossipsub drains): far from the 22,000 signed.
+        let cap = 8 + 50 * (SECS + 2);
+        assert!(applied.1 <= cap, "o2 applied {} versions", applied.1);
+        assert!(applied.0 <= cap, "o1 applied {} versions", applied.0);
+        for (lat, at) in [(&lat1, "o1"), (&lat2, "o2")] {
+            let p99 = quantile(lat, 0.99);
+            assert!(
+                p99 <= (base_p99 * 5).max(base_p99 + Duration::from_millis(100)),
+                "honest p99 at {at}: {p99:?} (before the flood {base_p99:?})"
+            );
+        }
+        assert!(
+            rss_after.saturating_sub(rss_before) < 64 << 20,
+            "RSS grew by {} MB",
+            (rss_after - rss_before) >> 20
+        );
+    }
+    drop(alive);
+    for n in [writer, o1, o2] {
         n.shutdown().await.unwrap();
     }
 }

@@ -30,6 +30,7 @@ use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
 use crate::key_file::load_or_create_key;
 use crate::metrics::{Counters, Metrics};
 use crate::observer::Observer;
+use crate::proto::gate::GossipGate;
 use crate::proto::{Engine, Input, ProtoConfig};
 use crate::slice::now_millis;
 use crate::storage::{Persistence, RedbStorage, Storage};
@@ -319,6 +320,21 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// How many versions of one device's slice in one store this node verifies and
+    /// forwards: `burst` at once, then one per `interval` (default 8, then one per 20 ms:
+    /// 50 a second). A member that signs new versions faster is relayed at this rate, not
+    /// at its own. Slices are last-write-wins, so nothing of the latest state is lost: a
+    /// version held back here is replaced by a newer one, and the newest always arrives,
+    /// through the digests, within about a presence interval after the writes stop. A
+    /// zero interval turns the rate off; stale versions are declined before their
+    /// signature is checked either way. Counted in
+    /// [`Metrics::gossip_over_rate`](crate::Metrics::gossip_over_rate).
+    pub fn gossip_rate(mut self, interval: Duration, burst: u32) -> Self {
+        self.cfg.gossip_rate_interval = interval;
+        self.cfg.gossip_burst = burst.max(1);
+        self
+    }
+
     /// Test hook: how long a silent device is remembered in full before only its tombstone
     /// is kept (default 60 s, never below 10 × the presence timeout).
     #[cfg(feature = "test-hooks")]
@@ -550,6 +566,12 @@ impl MeshNodeBuilder {
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
             dial_warnings: Default::default(),
             keys: Default::default(),
+            gate: GossipGate::new(
+                cfg.gossip_rate_interval,
+                cfg.gossip_burst,
+                // Randomly keyed: peers choose the device ids.
+                crate::proto::DetState::with_seed(seed_for(&device)),
+            ),
             outbound: HashMap::new(),
             asks: HashMap::new(),
             presences: Presences::for_liveness(cfg.liveness),
