@@ -1,5 +1,5 @@
 //! Hostile and faulty peers (issue 12): replays of a departed device, members flooding
-//! their own slice. Each test points a rogue peer (raw libp2p with its own
+//! their own slice, slow stores. Each test points a rogue peer (raw libp2p with its own
 //! keys, `common::rogue`) at real nodes on loopback and asserts on the honest nodes.
 
 mod common;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::rogue::{self, envelope_device};
 use common::*;
 use truffle_actors::prelude::*;
-use truffle_actors::{MeshNodeBuilder, RejectReason, Version};
+use truffle_actors::{MeshNodeBuilder, RejectReason, SliceStore, Version};
 
 const TOPIC: &str = "truffle/v1/store/todos";
 const PRESENCE: &str = "truffle/v1/presence";
@@ -506,6 +506,211 @@ async fn a_member_flooding_its_own_slice_is_relayed_at_its_rate_and_its_last_ver
     }
     drop(alive);
     for n in [writer, o1, o2] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A hand-written store whose change notification takes 2 ms (an application doing real
+/// work on every change).
+struct SlowStore(SliceStore<Todos>);
+
+impl SyncableStore for SlowStore {
+    type Data = Todos;
+
+    fn store_id(&self) -> StoreId {
+        self.0.store_id()
+    }
+
+    fn init(
+        &mut self,
+        device: DeviceId,
+        version: Version,
+        at: u64,
+    ) -> std::sync::Arc<DeviceSlice<Todos>> {
+        self.0.init(device, version, at)
+    }
+
+    fn local_slice(&self) -> Option<std::sync::Arc<DeviceSlice<Todos>>> {
+        self.0.local_slice()
+    }
+
+    fn set_local_slice(&mut self, slice: std::sync::Arc<DeviceSlice<Todos>>) {
+        self.0.set_local_slice(slice)
+    }
+
+    fn apply_remote_slice(&mut self, slice: std::sync::Arc<DeviceSlice<Todos>>) -> bool {
+        self.0.apply_remote_slice(slice)
+    }
+
+    fn remove_remote_slice(
+        &mut self,
+        device: &DeviceId,
+        reason: RemovalReason,
+    ) -> Option<std::sync::Arc<DeviceSlice<Todos>>> {
+        self.0.remove_remote_slice(device, reason)
+    }
+
+    fn clear_remote_slices(&mut self) {
+        self.0.clear_remote_slices()
+    }
+
+    fn remote_slices(
+        &self,
+    ) -> std::collections::BTreeMap<DeviceId, std::sync::Arc<DeviceSlice<Todos>>> {
+        self.0.remote_slices()
+    }
+
+    fn on_event(&mut self, _: &StoreEvent<Todos>) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A store whose `on_event` takes 2 ms, on a node a member floods with 11,000 new versions
+/// of its slice a second (the node's gossip rate turned off, so that every version
+/// reaches the store). Before, every version queued in the store actor's unbounded
+/// mailbox: the honest writer's updates waited behind a backlog of tens of seconds, which
+/// had not drained 30 s after the flood. Now the store's inbox keeps one slot per device
+/// (the newest slice): the backlog is bounded, honest updates keep arriving, the flooder's
+/// last version is there right after the flood, and another store on the node is not
+/// slowed at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_store_under_a_flood_keeps_a_bounded_backlog_that_drains() {
+    use std::sync::{Arc, Mutex};
+
+    init_tracing();
+    let writer = builder("writer").start().await.unwrap();
+    let slow_node = builder("slow")
+        .bootstrap(writer.listen_addrs()[0].clone())
+        .gossip_rate(Duration::ZERO, 1)
+        .start()
+        .await
+        .unwrap();
+    let w = writer.store::<Todos>().await.unwrap();
+    let ws = writer.store::<Status>().await.unwrap();
+    let slow = slow_node
+        .join(SlowStore(SliceStore::new().unwrap()))
+        .await
+        .unwrap();
+    let fast = slow_node.store::<Status>().await.unwrap();
+    let wid = writer.device_id();
+    let mut rogue = rogue::start(&[slow_node.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
+    let rid = DeviceId::from(rogue.key.public().to_peer_id());
+    let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let alive = keep_alive(rogue.cmds.clone(), rogue.key.clone(), latest.clone());
+    let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
+    eventually("the writer's first write arrives", &slow, |s| {
+        s.get(&wid).is_some_and(|x| x.version == w0.version)
+    })
+    .await;
+
+    const SECS: u64 = 2;
+    let n = SECS * 11_000;
+    let flood = own_slices(&rogue.key, n);
+    let last = flood.last().unwrap().clone();
+    let rss_before = rogue::rss().unwrap();
+    let before = slow_node.metrics();
+    let sent: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let lat = latencies(&slow, wid, sent.clone(), |t: &Todos| t.items == ["last"]);
+    // The other store on the node: the writer's status, written at the same pace.
+    let sent_fast: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let lat_fast = latencies(&fast, wid, sent_fast.clone(), |s: &Status| s.text == "last");
+    rogue
+        .cmds
+        .send(rogue::Cmd::FloodWith(
+            TOPIC.into(),
+            flood,
+            Duration::from_secs(SECS),
+        ))
+        .unwrap();
+    let status_writer = {
+        let (ws, sent_fast) = (ws.clone(), sent_fast.clone());
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + Duration::from_secs(SECS);
+            loop {
+                let last = tokio::time::Instant::now() >= end;
+                let next = ws.local().version.counter + 1;
+                sent_fast.lock().unwrap().insert(next, Instant::now());
+                ws.update(move |s| {
+                    s.text = if last {
+                        "last".into()
+                    } else {
+                        format!("{next}")
+                    }
+                })
+                .await
+                .unwrap();
+                if last {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let writes = write_every_50ms(&w, Duration::from_secs(SECS), &sent).await;
+    status_writer.await.unwrap();
+    let published = loop {
+        match tokio::time::timeout(DEADLINE, rogue.seen.recv()).await {
+            Ok(Some(rogue::Seen::Flooded(k))) => break k,
+            Ok(Some(_)) => {}
+            _ => panic!("the rogue's flood did not finish"),
+        }
+    };
+    let flood_end = Instant::now();
+    // Its heartbeats announce its last version from now on, and it hands that out when
+    // asked: a message of the flood may be lost on the way, as any gossip may.
+    rogue.cmds.send(rogue::Cmd::AnswerWith(vec![last])).unwrap();
+    latest.store(n, std::sync::atomic::Ordering::Relaxed);
+    let lat = tokio::time::timeout(DEADLINE, lat).await.unwrap().unwrap();
+    let lat_fast = tokio::time::timeout(DEADLINE, lat_fast)
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(
+        "the slow store holds the flooder's last version",
+        &slow,
+        |s| s.get(&rid).is_some_and(|x| x.version == Version::new(1, n)),
+    )
+    .await;
+    let drained = flood_end.elapsed();
+    let rss_after = rogue::rss().unwrap();
+    let m = slow_node.metrics();
+    eprintln!(
+        "flood of {published} versions in {SECS} s at a store with a 2 ms on_event: applied {}, \
+         coalesced {}; writer's {writes} updates at the slow store p50 {:?} p99 {:?}, at the \
+         node's other store p99 {:?}; flooder's last version held {drained:?} after the flood \
+         ended; process RSS {} MB -> {} MB",
+        m.applied - before.applied,
+        m.store_coalesced - before.store_coalesced,
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.99),
+        quantile(&lat_fast, 0.99),
+        rss_before >> 20,
+        rss_after >> 20,
+    );
+    assert!(
+        published as u64 >= n / 2,
+        "the flood was too weak: {published}"
+    );
+    assert!(
+        m.store_coalesced > before.store_coalesced,
+        "nothing was coalesced"
+    );
+    assert!(lat.len() * 2 > writes, "most honest updates were applied");
+    assert!(
+        quantile(&lat, 0.99) < Duration::from_secs(1),
+        "{:?}",
+        quantile(&lat, 0.99)
+    );
+    assert!(quantile(&lat_fast, 0.99) < Duration::from_secs(1));
+    assert!(
+        drained < Duration::from_secs(5),
+        "backlog drained after {drained:?}"
+    );
+    // No bound on RSS here: with the gossip rate off, gossipsub's caches of the forwarded
+    // flood (on both nodes and the rogue, all in this process) dominate; the flood test
+    // above bounds it with the rate on.
+    drop(alive);
+    for n in [writer, slow_node] {
         n.shutdown().await.unwrap();
     }
 }

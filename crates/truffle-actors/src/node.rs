@@ -916,7 +916,7 @@ impl MeshNode {
         )
         .await?;
         let handle = spawned.handle;
-        let sink = sink_for(handle.actor.clone());
+        let sink = sink_for(handle.actor.clone(), spawned.inbox);
         let joined = self
             .gossip
             .call(
