@@ -11,6 +11,10 @@ use common::*;
 use truffle_actors::prelude::*;
 use truffle_actors::{MeshNodeBuilder, RejectReason, SliceStore, Version};
 
+/// One attack at a time in this process: each test measures the process's memory and
+/// honest latencies, which another test's attack running beside it would distort.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TOPIC: &str = "truffle/v1/store/todos";
 const PRESENCE: &str = "truffle/v1/presence";
 
@@ -66,6 +70,7 @@ async fn capture(
 /// them out, while a genuine restart of the one that left is admitted at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_departed_device_stays_gone_when_its_old_messages_are_replayed() {
+    let _one = ONE_AT_A_TIME.lock().await;
     init_tracing();
     let honest = quick(builder("honest")).start().await.unwrap();
     let addr = honest.listen_addrs()[0].clone();
@@ -369,6 +374,7 @@ async fn a_member_flooding_its_own_slice_is_relayed_at_its_rate_and_its_last_ver
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::{Arc, Mutex};
 
+    let _one = ONE_AT_A_TIME.lock().await;
     init_tracing();
     let rate_off = std::env::var("TRUFFLE_GOSSIP_RATE_OFF").is_ok_and(|v| v == "1");
     let each = |b: MeshNodeBuilder| match rate_off {
@@ -577,6 +583,7 @@ impl SyncableStore for SlowStore {
 async fn a_slow_store_under_a_flood_keeps_a_bounded_backlog_that_drains() {
     use std::sync::{Arc, Mutex};
 
+    let _one = ONE_AT_A_TIME.lock().await;
     init_tracing();
     let writer = builder("writer").start().await.unwrap();
     let slow_node = builder("slow")
