@@ -943,19 +943,19 @@ impl SwarmTask {
         inc(&self.counters.delivered);
         let now = Instant::now();
         let gate = &self.gate;
-        let mut declined = Gate::Pass;
+        let mut verdict = Gate::Pass;
         let checked = decode_slice_if(&message.data, self.max_slice, &mut self.keys, |d, s, v| {
-            declined = gate.check(d, s, v, now);
-            declined == Gate::Pass
+            verdict = gate.check(d, s, v, d.peer_id() == via, now);
+            matches!(verdict, Gate::Pass | Gate::UseOnly)
         });
         let slice = match checked {
             Ok(Some(slice)) => Ok(slice),
             Ok(None) => {
-                // Not newer than what was verified already, or over its device's rate in
-                // that store: not checked, not forwarded. The newest version still comes
-                // through the digests.
+                // Not newer than what was verified already, or relayed past its device's
+                // rate in that store: not checked, not forwarded. The newest version still
+                // comes through the digests.
                 inc(&self.counters.gossip_over_rate);
-                tracing::trace!(%via, ?declined, "gossiped slice declined before its check");
+                tracing::trace!(%via, ?verdict, "gossiped slice declined before its check");
                 return MessageAcceptance::Ignore;
             }
             Err(reason) => Err(reason),
@@ -969,13 +969,21 @@ impl SwarmTask {
                 MessageAcceptance::Ignore
             }
             Ok(slice) => {
+                let forward = verdict == Gate::Pass;
                 self.gate
-                    .passed(slice.device, &slice.store, slice.version, now);
+                    .passed(slice.device, &slice.store, slice.version, forward, now);
                 self.forward(Input::Slice {
                     via: via.into(),
                     slice,
                 });
-                self.accept_if_canonical(via, &message.data, topic)
+                let acceptance = self.accept_if_canonical(via, &message.data, topic);
+                if !forward && acceptance == MessageAcceptance::Accept {
+                    // Its author writes faster than the gossip rate: used here, not
+                    // forwarded.
+                    inc(&self.counters.gossip_over_rate);
+                    return MessageAcceptance::Ignore;
+                }
+                acceptance
             }
             Err(reason) => {
                 self.counters.reject(reason, &via, topic);
