@@ -56,10 +56,11 @@ pub struct Metrics {
     /// chapter). Honest peers rarely cause this; a steady rise names a greedy one in the
     /// `debug` log.
     pub sync_over_budget: u64,
-    /// Gossip messages not forwarded (and not verified) because they carried a slice
-    /// version no newer than one already seen of that device and store, or came faster
-    /// than the per-device, per-store gossip rate allows
-    /// ([`MeshNodeBuilder::gossip_rate`](crate::MeshNodeBuilder::gossip_rate)). The
+    /// Gossiped slices not forwarded: a version no newer than one already verified of
+    /// that device and store (declined before its signature check), or one past the
+    /// per-device, per-store gossip rate
+    /// ([`MeshNodeBuilder::gossip_rate`](crate::MeshNodeBuilder::gossip_rate); still used
+    /// here when it came straight from its author, declined unchecked when relayed). The
     /// newest version still arrives, through the digests.
     pub gossip_over_rate: u64,
     /// Remote slices a store never saw because a newer slice of the same device (or its

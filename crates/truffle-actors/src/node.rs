@@ -320,14 +320,16 @@ impl MeshNodeBuilder {
         self
     }
 
-    /// How many versions of one device's slice in one store this node verifies and
-    /// forwards: `burst` at once, then one per `interval` (default 8, then one per 20 ms:
-    /// 50 a second). A member that signs new versions faster is relayed at this rate, not
-    /// at its own. Slices are last-write-wins, so nothing of the latest state is lost: a
-    /// version held back here is replaced by a newer one, and the newest always arrives,
-    /// through the digests, within about a presence interval after the writes stop. A
-    /// zero interval turns the rate off; stale versions are declined before their
-    /// signature is checked either way. Counted in
+    /// How many versions of one device's slice in one store this node forwards: `burst`
+    /// at once, then one per `interval` (default 8, then one per 20 ms: 50 a second). A
+    /// member that signs new versions faster is relayed at this rate, not at its own; its
+    /// direct neighbours still verify and use every version they get from it (so a fast
+    /// honest writer keeps its throughput to them), while relayed copies past the rate are
+    /// declined before their signature is checked. Slices are last-write-wins, so nothing
+    /// of the latest state is lost: a version held back is replaced by a newer one, and
+    /// the newest always arrives, through the digests, within about a presence interval
+    /// after the writes stop. A zero interval turns the rate off; versions not newer than
+    /// one already verified are declined unchecked either way. Counted in
     /// [`Metrics::gossip_over_rate`](crate::Metrics::gossip_over_rate).
     pub fn gossip_rate(mut self, interval: Duration, burst: u32) -> Self {
         self.cfg.gossip_rate_interval = interval;
