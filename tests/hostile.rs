@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::rogue::{self, envelope_device};
 use common::*;
 use truffle_actors::prelude::*;
+use truffle_actors::proto::Liveness;
 use truffle_actors::{MeshNodeBuilder, RejectReason, SliceStore, Version};
 
 /// One attack at a time in this process: each test measures the process's memory and
@@ -373,15 +374,30 @@ fn keep_alive(
 /// only), for the before figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_flooding_its_own_slice_is_relayed_at_its_rate_and_its_last_version_arrives() {
+    flood_own_slice(Liveness::Heartbeats).await;
+}
+
+/// The same with watch liveness, where heartbeats go out only on a change and views are
+/// compared with one random peer a second: the flooder's last version still reaches the
+/// node it is not connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_watch_liveness_a_flooding_members_last_version_arrives_too() {
+    flood_own_slice(Liveness::Watch).await;
+}
+
+async fn flood_own_slice(liveness: Liveness) {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     use std::sync::{Arc, Mutex};
 
     let _one = ONE_AT_A_TIME.lock().await;
     init_tracing();
     let rate_off = std::env::var("TRUFFLE_GOSSIP_RATE_OFF").is_ok_and(|v| v == "1");
-    let each = |b: MeshNodeBuilder| match rate_off {
-        true => b.gossip_rate(Duration::ZERO, 1),
-        false => b,
+    let each = |b: MeshNodeBuilder| {
+        let b = b.liveness(liveness);
+        match rate_off {
+            true => b.gossip_rate(Duration::ZERO, 1),
+            false => b,
+        }
     };
     let writer = each(builder("writer")).start().await.unwrap();
     let o1 = each(builder("o1"))
@@ -473,7 +489,7 @@ async fn a_member_flooding_its_own_slice_is_relayed_at_its_rate_and_its_last_ver
     let verified =
         |b: &truffle_actors::Metrics, a: &truffle_actors::Metrics| a.delivered - b.delivered;
     eprintln!(
-        "flood of {published} own-slice versions in {SECS} s (rate {}): o1 did not forward {}, \
+        "{liveness:?}: flood of {published} own-slice versions in {SECS} s (rate {}): o1 did not forward {}, \
          o2 received {} slices, applied o1 {} o2 {}; writer's {writes} updates at o2: p50 {:?} \
          p99 {:?} (before the flood p99 {:?}), at o1 p99 {:?}; process RSS {} MB -> {} MB",
         if rate_off { "off" } else { "default" },

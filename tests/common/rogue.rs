@@ -19,6 +19,8 @@ pub struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     sync: request_response::Behaviour<StallingCodec>,
     junk: request_response::Behaviour<RawGossip>,
+    /// Answers pings, as any libp2p peer does (watch liveness drops a peer that does not).
+    ping: libp2p::ping::Behaviour,
 }
 
 /// What one raw gossipsub stream carries: `count` messages of `size` bytes on `topic`.
@@ -262,6 +264,7 @@ pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
                         .with_request_timeout(Duration::from_secs(120))
                         .with_max_concurrent_streams(1000),
                 ),
+                ping: libp2p::ping::Behaviour::default(),
                 junk: request_response::Behaviour::with_codec(
                     RawGossip,
                     [(
