@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod rogue;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -204,6 +206,16 @@ pub async fn send_until_rejected(
     at: &MeshNode,
     reason: truffle_actors::RejectReason,
     n: u64,
+    send: impl FnMut(),
+) {
+    send_until(at, &reason.to_string(), |m| m.rejected(reason) >= n, send).await
+}
+
+/// Calls `send` every 500 ms until `at`'s metrics satisfy `counted`.
+pub async fn send_until(
+    at: &MeshNode,
+    what: &str,
+    mut counted: impl FnMut(&truffle_actors::Metrics) -> bool,
     mut send: impl FnMut(),
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -211,14 +223,14 @@ pub async fn send_until_rejected(
         send();
         let until = tokio::time::Instant::now() + Duration::from_millis(500);
         while tokio::time::Instant::now() < until {
-            if at.metrics().rejected(reason) >= n {
+            if counted(&at.metrics()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{reason} never counted at the receiver: {:#?}",
+            "{what} never counted at the receiver: {:#?}",
             at.metrics()
         );
     }

@@ -26,6 +26,12 @@ pub(crate) struct Config {
     pub psk: Option<PreSharedKey>,
     pub offline_view: bool,
     pub liveness: crate::proto::Liveness,
+    /// Per device and store, gossiped versions beyond `gossip_burst` are forwarded at
+    /// most one per this interval.
+    pub gossip_rate_interval: Duration,
+    pub gossip_burst: u32,
+    /// Test hook: the forget window (see [`crate::proto::ProtoConfig::forget_after`]).
+    pub forget_after: Duration,
 }
 
 impl Default for Config {
@@ -49,6 +55,9 @@ impl Default for Config {
             psk: None,
             offline_view: false,
             liveness: crate::proto::Liveness::Heartbeats,
+            forget_after: Duration::from_secs(60),
+            gossip_rate_interval: Duration::from_millis(20),
+            gossip_burst: 8,
         }
     }
 }

@@ -59,6 +59,21 @@ pub struct Metrics {
     /// Connections established since start (dialled or accepted). In an idle mesh it
     /// grows only with view maintenance: a steady climb means connections churn.
     pub connections_opened: u64,
+    /// Gossiped slices not forwarded: a version no newer than one already verified of
+    /// that device and store (declined before its signature check), or one past the
+    /// per-device, per-store gossip rate
+    /// ([`MeshNodeBuilder::gossip_rate`](crate::MeshNodeBuilder::gossip_rate); still used
+    /// here when it came straight from its author, declined unchecked when relayed). The
+    /// newest version still arrives, through the digests.
+    pub gossip_over_rate: u64,
+    /// Remote slices a store never saw because a newer slice of the same device (or its
+    /// removal) arrived while the store was still busy: each store's inbox keeps one slot
+    /// per device, so a slow store, or a device writing very fast, cannot build a
+    /// backlog.
+    pub store_coalesced: u64,
+    /// Departed devices remembered only by a compact tombstone (the versions last seen of
+    /// them), so that a replay of their old messages cannot bring them back.
+    pub tombstones: u64,
 }
 
 impl Metrics {
@@ -84,6 +99,9 @@ pub(crate) struct Counters {
     pub devices_removed: AtomicU64,
     pub connection_failures: AtomicU64,
     pub sync_over_budget: AtomicU64,
+    pub gossip_over_rate: AtomicU64,
+    pub store_coalesced: AtomicU64,
+    pub tombstones: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     last_warn: Mutex<[Option<Instant>; RejectReason::ALL.len()]>,
     /// Metrics that exist only in Prometheus form (labelled, histograms).
@@ -147,6 +165,9 @@ impl Counters {
             connection_failures: self.connection_failures.load(Relaxed),
             sync_over_budget: self.sync_over_budget.load(Relaxed),
             connections_opened: self.prom.connections_opened.get(),
+            gossip_over_rate: self.gossip_over_rate.load(Relaxed),
+            store_coalesced: self.store_coalesced.load(Relaxed),
+            tombstones: self.tombstones.load(Relaxed),
         }
     }
 }
@@ -348,7 +369,7 @@ impl std::fmt::Debug for LiveValues {
 impl Collector for LiveValues {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 5] = [
+        let counters: [(&str, &str, &AtomicU64); 7] = [
             (
                 "slices_delivered",
                 "Slices received from the network (gossip or sync answers), before any check.",
@@ -374,13 +395,28 @@ impl Collector for LiveValues {
                 "Inbound sync requests answered short or empty: the asking peer was over its per-peer budget.",
                 &c.sync_over_budget,
             ),
+            (
+                "gossip_over_rate",
+                "Gossip slices not verified nor forwarded: stale, or over the per-device, per-store gossip rate.",
+                &c.gossip_over_rate,
+            ),
+            (
+                "store_coalesced",
+                "Remote slices a store never saw: a newer one of the same device (or its removal) replaced it in the store's inbox first.",
+                &c.store_coalesced,
+            ),
         ];
         for (name, help, v) in counters {
             let m = ConstCounter::new(v.load(Relaxed));
             m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
         }
         let (known, connected, connections) = c.intro.counts();
-        let gauges: [(&str, &str, i64); 5] = [
+        let gauges: [(&str, &str, i64); 6] = [
+            (
+                "tombstones",
+                "Departed devices remembered only by a tombstone, so replays of their old messages are refused.",
+                c.tombstones.load(Relaxed) as i64,
+            ),
             (
                 "peers_online",
                 "Remote devices currently considered live.",

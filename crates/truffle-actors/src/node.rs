@@ -30,6 +30,7 @@ use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
 use crate::key_file::load_or_create_key;
 use crate::metrics::{Counters, Metrics};
 use crate::observer::Observer;
+use crate::proto::gate::GossipGate;
 use crate::proto::{Engine, Input, ProtoConfig};
 use crate::slice::now_millis;
 use crate::storage::{Persistence, RedbStorage, Storage};
@@ -114,7 +115,8 @@ impl MeshNodeBuilder {
     ///
     /// The incarnation is then the start time and is not saved: if the clock goes back
     /// between runs, peers that remember the old run take the new run's slices as stale
-    /// (until they restart, or forget the device after it has been silent for a while).
+    /// (until they restart, or their tombstone of the old run is dropped: a day after it
+    /// was last heard of at most; see the book's Security chapter).
     /// [`key_file`](Self::key_file) saves the incarnation and forces it to grow.
     pub fn keypair(mut self, key: Keypair) -> Self {
         self.key = KeySource::Keypair(key);
@@ -315,6 +317,32 @@ impl MeshNodeBuilder {
     /// closed once their handshake completes.
     pub fn max_connections_per_peer(mut self, connections: u32) -> Self {
         self.cfg.max_connections_per_peer = connections;
+        self
+    }
+
+    /// How many versions of one device's slice in one store this node forwards: `burst`
+    /// at once, then one per `interval` (default 8, then one per 20 ms: 50 a second). A
+    /// member that signs new versions faster is relayed at this rate, not at its own; its
+    /// direct neighbours still verify and use every version they get from it (so a fast
+    /// honest writer keeps its throughput to them), while relayed copies past the rate are
+    /// declined before their signature is checked. Slices are last-write-wins, so nothing
+    /// of the latest state is lost: a version held back is replaced by a newer one, and
+    /// the newest always arrives, through the digests, within about a presence interval
+    /// after the writes stop. A zero interval turns the rate off; versions not newer than
+    /// one already verified are declined unchecked either way. Counted in
+    /// [`Metrics::gossip_over_rate`](crate::Metrics::gossip_over_rate).
+    pub fn gossip_rate(mut self, interval: Duration, burst: u32) -> Self {
+        self.cfg.gossip_rate_interval = interval;
+        self.cfg.gossip_burst = burst.max(1);
+        self
+    }
+
+    /// Test hook: how long a silent device is remembered in full before only its tombstone
+    /// is kept (default 60 s, never below 10 × the presence timeout).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_forget_after(mut self, after: Duration) -> Self {
+        self.cfg.forget_after = after;
         self
     }
 
@@ -540,6 +568,12 @@ impl MeshNodeBuilder {
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
             dial_warnings: Default::default(),
             keys: Default::default(),
+            gate: GossipGate::new(
+                cfg.gossip_rate_interval,
+                cfg.gossip_burst,
+                // Randomly keyed: peers choose the device ids.
+                crate::proto::DetState::with_seed(seed_for(&device)),
+            ),
             outbound: HashMap::new(),
             asks: HashMap::new(),
             presences: Presences::for_liveness(cfg.liveness),
@@ -621,6 +655,7 @@ fn proto_config(cfg: &Config) -> ProtoConfig {
     p.leave_timeout = cfg.leave_timeout;
     p.target_peers = cfg.target_peers;
     p.liveness = cfg.liveness;
+    p.forget_after = cfg.forget_after;
     p
 }
 
@@ -884,7 +919,7 @@ impl MeshNode {
         )
         .await?;
         let handle = spawned.handle;
-        let sink = sink_for(handle.actor.clone());
+        let sink = sink_for(handle.actor.clone(), spawned.inbox);
         let joined = self
             .gossip
             .call(

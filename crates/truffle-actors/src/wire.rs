@@ -392,6 +392,20 @@ pub(crate) fn decode_slice(
     max_data: usize,
     keys: &mut KeyCache,
 ) -> Result<VerifiedSlice, RejectReason> {
+    decode_slice_if(bytes, max_data, keys, |_, _, _| true)
+        // `None` cannot happen: nothing is declined.
+        .and_then(|v| v.ok_or(RejectReason::Undecodable))
+}
+
+/// [`decode_slice`], except that once the slice's device, store and version are read
+/// (from the signed body, not yet verified) `check` may decline it: then `Ok(None)`, and
+/// the signature check, the expensive part, is skipped.
+pub(crate) fn decode_slice_if(
+    bytes: &[u8],
+    max_data: usize,
+    keys: &mut KeyCache,
+    check: impl FnOnce(&DeviceId, &StoreId, Version) -> bool,
+) -> Result<Option<VerifiedSlice>, RejectReason> {
     if bytes.len() > max_data.saturating_add(SLICE_OVERHEAD) {
         return Err(RejectReason::Oversized);
     }
@@ -406,6 +420,10 @@ pub(crate) fn decode_slice(
     }
     let store = StoreId::new(body.store).map_err(|_| RejectReason::BadField)?;
     let device: DeviceId = body.device.parse().map_err(|_| RejectReason::BadField)?;
+    let version = Version::new(body.incarnation, body.version);
+    if !check(&device, &store, version) {
+        return Ok(None);
+    }
     verify(
         keys,
         &device.peer_id(),
@@ -419,14 +437,14 @@ pub(crate) fn decode_slice(
         true => Arc::from(bytes),
         false => Arc::from(msg.canonical().ok_or(RejectReason::Undecodable)?),
     };
-    Ok(VerifiedSlice {
+    Ok(Some(VerifiedSlice {
         store,
         device,
-        version: Version::new(body.incarnation, body.version),
+        version,
         updated_at: body.updated_at,
         data: Arc::from(body.data),
         raw,
-    })
+    }))
 }
 
 /// One store's own-slice version in a presence digest.

@@ -270,6 +270,9 @@ async fn node(State(st): State<Arc<AppState>>) -> Json<Value> {
             "devices_removed": m.devices_removed,
             "connection_failures": m.connection_failures,
             "sync_over_budget": m.sync_over_budget,
+            "gossip_over_rate": m.gossip_over_rate,
+            "store_coalesced": m.store_coalesced,
+            "tombstones": m.tombstones,
         },
     }))
 }

@@ -294,6 +294,11 @@ impl Actor for GossipActor {
             .counters
             .connected_peers
             .store(state.args.engine.connected_count() as u64, Relaxed);
+        state
+            .args
+            .counters
+            .tombstones
+            .store(state.args.engine.tombstones() as u64, Relaxed);
         Ok(())
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use futures::StreamExt;
@@ -44,11 +44,12 @@ use crate::error::Error;
 use crate::faults::{blocked, drop_inbound, FaultHandle};
 use crate::ids::{DeviceId, StoreId, Version};
 use crate::metrics::{inc, Counters};
+use crate::proto::gate::{Gate, GossipGate};
 use crate::proto::{Ask, Input, Reply, RequestId, Token, Want};
 use crate::store::Outbox;
 use crate::wire::{
-    decode_presence_msg, decode_slice, encode_slice_as, is_canonical, store_topic, KeyCache,
-    PresenceMsg, RejectReason, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
+    decode_presence_msg, decode_slice, decode_slice_if, encode_slice_as, is_canonical, store_topic,
+    KeyCache, PresenceMsg, RejectReason, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
     PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
 };
 
@@ -403,6 +404,8 @@ pub(crate) struct SwarmTask {
     pub bootstrap: Vec<Multiaddr>,
     /// Keys of the devices whose signatures this task checks.
     pub keys: KeyCache,
+    /// Declines stale and over-rate slices before their signature is checked.
+    pub gate: GossipGate,
     /// Our requests in flight, by libp2p id, with the engine's id.
     pub outbound: HashMap<OutboundRequestId, RequestId>,
     /// Our watch-liveness requests in flight, with the engine's id and the answer expected.
@@ -962,7 +965,26 @@ impl SwarmTask {
             return MessageAcceptance::Ignore;
         };
         inc(&self.counters.delivered);
-        match decode_slice(&message.data, self.max_slice, &mut self.keys) {
+        let now = Instant::now();
+        let gate = &self.gate;
+        let mut verdict = Gate::Pass;
+        let checked = decode_slice_if(&message.data, self.max_slice, &mut self.keys, |d, s, v| {
+            verdict = gate.check(d, s, v, d.peer_id() == via, now);
+            matches!(verdict, Gate::Pass | Gate::UseOnly)
+        });
+        let slice = match checked {
+            Ok(Some(slice)) => Ok(slice),
+            Ok(None) => {
+                // Not newer than what was verified already, or relayed past its device's
+                // rate in that store: not checked, not forwarded. The newest version still
+                // comes through the digests.
+                inc(&self.counters.gossip_over_rate);
+                tracing::trace!(%via, ?verdict, "gossiped slice declined before its check");
+                return MessageAcceptance::Ignore;
+            }
+            Err(reason) => Err(reason),
+        };
+        match slice {
             Ok(slice) if slice.store.as_str() != topic_store => {
                 self.counters.reject(RejectReason::WrongStore, &via, topic);
                 MessageAcceptance::Reject
@@ -971,11 +993,21 @@ impl SwarmTask {
                 MessageAcceptance::Ignore
             }
             Ok(slice) => {
+                let forward = verdict == Gate::Pass;
+                self.gate
+                    .passed(slice.device, &slice.store, slice.version, forward, now);
                 self.forward(Input::Slice {
                     via: via.into(),
                     slice,
                 });
-                self.accept_if_canonical(via, &message.data, topic)
+                let acceptance = self.accept_if_canonical(via, &message.data, topic);
+                if !forward && acceptance == MessageAcceptance::Accept {
+                    // Its author writes faster than the gossip rate: used here, not
+                    // forwarded.
+                    inc(&self.counters.gossip_over_rate);
+                    return MessageAcceptance::Ignore;
+                }
+                acceptance
             }
             Err(reason) => {
                 self.counters.reject(reason, &via, topic);

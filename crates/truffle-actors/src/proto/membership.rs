@@ -3,6 +3,7 @@
 //! Liveness is judged only from this node's own evidence (a fresh presence heartbeat or a
 //! strictly newer slice, both signed by the device itself), never from a third party.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{DetMap, DetState};
@@ -29,6 +30,117 @@ struct DeviceState {
     /// Incarnations up to this one said goodbye.
     left: Option<Incarnation>,
     stores: DetMap<StoreId, Track>,
+}
+
+/// What is kept of a device after it is forgotten: enough to tell its old messages from
+/// new ones, so that a replay of anything it sent before it left or went silent cannot
+/// bring it back. A few dozen bytes plus one version per store it wrote.
+#[derive(Debug)]
+struct Tombstone {
+    presence: (Incarnation, u64),
+    incarnation: Incarnation,
+    left: Option<Incarnation>,
+    /// Highest version seen per store.
+    stores: Box<[(StoreId, Version)]>,
+    /// When it was laid (for the lifetime), and its place in [`Tombstones::order`].
+    at: Instant,
+    stamp: u64,
+}
+
+impl Tombstone {
+    fn has_left(&self, inc: Incarnation) -> bool {
+        self.left.is_some_and(|l| inc <= l)
+    }
+
+    fn seen(&self, store: &StoreId) -> Option<Version> {
+        self.stores
+            .iter()
+            .find(|(s, _)| s == store)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// Most devices remembered after they are forgotten ([`Tombstone`]s): past this the oldest
+/// goes first. At about 200 bytes each (a device id, a few numbers, one version per store)
+/// this is a few megabytes at most.
+pub(crate) const MAX_TOMBSTONES: usize = 16_384;
+/// How long a tombstone is kept: a replay of a departed device's messages is refused for
+/// at least this long (unless [`MAX_TOMBSTONES`] newer departures pushed it out first).
+pub(crate) const TOMBSTONE_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Forgotten devices, bounded in count and age, oldest evicted first.
+#[derive(Debug)]
+struct Tombstones {
+    by_device: DetMap<DeviceId, Tombstone>,
+    /// `(stamp, device)` in the order laid; an entry whose stamp no longer matches the
+    /// device's tombstone (restored, or laid again since) is skipped.
+    order: VecDeque<(u64, DeviceId)>,
+    next_stamp: u64,
+}
+
+impl Tombstones {
+    fn new(h: &DetState) -> Self {
+        Self {
+            by_device: DetMap::with_hasher(h.clone()),
+            order: VecDeque::new(),
+            next_stamp: 0,
+        }
+    }
+
+    fn lay(&mut self, device: DeviceId, d: &DeviceState, now: Instant) {
+        let mut stores: Vec<(StoreId, Version)> =
+            d.stores.iter().map(|(s, t)| (s.clone(), t.seen)).collect();
+        stores.sort();
+        self.next_stamp += 1;
+        let stamp = self.next_stamp;
+        self.by_device.insert(
+            device,
+            Tombstone {
+                presence: d.presence,
+                incarnation: d.incarnation,
+                left: d.left,
+                stores: stores.into_boxed_slice(),
+                at: now,
+                stamp,
+            },
+        );
+        self.order.push_back((stamp, device));
+        while self.by_device.len() > MAX_TOMBSTONES {
+            self.evict_front();
+        }
+        // Stale order entries (of restored tombstones) must not pile up either.
+        if self.order.len() > 2 * MAX_TOMBSTONES.max(self.by_device.len()) {
+            let live = &self.by_device;
+            self.order
+                .retain(|(stamp, d)| live.get(d).is_some_and(|t| t.stamp == *stamp));
+        }
+    }
+
+    /// Drops the oldest tombstone (and stale order entries before it).
+    fn evict_front(&mut self) {
+        while let Some((stamp, d)) = self.order.pop_front() {
+            if self.by_device.get(&d).is_some_and(|t| t.stamp == stamp) {
+                self.by_device.remove(&d);
+                return;
+            }
+        }
+    }
+
+    /// Drops tombstones older than `lifetime`.
+    fn expire(&mut self, now: Instant, lifetime: Duration) {
+        while let Some((stamp, d)) = self.order.front().copied() {
+            match self.by_device.get(&d) {
+                Some(t) if t.stamp == stamp => {
+                    if now.saturating_duration_since(t.at) < lifetime {
+                        return;
+                    }
+                    self.by_device.remove(&d);
+                }
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+    }
 }
 
 /// An accusation under way against one device.
@@ -125,6 +237,8 @@ pub(crate) struct Membership {
     /// Open accusations (watch liveness): each device here is removed unless it speaks,
     /// with something newer than what its accusers knew, before its suspicion times out.
     suspects: DetMap<DeviceId, Suspicion>,
+    /// What is kept of forgotten devices, so their old messages stay old.
+    tombstones: Tombstones,
 }
 
 /// The hash contribution of a device state (zero while offline).
@@ -134,6 +248,33 @@ fn contribution(id: &DeviceId, d: &DeviceState) -> u64 {
     } else {
         0
     }
+}
+
+/// The state of `device`: tracked, brought back from its tombstone (offline, holding
+/// nothing, with the versions last seen of it), or new.
+fn entry<'a>(
+    devices: &'a mut DetMap<DeviceId, DeviceState>,
+    tombstones: &mut Tombstones,
+    h: &DetState,
+    device: DeviceId,
+    now: Instant,
+) -> &'a mut DeviceState {
+    devices.entry(device).or_insert_with(|| {
+        let mut d = DeviceState::new(now, h);
+        if let Some(t) = tombstones.by_device.remove(&device) {
+            d.presence = t.presence;
+            d.incarnation = t.incarnation;
+            d.left = t.left;
+            for (s, v) in t.stores.iter() {
+                let track = Track {
+                    seen: *v,
+                    held: false,
+                };
+                d.stores.insert(s.clone(), track);
+            }
+        }
+        d
+    })
 }
 
 /// Takes an online device offline by timeout (silence, or an accusation nobody refuted),
@@ -155,6 +296,7 @@ impl Membership {
             timeout,
             devices: DetMap::with_hasher(hasher.clone()),
             suspects: DetMap::with_hasher(hasher.clone()),
+            tombstones: Tombstones::new(&hasher),
             hasher,
             online: 0,
             hash: 0,
@@ -182,9 +324,13 @@ impl Membership {
     /// Whether a member entry `(incarnation, seq)` heard elsewhere is newer than what this
     /// node knows of `device` (so its heartbeat is worth fetching).
     pub fn is_newer(&self, device: &DeviceId, presence: (Incarnation, u64)) -> bool {
-        match self.devices.get(device) {
-            None => true,
-            Some(d) => !d.has_left(presence.0) && presence > d.presence,
+        match (
+            self.devices.get(device),
+            self.tombstones.by_device.get(device),
+        ) {
+            (Some(d), _) => !d.has_left(presence.0) && presence > d.presence,
+            (None, Some(t)) => !t.has_left(presence.0) && presence > t.presence,
+            (None, None) => true,
         }
     }
 
@@ -274,10 +420,13 @@ impl Membership {
         complete: bool,
         now: Instant,
     ) -> PresenceOutcome {
-        let d = self
-            .devices
-            .entry(device)
-            .or_insert_with(|| DeviceState::new(now, &self.hasher));
+        let d = entry(
+            &mut self.devices,
+            &mut self.tombstones,
+            &self.hasher,
+            device,
+            now,
+        );
         if d.has_left(incarnation) || (incarnation, seq) <= d.presence {
             return PresenceOutcome::default();
         }
@@ -313,7 +462,12 @@ impl Membership {
     /// Whether a slice version advertised in a digest is one this node should fetch.
     pub fn wants(&self, device: &DeviceId, store: &StoreId, version: Version) -> bool {
         let Some(d) = self.devices.get(device) else {
-            return true;
+            // A forgotten device: only something newer than all it was seen with.
+            return self.tombstones.by_device.get(device).is_none_or(|t| {
+                !t.has_left(version.incarnation)
+                    && version.incarnation >= t.incarnation
+                    && t.seen(store).is_none_or(|seen| version > seen)
+            });
         };
         if d.has_left(version.incarnation) || version.incarnation < d.incarnation {
             return false;
@@ -332,10 +486,13 @@ impl Membership {
         version: Version,
         now: Instant,
     ) -> Admit {
-        let d = self
-            .devices
-            .entry(device)
-            .or_insert_with(|| DeviceState::new(now, &self.hasher));
+        let d = entry(
+            &mut self.devices,
+            &mut self.tombstones,
+            &self.hasher,
+            device,
+            now,
+        );
         if d.has_left(version.incarnation) {
             return Admit::AfterLeave;
         }
@@ -374,10 +531,13 @@ impl Membership {
         incarnation: Incarnation,
         now: Instant,
     ) -> Option<Removal> {
-        let d = self
-            .devices
-            .entry(device)
-            .or_insert_with(|| DeviceState::new(now, &self.hasher));
+        let d = entry(
+            &mut self.devices,
+            &mut self.tombstones,
+            &self.hasher,
+            device,
+            now,
+        );
         // A leave of an earlier run (a replay, or one that arrived late) must not end the
         // current run, whichever of its messages we heard first.
         if d.has_left(incarnation) || incarnation < d.presence.0 || incarnation < d.incarnation {
@@ -398,15 +558,35 @@ impl Membership {
     }
 
     /// Forgets devices that have been offline, holding nothing, for `after`: bookkeeping
-    /// must not grow with every identity that ever said hello. (The price: a device
-    /// forgotten this way is treated like a new one if an old copy of its slice turns up,
-    /// which takes a relay that kept it for that long.)
+    /// must not grow with every identity that ever said hello. What was last seen of each
+    /// stays behind as a tombstone (at most [`MAX_TOMBSTONES`], for up to
+    /// [`TOMBSTONE_LIFETIME`]), so that a replay of its old messages, however late, does
+    /// not bring it back; only something newer does.
     pub fn forget_silent(&mut self, now: Instant, after: Duration) {
-        self.devices.retain(|_, d| {
-            d.online
-                || d.stores.values().any(|t| t.held)
-                || now.saturating_duration_since(d.last_seen) < after
-        });
+        let mut gone: Vec<DeviceId> = self
+            .devices
+            .iter()
+            .filter(|(_, d)| {
+                !d.online
+                    && !d.stores.values().any(|t| t.held)
+                    && now.saturating_duration_since(d.last_seen) >= after
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        // Sorted: eviction order must not depend on the map's iteration order.
+        gone.sort();
+        for id in gone {
+            if let Some(d) = self.devices.remove(&id) {
+                self.suspects.remove(&id);
+                self.tombstones.lay(id, &d, now);
+            }
+        }
+        self.tombstones.expire(now, TOMBSTONE_LIFETIME);
+    }
+
+    /// Devices forgotten but remembered by a tombstone.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.by_device.len()
     }
 
     /// Whether `device` is tracked (online or remembered).
@@ -572,5 +752,84 @@ mod tests {
         m.admit(d, &s("b"), Version::new(1, 1), t0);
         let out = m.on_presence(d, 2, 1, &[(s("a"), Version::new(2, 0))], true, t0);
         assert_eq!(out.drop_stale_incarnation, vec![s("b")]);
+    }
+
+    /// The resurrection: a device leaves (or goes silent), is forgotten, and then
+    /// its captured slice and heartbeats are replayed. Nothing of it may come back; its
+    /// next run (or, after a timeout, its next heartbeat) is welcome at once.
+    #[test]
+    fn a_forgotten_device_stays_gone_until_it_says_something_new() {
+        let timeout = Duration::from_secs(1);
+        let forget = Duration::from_secs(60);
+        for left in [true, false] {
+            let mut m = Membership::new(timeout, DetState::default());
+            let (d, st, t0) = (dev(), s("a"), Instant::now());
+            let digest = [(st.clone(), Version::new(3, 7))];
+            assert!(m.on_presence(d, 3, 40, &digest, true, t0).came_online);
+            assert_eq!(m.admit(d, &st, Version::new(3, 7), t0), Admit::Apply);
+            if left {
+                assert!(m.on_leave(d, 3, t0).is_some());
+            } else {
+                assert_eq!(m.expire(t0 + timeout * 2).len(), 1);
+            }
+            // Long after it was forgotten (hours later: tombstones outlive the window).
+            let later = t0 + forget * 2;
+            m.forget_silent(later, forget);
+            assert!(!m.knows(&d));
+            assert_eq!(m.tombstones(), 1);
+            let replay = later + Duration::from_secs(3 * 3600);
+            for seq in [1, 39, 40] {
+                assert!(!m.is_newer(&d, (3, seq)));
+                assert_eq!(
+                    m.on_presence(d, 3, seq, &digest, true, replay),
+                    PresenceOutcome::default()
+                );
+            }
+            assert!(!m.wants(&d, &st, Version::new(3, 7)));
+            assert!(!m.wants(&d, &st, Version::new(2, 9)));
+            assert_ne!(m.admit(d, &st, Version::new(3, 7), replay), Admit::Apply);
+            assert_ne!(m.admit(d, &st, Version::new(3, 6), replay), Admit::Apply);
+            assert!(!m.is_online(&d));
+            assert_eq!(m.held_version(&d, &st), None);
+            // Forgotten again after the replay: the tombstone still holds.
+            m.forget_silent(replay + forget * 2, forget);
+            assert!(!m.wants(&d, &st, Version::new(3, 7)));
+            // Something genuinely new is admitted at once.
+            let back = replay + forget * 3;
+            if left {
+                // A restart: a higher incarnation.
+                assert!(m.is_newer(&d, (4, 1)));
+                assert!(m.wants(&d, &st, Version::new(4, 0)));
+                assert!(m.on_presence(d, 4, 1, &[], true, back).came_online);
+                assert_eq!(m.admit(d, &st, Version::new(4, 0), back), Admit::Apply);
+            } else {
+                // The same run, back from a partition: its next heartbeat and write.
+                assert!(m.is_newer(&d, (3, 41)));
+                assert!(m.on_presence(d, 3, 41, &digest, true, back).came_online);
+                assert_eq!(m.admit(d, &st, Version::new(3, 8), back), Admit::Apply);
+            }
+        }
+    }
+
+    #[test]
+    fn tombstones_are_bounded_in_count_and_age() {
+        let timeout = Duration::from_secs(1);
+        let mut m = Membership::new(timeout, DetState::default());
+        let t0 = Instant::now();
+        let first = dev();
+        m.on_leave(first, 1, t0);
+        m.forget_silent(t0 + timeout * 100, timeout);
+        for i in 0..MAX_TOMBSTONES as u32 + 10 {
+            let t = t0 + timeout * (200 + i);
+            m.on_leave(dev(), 1, t);
+            m.forget_silent(t + timeout * 2, timeout);
+        }
+        assert_eq!(m.tombstones(), MAX_TOMBSTONES);
+        // The oldest went first: its old run is unknown again.
+        assert!(m.is_newer(&first, (1, 1)));
+        assert!(m.tombstones.order.len() <= 2 * MAX_TOMBSTONES + 1);
+        let end = t0 + timeout * (300 + MAX_TOMBSTONES as u32);
+        m.forget_silent(end + TOMBSTONE_LIFETIME, timeout);
+        assert_eq!(m.tombstones(), 0);
     }
 }

@@ -30,6 +30,7 @@
 //! assert!(out.iter().any(|o| matches!(o, Output::PublishHeartbeat(_))));
 //! ```
 
+pub(crate) mod gate;
 mod held;
 mod membership;
 #[cfg(test)]
@@ -67,8 +68,8 @@ pub type DetSet<K> = HashSet<K, DetState>;
 
 /// Most wants honoured from one sync request, and slices accepted from one response.
 pub const MAX_WANTS: usize = 4096;
-/// Devices silent (and holding nothing here) for 10 × the presence timeout, and at least
-/// this long, are forgotten.
+/// The default of [`ProtoConfig::forget_after`]; also how long watch liveness keeps
+/// dialling a member it lost.
 const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
 /// A fetch for the same device and store is not repeated sooner than this.
 const REFETCH_AFTER: Duration = Duration::from_secs(1);
@@ -124,6 +125,11 @@ pub struct ProtoConfig {
     pub ping_every: Duration,
     /// Watch liveness: how long a ping may take before its peer counts as unresponsive.
     pub ping_timeout: Duration,
+    /// Devices silent (and holding nothing here) for this long, and at least 10 × the
+    /// presence timeout, are forgotten; a compact tombstone of each (the versions last
+    /// seen of it) is kept much longer, so that replaying its old messages cannot bring
+    /// it back.
+    pub forget_after: Duration,
 }
 
 /// How a node decides that a device is gone.
@@ -161,6 +167,7 @@ impl Default for ProtoConfig {
             anti_entropy_every: Duration::from_secs(1),
             ping_every: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(3),
+            forget_after: FORGET_AFTER_MIN,
         }
     }
 }
@@ -713,6 +720,12 @@ impl Engine {
         self.membership.held_version(device, store)
     }
 
+    /// Devices forgotten but remembered by a tombstone (so a replay of their old messages
+    /// cannot bring them back).
+    pub fn tombstones(&self) -> usize {
+        self.membership.tombstones()
+    }
+
     /// Size of the state kept: (devices tracked, slices held, fetches remembered).
     pub fn state_size(&self) -> (usize, usize, usize) {
         (
@@ -1228,7 +1241,7 @@ impl Engine {
                 // 32nd with watch liveness (whose other per-tick work does not grow with N).
                 self.expire_ticks += 1;
                 if !self.watching() || self.expire_ticks.is_multiple_of(32) {
-                    let forget_after = (self.cfg.presence_timeout * 10).max(FORGET_AFTER_MIN);
+                    let forget_after = (self.cfg.presence_timeout * 10).max(self.cfg.forget_after);
                     self.membership.forget_silent(now, forget_after);
                     let m = &self.membership;
                     self.addrs.retain(|d, _| m.knows(d));

@@ -7,6 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{broadcast, watch};
 
 use super::durable::Durable;
+use super::inbox::Inbox;
 use super::{RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
 use crate::error::Error;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
@@ -131,7 +132,8 @@ pub(crate) enum StoreMsg<T> {
         f: Updater<T>,
         reply: RpcReplyPort<Result<Arc<DeviceSlice<T>>, Error>>,
     },
-    Net(StoreInput),
+    /// The inbox has something: take one device's slot.
+    Drain,
 }
 
 /// Everything a store actor needs besides the store itself.
@@ -159,6 +161,7 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
     events: broadcast::Sender<StoreEvent<S::Data>>,
     view: watch::Sender<Arc<StoreSnapshot<S::Data>>>,
     durable: Durable<S::Data>,
+    inbox: Arc<Inbox>,
 }
 
 pub(crate) struct StoreState<S: SyncableStore> {
@@ -173,6 +176,8 @@ pub(crate) struct SpawnedStore<T> {
     pub handle: super::Store<T>,
     /// The initial slice, to announce once the gossip actor knows the store.
     pub initial: Pending,
+    /// Where the gossip actor leaves remote inputs for it (see [`sink_for`]).
+    pub inbox: Arc<Inbox>,
 }
 
 /// Initialises `store` and spawns its actor.
@@ -197,7 +202,9 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
         local: local.clone(),
         remote: Default::default(),
     }));
+    let inbox = Arc::new(Inbox::new(p.counters.clone()));
     let args = StoreArgs {
+        inbox: inbox.clone(),
         store,
         id: id.clone(),
         device: p.device,
@@ -229,12 +236,17 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
             offline,
         },
         initial,
+        inbox,
     })
 }
 
-/// The sink through which the gossip actor feeds a store actor.
-pub(crate) fn sink_for<T: Send + Sync + 'static>(actor: ActorRef<StoreMsg<T>>) -> StoreSink {
-    Arc::new(move |input| actor.cast(StoreMsg::Net(input)).is_ok())
+/// The sink through which the gossip actor feeds a store actor: into its coalescing
+/// [`Inbox`], waking the actor when the inbox was empty.
+pub(crate) fn sink_for<T: Send + Sync + 'static>(
+    actor: ActorRef<StoreMsg<T>>,
+    inbox: Arc<Inbox>,
+) -> StoreSink {
+    Arc::new(move |input| !inbox.put(input) || actor.cast(StoreMsg::Drain).is_ok())
 }
 
 /// The slice data as MessagePack, refused if over the size limit.
@@ -382,7 +394,7 @@ impl<S: SyncableStore> Actor for StoreActor<S> {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -390,8 +402,22 @@ impl<S: SyncableStore> Actor for StoreActor<S> {
             StoreMsg::Update { f, reply } => {
                 let _ = reply.send(state.update(f));
             }
-            StoreMsg::Net(StoreInput::Remote(v)) => state.remote(v),
-            StoreMsg::Net(StoreInput::Remove { device, reason }) => state.remove(device, reason),
+            StoreMsg::Drain => {
+                let Some((device, slot, more)) = state.args.inbox.take() else {
+                    return Ok(());
+                };
+                // One device per message, so that local writes queued meanwhile are not
+                // held up by the whole backlog.
+                if more {
+                    let _ = myself.cast(StoreMsg::Drain);
+                }
+                if let Some(reason) = slot.remove {
+                    state.remove(device, reason);
+                }
+                if let Some(v) = slot.remote {
+                    state.remote(v);
+                }
+            }
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 mod actor;
 mod durable;
 mod handle;
+mod inbox;
 
 use std::collections::BTreeMap;
 use std::fmt;

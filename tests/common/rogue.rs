@@ -1,0 +1,407 @@
+//! A hostile peer: raw libp2p (gossipsub + the sync protocol), not a Truffle node.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, MessageId, ValidationMode};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identity::Keypair, noise, tcp, yamux, Multiaddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+use libp2p::{PeerId, StreamProtocol};
+use truffle_actors::wire::{SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    sync: request_response::Behaviour<StallingCodec>,
+    junk: request_response::Behaviour<RawGossip>,
+    /// Answers pings, as any libp2p peer does (watch liveness drops a peer that does not).
+    ping: libp2p::ping::Behaviour,
+}
+
+/// What one raw gossipsub stream carries: `count` messages of `size` bytes on `topic`.
+#[derive(Clone, Debug)]
+pub struct Junk {
+    pub topic: String,
+    pub count: usize,
+    pub size: usize,
+}
+
+/// Opens a gossipsub stream and writes hand-built frames on it, on any topic: a
+/// gossipsub behaviour refuses to publish on a topic no connected peer subscribes to.
+/// The frames are the protobuf RPC of the gossipsub spec, each an anonymous message
+/// (only `data` and `topic`), varint-length-prefixed.
+#[derive(Clone, Default)]
+pub struct RawGossip;
+
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn field(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(tag);
+    varint(bytes.len(), out);
+    out.extend_from_slice(bytes);
+}
+
+impl request_response::Codec for RawGossip {
+    type Protocol = StreamProtocol;
+    type Request = Junk;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Junk>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::Error::other("outbound only"))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<()>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        // gossipsub never writes on a stream it accepted: wait for its end, after it
+        // has read everything.
+        use futures::AsyncReadExt;
+        let mut sink = [0u8; 64];
+        while io.read(&mut sink).await? > 0 {}
+        Ok(())
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        junk: Junk,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        let mut data = vec![0x5a; junk.size];
+        let mut frame = Vec::with_capacity(junk.size + 256);
+        for i in 0..junk.count {
+            // Distinct data, so that no copy is a duplicate of an earlier one.
+            data[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            let mut msg = Vec::with_capacity(junk.size + 128);
+            field(0x12, &data, &mut msg);
+            field(0x22, junk.topic.as_bytes(), &mut msg);
+            let mut rpc = Vec::with_capacity(msg.len() + 8);
+            field(0x12, &msg, &mut rpc);
+            frame.clear();
+            varint(rpc.len(), &mut frame);
+            frame.extend_from_slice(&rpc);
+            io.write_all(&frame).await?;
+        }
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: (),
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+/// Truffle's sync codec, except that while `stall` is set answers are never read: the
+/// stream stays open and unread until the answerer gives up.
+#[derive(Clone)]
+pub struct StallingCodec {
+    inner: SyncCodec,
+    stall: Arc<AtomicBool>,
+}
+
+impl request_response::Codec for StallingCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+
+    async fn read_request<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<SyncRequest>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        self.inner.read_request(p, io).await
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<SyncResponse>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        if self.stall.load(Ordering::Relaxed) {
+            futures::future::pending::<()>().await;
+        }
+        self.inner.read_response(p, io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        req: SyncRequest,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        self.inner.write_request(p, io, req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+        res: SyncResponse,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        self.inner.write_response(p, io, res).await
+    }
+}
+
+pub enum Cmd {
+    Publish(String, Vec<u8>),
+    /// Publish `count` junk messages on the topic, spread evenly over `over`.
+    Flood(String, u32, Duration),
+    /// Publish these messages on the topic in order, spread evenly over `over`.
+    FloodWith(String, Vec<Vec<u8>>, Duration),
+    /// Subscribe to a topic (peers that joined its store then fetch from the rogue).
+    Subscribe(String),
+    /// How to answer every sync request from now on.
+    AnswerWith(Vec<Vec<u8>>),
+    /// Write raw gossipsub frames to the peer, on one stream of their own.
+    Junk(PeerId, Junk),
+    /// Send this sync request `count` times to the peer, all at once; with `read`
+    /// false, never read the answers.
+    Fetch {
+        peer: PeerId,
+        request: SyncRequest,
+        count: usize,
+        read: bool,
+    },
+}
+
+pub enum Seen {
+    /// A gossip message: topic, data.
+    Message(String, Vec<u8>),
+    /// A sync request was answered.
+    Answered,
+    /// The flood ended; how many publishes gossipsub accepted.
+    Flooded(u32),
+    /// The answer to one of the rogue's own sync requests.
+    Answer(SyncResponse),
+}
+
+pub struct Rogue {
+    pub key: Keypair,
+    pub cmds: mpsc::UnboundedSender<Cmd>,
+    pub seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
+    let key = Keypair::generate_ed25519();
+    let stall = Arc::new(AtomicBool::new(false));
+    let stall_cmd = stall.clone();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            // Speaks Truffle's gossip dialect (anonymous messages), so that everything
+            // it sends reaches Truffle's own checks. Its own message ids never repeat,
+            // so that it can send the same bytes again (gossipsub would refuse a
+            // duplicate publish).
+            let next_id = std::sync::atomic::AtomicU64::new(0);
+            let cfg = gossipsub::ConfigBuilder::default()
+                .validation_mode(ValidationMode::Anonymous)
+                .message_id_fn(move |_| {
+                    let n = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    MessageId::from(n.to_be_bytes().to_vec())
+                })
+                .max_transmit_size(4 * 1024 * 1024)
+                .heartbeat_interval(Duration::from_millis(200))
+                .build()
+                .unwrap();
+            let _ = key;
+            Behaviour {
+                gossipsub: gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, cfg).unwrap(),
+                sync: request_response::Behaviour::with_codec(
+                    StallingCodec {
+                        inner: SyncCodec {
+                            max_request: 1 << 20,
+                            max_response: 1 << 27,
+                        },
+                        stall: stall.clone(),
+                    },
+                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                    // Its own unread requests outlast the answerer's patience.
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(120))
+                        .with_max_concurrent_streams(1000),
+                ),
+                ping: libp2p::ping::Behaviour::default(),
+                junk: request_response::Behaviour::with_codec(
+                    RawGossip,
+                    [(
+                        StreamProtocol::new("/meshsub/1.1.0"),
+                        ProtocolSupport::Outbound,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(120)),
+                ),
+            }
+        })
+        .unwrap()
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    for t in topics {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&IdentTopic::new(*t))
+            .unwrap();
+    }
+    for a in dial {
+        swarm.dial(a.clone()).unwrap();
+    }
+    let (cmds, mut cmd_rx) = mpsc::unbounded_channel();
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut answer: Vec<Vec<u8>> = Vec::new();
+        let mut flood: Option<(String, u32, u32, tokio::time::Interval)> = None;
+        let mut given: Option<std::vec::IntoIter<Vec<u8>>> = None;
+        let mut published = 0u32;
+        loop {
+            let flooding = flood.is_some();
+            tokio::select! {
+                ev = swarm.select_next_some() => match ev {
+                    SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
+                        let _ = seen_tx.send(Seen::Message(message.topic.to_string(), message.data));
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                        message: request_response::Message::Request { request, channel, .. }, ..
+                    })) => {
+                        let response = SyncResponse {
+                            v: 1,
+                            slices: answer.iter().cloned().map(Arc::from).collect(),
+                            ..SyncResponse::default()
+                        };
+                        let _ = swarm.behaviour_mut().sync.send_response(channel, response);
+                        let _ = seen_tx.send(Seen::Answered);
+                        let _ = request;
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. }, ..
+                    })) => {
+                        let _ = seen_tx.send(Seen::Answer(response));
+                    }
+                    _ => {}
+                },
+                cmd = cmd_rx.recv() => match cmd {
+                    None => break,
+                    Some(Cmd::Publish(topic, bytes)) => {
+                        let _ = swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(topic), bytes);
+                    }
+                    Some(Cmd::AnswerWith(slices)) => answer = slices,
+                    Some(Cmd::Subscribe(topic)) => {
+                        let _ = swarm.behaviour_mut().gossipsub.subscribe(&IdentTopic::new(topic));
+                    }
+                    Some(Cmd::Junk(peer, junk)) => {
+                        swarm.behaviour_mut().junk.send_request(&peer, junk);
+                    }
+                    Some(Cmd::Fetch { peer, request, count, read }) => {
+                        stall_cmd.store(!read, Ordering::Relaxed);
+                        for _ in 0..count {
+                            swarm.behaviour_mut().sync.send_request(&peer, request.clone());
+                        }
+                    }
+                    Some(Cmd::FloodWith(topic, msgs, over)) => {
+                        let count = msgs.len() as u32;
+                        given = Some(msgs.into_iter());
+                        published = 0;
+                        let mut tick = tokio::time::interval(Duration::from_millis(1));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                        let per_ms = (count as u64 * 1000 / over.as_micros().max(1) as u64).max(1) as u32;
+                        flood = Some((topic, count, per_ms, tick));
+                    }
+                    Some(Cmd::Flood(topic, count, over)) => {
+                        given = None;
+                        published = 0;
+                        // Ticks of 1 ms, each publishing its share of the flood.
+                        let mut tick = tokio::time::interval(Duration::from_millis(1));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                        let per_ms = (count as u64 * 1000 / over.as_micros().max(1) as u64).max(1) as u32;
+                        flood = Some((topic, count, per_ms, tick));
+                    }
+                },
+                _ = async { flood.as_mut().unwrap().3.tick().await }, if flooding => {
+                    let (topic, left, per_ms, _) = flood.as_mut().unwrap();
+                    let n = (*per_ms).min(*left);
+                    for i in 0..n {
+                        let junk = match given.as_mut() {
+                            Some(msgs) => msgs.next().unwrap_or_default(),
+                            None => format!("junk {left} {i}").into_bytes(),
+                        };
+                        if swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(topic.clone()), junk).is_ok() {
+                            published += 1;
+                        }
+                    }
+                    *left -= n;
+                    if *left == 0 {
+                        let _ = seen_tx.send(Seen::Flooded(published));
+                        flood = None;
+                    }
+                }
+            }
+        }
+    });
+    Rogue { key, cmds, seen }
+}
+
+/// The device a slice message names, if `data` is one.
+pub fn envelope_device(data: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        device: String,
+    }
+    let e: super::Envelope = rmp_serde::from_slice(data).ok()?;
+    (e.kind == "slice").then_some(())?;
+    rmp_serde::from_slice::<Body>(&e.body)
+        .ok()
+        .map(|b| b.device)
+}
+
+/// This process's resident memory, in bytes (`VmRSS` in `/proc/self/status`; Linux only).
+pub fn rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
