@@ -456,3 +456,56 @@ fn an_answer_holds_each_slice_once_however_often_it_is_wanted() {
         assert_eq!(sent, 1, "{s}/{d} sent once, shared (not copied)");
     }
 }
+
+fn asks_digest_of(out: &[Output], peer: DeviceId) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::Ask { peer: p, ask: Ask::Digest(_), .. } if *p == peer))
+        .count()
+}
+
+#[test]
+fn a_digest_that_differs_is_compared_back_once_per_period() {
+    let cfg = ProtoConfig {
+        liveness: Liveness::Watch,
+        ..ProtoConfig::default()
+    };
+    let mut e = Engine::new(dev(0), 1, cfg, 1, Vec::new());
+    let t0 = Instant::now();
+    e.start(t0, &mut Vec::new());
+    let peer = dev(1);
+    // A new neighbour is compared with at once.
+    let out = step(&mut e, Input::Connected { peer }, t0);
+    assert_eq!(asks_digest_of(&out, peer), 1);
+    let differs = || Input::Asked {
+        peer,
+        token: 7,
+        ask: Ask::Digest(Digest {
+            members: 0,
+            stores: vec![],
+        }),
+    };
+    // Its digest differs, but this node compared with it just now: no ask back.
+    let out = step(&mut e, differs(), t0 + Duration::from_millis(100));
+    assert_eq!(asks_digest_of(&out, peer), 0);
+    // A period later it asks back, once.
+    let later = t0 + ProtoConfig::default().anti_entropy_every * 2;
+    let out = step(&mut e, differs(), later);
+    assert_eq!(asks_digest_of(&out, peer), 1);
+    let out = step(&mut e, differs(), later + Duration::from_millis(100));
+    assert_eq!(asks_digest_of(&out, peer), 0);
+    // A digest equal to this node's view is not asked back.
+    let same = Input::Asked {
+        peer,
+        token: 8,
+        ask: Ask::Digest(Digest {
+            members: e.members_digest(),
+            stores: vec![],
+        }),
+    };
+    let out = step(
+        &mut e,
+        same,
+        later + ProtoConfig::default().anti_entropy_every * 4,
+    );
+    assert_eq!(asks_digest_of(&out, peer), 0);
+}

@@ -47,9 +47,9 @@ const ALERT_PROBES: usize = 2;
 /// Otherwise one probe every this many redial ticks. A probe of a live member costs a
 /// connection (handshake, then a trim): at one every 2 s, an idle 64-node mesh used
 /// about 1.6 times the CPU it uses at one every 10 s (the Faults chapter has the runs).
-/// A failure that cuts connections is noticed by the neighbours
-/// that lose them, which turns every node alert; the slow steady probing is for a group
-/// that no connection crosses.
+/// A failure that cuts connections is noticed by the neighbours that lose them, which
+/// turns every node alert; the slow steady probing is for a group that no connection
+/// crosses.
 const PROBE_EVERY_TICKS: u64 = 10;
 /// A redial tick this late means this node is short of CPU (Lifeguard's local health):
 /// its own slowness would look like its peers' (pings and redials time out), so for
@@ -278,8 +278,8 @@ impl Engine {
         // A node announces itself at start over its first connections, often all to one
         // shared seed, whose gossipsub mesh reaches only a few of the others; and during
         // a join wave nobody has a mesh yet. Once its own view has formed it announces
-        // once more, over random connections: a join wave of 128 nodes then converges
-        // from two rounds of heartbeats instead of member by member through digests.
+        // once more, over random connections, instead of leaving every other member to
+        // pull it through digests.
         if !self.watch.view_announced && self.conns.len() >= self.cfg.target_peers {
             self.watch.view_announced = true;
             self.watch.announce = true;
@@ -622,16 +622,12 @@ impl Engine {
     fn on_diff(&mut self, peer: DeviceId, r: DigestReply, now: Instant, out: &mut Vec<Output>) {
         if let Some(members) = r.members {
             // A peer that lists this run at an older heartbeat only lags behind (it fetches
-            // the newer one itself); one that does not list this run at all missed the
-            // announcement, or removed us while we were cut off: announce again. (Re-
-            // announcing to laggards would feed itself whenever gossip is slower than the
-            // comparisons: each announcement makes every peer a laggard again.)
-            //
-            // Only a node that lost members lately announces again: it was most likely cut
-            // off, and the other side removed it. A peer that merely has not heard of a
-            // newcomer yet pulls its heartbeat itself (a digest that differs is compared
-            // both ways, see `on_asked`); newcomers re-announcing to every such peer made
-            // a join wave of 128 nodes flood four rounds of heartbeats instead of one.
+            // the newer one itself). One that does not list this run at all either has not
+            // heard of it yet, and pulls it (a digest that differs is compared both ways,
+            // see `on_asked`), or removed it while this node was cut off. Only a node that
+            // lost members lately was likely cut off, so only it announces again: every
+            // newcomer re-announcing to every peer that had not heard of it yet flooded
+            // about four rounds of heartbeats through a join wave of 128 nodes.
             let counted = members
                 .iter()
                 .any(|(d, i, _)| *d == self.me && *i == self.incarnation);
