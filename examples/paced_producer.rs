@@ -15,13 +15,18 @@ struct Ticks {
     n: u64,
 }
 
+/// Two nodes on loopback: the producer publishes every version it writes.
+#[derive(clap::Parser)]
+#[command(name = "paced_producer")]
+struct Args {
+    /// How many versions the producer writes.
+    #[arg(default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    count: u64,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let count: u64 = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(200);
+    let count = <Args as clap::Parser>::parse().count;
     let loopback: truffle_actors::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse()?;
     let producer = MeshNode::builder()
         .name("producer")

@@ -133,20 +133,12 @@ struct Opts {
     list: bool,
     /// Liveness of the nodes in `idle-cost` and `hub-crash`: `heartbeats` (the default) or
     /// `watch` (experimental; see `MeshNodeBuilder::liveness`).
-    #[arg(long, value_name = "KIND", default_value = "heartbeats", value_parser = parse_liveness)]
+    #[arg(long, value_name = "KIND", default_value = "heartbeats")]
     liveness: truffle_actors::proto::Liveness,
     /// Mesh size for `idle-cost` and `hub-crash` instead of their defaults (repeatable,
     /// 2 to 256).
     #[arg(long = "nodes", value_name = "N", value_parser = clap::value_parser!(u16).range(2..=256))]
     nodes: Vec<u16>,
-}
-
-fn parse_liveness(s: &str) -> Result<truffle_actors::proto::Liveness, String> {
-    match s {
-        "heartbeats" => Ok(truffle_actors::proto::Liveness::Heartbeats),
-        "watch" => Ok(truffle_actors::proto::Liveness::Watch),
-        _ => Err(format!("unknown liveness `{s}`: heartbeats or watch")),
-    }
 }
 
 fn parse_scenario(s: &str) -> Result<Scenario, String> {

@@ -153,6 +153,45 @@ pub enum Liveness {
     Watch,
 }
 
+impl Liveness {
+    /// The name used on command lines and in logs: `heartbeats` or `watch`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Liveness::Heartbeats => "heartbeats",
+            Liveness::Watch => "watch",
+        }
+    }
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a [`Liveness`] (see its `FromStr`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown liveness `{0}`: expected heartbeats or watch")]
+pub struct UnknownLiveness(pub String);
+
+/// Parses `heartbeats` or `watch`, so command lines can take a liveness directly.
+///
+/// ```
+/// use truffle_actors::proto::Liveness;
+/// assert_eq!("watch".parse::<Liveness>(), Ok(Liveness::Watch));
+/// assert!("gossip".parse::<Liveness>().is_err());
+/// ```
+impl std::str::FromStr for Liveness {
+    type Err = UnknownLiveness;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Liveness::Heartbeats, Liveness::Watch]
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| UnknownLiveness(s.to_string()))
+    }
+}
+
 impl Default for ProtoConfig {
     fn default() -> Self {
         Self {

@@ -39,7 +39,7 @@ pub const MAX_STORE_ENTRIES: usize = 4096;
 /// Most heartbeats asked for (and answered) in one request.
 pub const MAX_MEMBERS_ASKED: usize = 4096;
 /// After an accusation (made or heard), a node probes [`ALERT_PROBES`] members per redial
-/// tick instead of one every other tick, for this long: a failure seldom comes alone (a
+/// tick instead of one every [`PROBE_EVERY_TICKS`] ticks, for this long: a failure seldom comes alone (a
 /// partition cuts off a whole group), and the members cut off are found sooner.
 const ALERT_FOR: Duration = Duration::from_secs(10);
 /// Probes per redial tick while alert.
