@@ -162,7 +162,11 @@ struct Args {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // Truffle's own warnings; libp2p's internal ones (gossipsub's graft backoff,
+            // yamux closing a connection its peer already closed) are routine when many
+            // nodes in one process trim and re-form their connections. RUST_LOG overrides.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,libp2p_gossipsub=error,yamux=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -288,7 +292,10 @@ async fn run(
         let mut line = String::new();
         let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
     }
-    for node in demo.nodes.into_iter().flatten() {
+    // Newest first: every node still running then keeps both of its bootstrap peers
+    // (node-0 and its predecessor) until it leaves itself, instead of redialling them and
+    // saying they are gone.
+    for node in demo.nodes.into_iter().flatten().rev() {
         node.shutdown().await.map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -27,6 +27,14 @@ pub(crate) enum ConnectFailure {
     Dns,
     /// TCP connected but the handshake (pre-shared key, noise, multiplexer) failed.
     Handshake,
+    /// An incoming connection that the dialing node closed during the handshake (the
+    /// connection reset, or a broken pipe): most often a dial it gave up, because the two
+    /// nodes dialled each other at once or it already had a connection; in a private
+    /// mesh, also a dialer with another pre-shared key, which cannot read this node.
+    Abandoned,
+    /// An outgoing dial this node itself called off (libp2p's "aborted": it disconnected
+    /// from the peer, or no longer needed the connection).
+    Aborted,
     /// No connection or handshake within the connect timeout.
     Timeout,
     /// A connection limit of this node (or the other) was reached: the connection was
@@ -75,11 +83,25 @@ impl ConnectFailure {
             ConnectFailure::Dns
         } else if has(&["connection limit exceeded"]) {
             ConnectFailure::LimitReached
+        } else if has(&[
+            "connection attempt has been aborted",
+            "Pending connection attempt",
+        ]) {
+            ConnectFailure::Aborted
         } else if has(&["Timeout has been reached", "timed out", "os error 110"]) {
             match inbound {
                 true => ConnectFailure::InboundTimeout,
                 false => ConnectFailure::Timeout,
             }
+        } else if inbound
+            && has(&[
+                "Connection reset",
+                "os error 104",
+                "Broken pipe",
+                "os error 32",
+            ])
+        {
+            ConnectFailure::Abandoned
         } else if inbound
             || has(&[
                 "Handshake",
@@ -134,6 +156,15 @@ impl ConnectFailure {
             (ConnectFailure::Handshake, false) => {
                 "connection failed during the handshake: if the other node uses a pre-shared key (private mesh), this node needs the same key (--psk-file); otherwise it may not be a Truffle node"
             }
+            (ConnectFailure::Abandoned, true) => {
+                "the dialing node closed the connection during the handshake: it may use another pre-shared key (this mesh is private; compare the psk_fingerprint of both nodes' start lines), or it gave up the dial (the two nodes dialled each other at once)"
+            }
+            (ConnectFailure::Abandoned, false) => {
+                "the dialing node closed the connection during the handshake: it gave up the dial (the two nodes dialled each other at once, or it already had a connection)"
+            }
+            (ConnectFailure::Aborted, _) => {
+                "this node called the dial off (it disconnected from that peer, or no longer needed the connection)"
+            }
             (ConnectFailure::Timeout, true) => {
                 "no connection within the connect timeout: the host may be down or a firewall drops the packets; or, this mesh being private, the other node uses a different pre-shared key (a key mismatch stalls the handshake)"
             }
@@ -164,9 +195,17 @@ impl ConnectFailure {
         )
     }
 
-    /// Failures that are expected in normal operation and logged at debug level only.
-    pub(crate) fn is_quiet(self) -> bool {
-        matches!(self, ConnectFailure::OwnAddress)
+    /// Failures that are expected in normal operation and logged at debug level only. A
+    /// dialer that abandons an incoming connection is one of them unless the mesh is
+    /// private, where it may also be a node with another key (in a mesh of 64 nodes that
+    /// fill their views at once, every node saw a few simultaneous dials, and each said so
+    /// in a warning that blamed a pre-shared key).
+    pub(crate) fn is_quiet(self, private_mesh: bool) -> bool {
+        match self {
+            ConnectFailure::OwnAddress | ConnectFailure::Aborted => true,
+            ConnectFailure::Abandoned => !private_mesh,
+            _ => false,
+        }
     }
 }
 
@@ -225,6 +264,9 @@ mod tests {
             ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : Timeout has been reached)]", Timeout),
             ("Failed to negotiate transport protocol(s): [(/ip4/10.9.9.9/tcp/9: : No route to host (os error 113))]", Unreachable),
             ("Listen error: Failed to negotiate transport protocol(s)", Handshake),
+            ("Listen error: Failed to negotiate transport protocol(s): Multistream select failed: Protocol error: I/O error: Broken pipe (os error 32)", Abandoned),
+            ("Listen error: Failed to negotiate transport protocol(s): Handshake failed: Connection reset by peer (os error 104)", Abandoned),
+            ("Dial error: Pending connection attempt has been aborted.", Aborted),
             ("Listen error: Failed to negotiate transport protocol(s): Timeout has been reached", InboundTimeout),
             ("Listen error: Denied: connection denied: connection limit exceeded: at most 8 pending incoming connections are allowed", LimitReached),
             ("Failed to negotiate transport protocol(s): [(/dns4/no-such-host.invalid/tcp/4001: : Multiple dial errors occurred:\n - DNS error: no records found for Query)]", Dns),
@@ -259,6 +301,18 @@ mod tests {
         assert!(Handshake.explain(true).contains("fingerprint"));
         assert!(Timeout.explain(true).contains("pre-shared key"));
         assert!(InboundTimeout.explain(true).contains("fingerprints"));
+        assert!(Abandoned.explain(true).contains("pre-shared key"));
+        assert!(!Abandoned.explain(false).contains("pre-shared"));
+        assert!(!Aborted.explain(true).contains("pre-shared"));
+    }
+
+    #[test]
+    fn a_dial_given_up_is_quiet_except_where_a_key_mismatch_looks_the_same() {
+        use ConnectFailure::*;
+        assert!(Aborted.is_quiet(false) && Aborted.is_quiet(true));
+        assert!(Abandoned.is_quiet(false));
+        assert!(!Abandoned.is_quiet(true));
+        assert!(!Handshake.is_quiet(false) && !Refused.is_quiet(false));
     }
 
     #[test]

@@ -496,6 +496,12 @@ impl SwarmTask {
                 tracing::trace!(%store, "no peers subscribed yet");
                 false
             }
+            Err(gossipsub::PublishError::Duplicate) => {
+                // These exact bytes went out before (gossipsub keeps their id for a while):
+                // peers that missed them get the slice through anti-entropy.
+                tracing::debug!(%store, "slice already published (same signed bytes)");
+                true
+            }
             Err(e) => {
                 tracing::warn!(%store, error = %e, "publish failed; anti-entropy will retry");
                 true
@@ -840,7 +846,8 @@ impl SwarmTask {
         };
         // A refused re-dial of a peer that was met in the mesh (not a bootstrap address) is
         // the normal sequel of its leaving: not worth a warning.
-        let quiet = kind.is_quiet() || (kind == ConnectFailure::Refused && bootstrap.is_none());
+        let quiet = kind.is_quiet(self.psk_fingerprint.is_some())
+            || (kind == ConnectFailure::Refused && bootstrap.is_none());
         let repeats = match quiet {
             true => None,
             false => self.dial_warnings.allow(kind, std::time::Instant::now()),
@@ -855,6 +862,7 @@ impl SwarmTask {
                 if matches!(
                     kind,
                     ConnectFailure::Handshake
+                        | ConnectFailure::Abandoned
                         | ConnectFailure::Timeout
                         | ConnectFailure::InboundTimeout
                 ) =>
