@@ -230,7 +230,12 @@ fn build(input: &Input) -> Option<Vec<u8>> {
                 .chain(after.iter().cloned())
                 .map(std::sync::Arc::<[u8]>::from)
                 .collect();
-            rmp_serde::to_vec_named(&SyncResponse { v, slices }).ok()?
+            rmp_serde::to_vec_named(&SyncResponse {
+                v,
+                slices,
+                ..SyncResponse::default()
+            })
+            .ok()?
         }
         Wrap::Truncated(n) => {
             let mut msg = msg;

@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use truffle_actors::identity::{Keypair, PeerId};
-use truffle_actors::wire::{SyncRequest, SyncResponse, Want, PROTOCOL_VERSION};
+use truffle_actors::wire::{
+    SyncRequest, SyncResponse, Want, WireDigest, WireSuspicion, PROTOCOL_VERSION,
+};
 use truffle_actors::{DeviceId, StoreId, Version};
 
 #[derive(Serialize)]
@@ -134,17 +136,67 @@ fn write_seeds() {
             },
         ],
         incarnation: 0,
+        ..SyncRequest::default()
     });
     let leave_request = named(&SyncRequest {
         v: PROTOCOL_VERSION,
         kind: "leave".into(),
         want: vec![],
         incarnation: 1_700_000_000_000,
+        ..SyncRequest::default()
     });
     let response = named(&SyncResponse {
         v: PROTOCOL_VERSION,
         slices: vec![slice.clone().into(), empty_slice.clone().into()],
+        ..SyncResponse::default()
     });
+    // Watch liveness: its requests, the answers to them, and an accusation.
+    let watch_request = |kind: &str| SyncRequest {
+        v: PROTOCOL_VERSION,
+        kind: kind.into(),
+        ..SyncRequest::default()
+    };
+    let digest_request = named(&SyncRequest {
+        digest: Some(WireDigest {
+            members: 0x1234_5678_9abc_def0,
+            stores: vec![("todos".into(), 42)],
+        }),
+        ..watch_request("digest")
+    });
+    let members_request = named(&SyncRequest {
+        devices: vec![device.to_string(), source.to_string()],
+        ..watch_request("members")
+    });
+    let accused_request = named(&SyncRequest {
+        accused: Some(WireSuspicion {
+            device: device.to_string(),
+            incarnation: 1_700_000_000_000,
+            seq: 42,
+        }),
+        ..watch_request("accused")
+    });
+    let trim_request = named(&watch_request("trim"));
+    let digest_response = named(&SyncResponse {
+        v: PROTOCOL_VERSION,
+        members: Some(vec![(device.to_string(), 1_700_000_000_000, 42)]),
+        stores: vec![(
+            "todos".into(),
+            vec![(device.to_string(), 1_700_000_000_000, 3)],
+        )],
+        ..SyncResponse::default()
+    });
+    let members_response = named(&SyncResponse {
+        v: PROTOCOL_VERSION,
+        presences: vec![truffle_actors::testing::signed_presence(
+            &key,
+            1_700_000_000_000,
+            42,
+            &[],
+        )
+        .into()],
+        ..SyncResponse::default()
+    });
+    let suspect = truffle_actors::testing::signed_suspect(&key, device, 1_700_000_000_000, 42);
 
     let wire_seeds: Vec<(&str, Vec<u8>)> = vec![
         ("slice", slice.clone()),
@@ -159,6 +211,13 @@ fn write_seeds() {
         ("sync_leave_framed", framed(&leave_request)),
         ("sync_response", response.clone()),
         ("sync_response_framed", framed(&response)),
+        ("watch_digest_framed", framed(&digest_request)),
+        ("watch_members_framed", framed(&members_request)),
+        ("watch_accused_framed", framed(&accused_request)),
+        ("watch_trim_framed", framed(&trim_request)),
+        ("watch_digest_answer_framed", framed(&digest_response)),
+        ("watch_members_answer_framed", framed(&members_response)),
+        ("watch_suspect", suspect),
     ];
     // Arbitrary-encoded `Input`s for slice_envelope: all-zero bytes pick the first variant
     // of every enum (a valid slice, signed by its owner, sent bare); the others vary it.

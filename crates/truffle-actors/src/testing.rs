@@ -58,7 +58,9 @@ pub fn signed_suspect(key: &Keypair, device: DeviceId, incarnation: u64, seq: u6
 }
 
 /// Runs every decoder that sees network bytes over `bytes`: the slice and presence-topic
-/// decoders and the sync codec's request and response readers. For fuzzing and property
+/// decoders (presence, leave, and watch liveness's accusations), the sync codec's request
+/// and response readers, and watch liveness's reading of what they decoded (its digest,
+/// members, trim and accusation requests, and the answers to them). For fuzzing and property
 /// tests: it must never panic, whatever the input.
 pub fn decode_everything(bytes: &[u8]) {
     use libp2p::request_response::Codec as _;
@@ -71,23 +73,29 @@ pub fn decode_everything(bytes: &[u8]) {
         max_response: 1 << 20,
     };
     let protocol = crate::wire::SYNC_PROTOCOL;
-    futures::executor::block_on(async {
-        let _ = codec
-            .read_request(&protocol, &mut futures::io::Cursor::new(bytes))
-            .await;
-        let _ = codec
-            .read_response(&protocol, &mut futures::io::Cursor::new(bytes))
-            .await;
-    });
-    // The same bytes as the body of a well-framed message.
+    // The raw bytes, then the same bytes as the body of a well-framed message.
     let mut framed = (bytes.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(bytes);
-    futures::executor::block_on(async {
-        let _ = codec
-            .read_request(&protocol, &mut futures::io::Cursor::new(&framed))
-            .await;
-        let _ = codec
-            .read_response(&protocol, &mut futures::io::Cursor::new(&framed))
-            .await;
-    });
+    for input in [bytes, &framed[..]] {
+        futures::executor::block_on(async {
+            if let Ok(req) = codec
+                .read_request(&protocol, &mut futures::io::Cursor::new(input))
+                .await
+            {
+                // What watch liveness makes of a request (digest, members, trim, accused).
+                let _ = crate::gossip::watch_wire::ask_of(&req);
+            }
+            if let Ok(res) = codec
+                .read_response(&protocol, &mut futures::io::Cursor::new(input))
+                .await
+            {
+                // ... and of an answer, read as each kind of answer it could be.
+                use crate::gossip::watch_wire::{reply_of, AskKind, Presences};
+                for kind in [AskKind::Digest, AskKind::Members, AskKind::Done] {
+                    let mut kept = Presences::for_liveness(crate::proto::Liveness::Watch);
+                    let _ = reply_of(kind, res.clone(), keys, &mut kept);
+                }
+            }
+        });
+    }
 }
