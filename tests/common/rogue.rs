@@ -323,9 +323,6 @@ pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
                 })
                 .max_transmit_size(4 * 1024 * 1024)
                 .heartbeat_interval(Duration::from_millis(200))
-                // The attacker's own memory counts in the test process's: it forgets what
-                // it published after a second (it never publishes a duplicate anyway).
-                .duplicate_cache_time(Duration::from_secs(1))
                 .build()
                 .unwrap();
             let _ = key;
