@@ -52,12 +52,74 @@ fn field(tag: u8, bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bytes);
 }
 
+/// What one raw gossipsub stream carries.
+#[derive(Clone, Debug)]
+pub enum Frames {
+    /// Messages, see [`Junk`].
+    Junk(Junk),
+    /// Subscription churn, see [`Churn`].
+    Churn(Churn),
+}
+
+/// `rounds` times: one frame subscribing to `count` topics (`{prefix}0`, `{prefix}1`, ...),
+/// then one unsubscribing from them, then a pause of `pause`.
+#[derive(Clone, Debug)]
+pub struct Churn {
+    pub prefix: String,
+    pub count: usize,
+    pub rounds: usize,
+    pub pause: Duration,
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// Writes one gossipsub RPC frame that subscribes to (or unsubscribes from) every topic of
+/// `churn`: a protobuf `RPC` of `SubOpts { subscribe, topic_id }`, varint-length-prefixed.
+/// Built and written piece by piece, so the attacker holds 64 KiB, not the frame.
+async fn write_subscriptions<T>(io: &mut T, churn: &Churn, subscribe: bool) -> std::io::Result<()>
+where
+    T: futures::AsyncWrite + Unpin + Send,
+{
+    use futures::AsyncWriteExt;
+    let topic = |j: usize| format!("{}{j}", churn.prefix);
+    // SubOpts: subscribe (tag 0x08, one byte), topic_id (tag 0x12, length, bytes).
+    let opts_len = |t: &str| 2 + 1 + varint_len(t.len()) + t.len();
+    let rpc_len: usize = (0..churn.count)
+        .map(|j| {
+            let n = opts_len(&topic(j));
+            1 + varint_len(n) + n
+        })
+        .sum();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    varint(rpc_len, &mut buf);
+    let mut opts = Vec::with_capacity(128);
+    for j in 0..churn.count {
+        let t = topic(j);
+        opts.clear();
+        opts.extend_from_slice(&[0x08, u8::from(subscribe)]);
+        field(0x12, t.as_bytes(), &mut opts);
+        field(0x0a, &opts, &mut buf);
+        if buf.len() > 60 * 1024 {
+            io.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    io.write_all(&buf).await
+}
+
 impl request_response::Codec for RawGossip {
     type Protocol = StreamProtocol;
-    type Request = Junk;
+    type Request = Frames;
     type Response = ();
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Junk>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> std::io::Result<Frames>
     where
         T: futures::AsyncRead + Unpin + Send,
     {
@@ -80,12 +142,24 @@ impl request_response::Codec for RawGossip {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        junk: Junk,
+        frames: Frames,
     ) -> std::io::Result<()>
     where
         T: futures::AsyncWrite + Unpin + Send,
     {
         use futures::AsyncWriteExt;
+        let junk = match frames {
+            Frames::Junk(junk) => junk,
+            Frames::Churn(churn) => {
+                for _ in 0..churn.rounds {
+                    write_subscriptions(io, &churn, true).await?;
+                    write_subscriptions(io, &churn, false).await?;
+                    io.flush().await?;
+                    tokio::time::sleep(churn.pause).await;
+                }
+                return io.close().await;
+            }
+        };
         let mut data = vec![0x5a; junk.size];
         let mut frame = Vec::with_capacity(junk.size + 256);
         for i in 0..junk.count {
@@ -186,12 +260,16 @@ pub enum Cmd {
     Flood(String, u32, Duration),
     /// Publish these messages on the topic in order, spread evenly over `over`.
     FloodWith(String, Vec<Vec<u8>>, Duration),
+    /// Publish these messages, each on its topic, in order, spread evenly over `over`.
+    FloodPairs(Vec<(String, Vec<u8>)>, Duration),
     /// Subscribe to a topic (peers that joined its store then fetch from the rogue).
     Subscribe(String),
     /// How to answer every sync request from now on.
     AnswerWith(Vec<Vec<u8>>),
     /// Write raw gossipsub frames to the peer, on one stream of their own.
     Junk(PeerId, Junk),
+    /// Churn subscriptions with the peer, on a raw gossipsub stream of their own.
+    Churn(PeerId, Churn),
     /// Send this sync request `count` times to the peer, all at once; with `read`
     /// false, never read the answers.
     Fetch {
@@ -296,7 +374,7 @@ pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
     tokio::spawn(async move {
         let mut answer: Vec<Vec<u8>> = Vec::new();
         let mut flood: Option<(String, u32, u32, tokio::time::Interval)> = None;
-        let mut given: Option<std::vec::IntoIter<Vec<u8>>> = None;
+        let mut given: Option<std::vec::IntoIter<(String, Vec<u8>)>> = None;
         let mut published = 0u32;
         loop {
             let flooding = flood.is_some();
@@ -334,7 +412,10 @@ pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
                         let _ = swarm.behaviour_mut().gossipsub.subscribe(&IdentTopic::new(topic));
                     }
                     Some(Cmd::Junk(peer, junk)) => {
-                        swarm.behaviour_mut().junk.send_request(&peer, junk);
+                        swarm.behaviour_mut().junk.send_request(&peer, Frames::Junk(junk));
+                    }
+                    Some(Cmd::Churn(peer, churn)) => {
+                        swarm.behaviour_mut().junk.send_request(&peer, Frames::Churn(churn));
                     }
                     Some(Cmd::Fetch { peer, request, count, read }) => {
                         stall_cmd.store(!read, Ordering::Relaxed);
@@ -344,12 +425,21 @@ pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
                     }
                     Some(Cmd::FloodWith(topic, msgs, over)) => {
                         let count = msgs.len() as u32;
-                        given = Some(msgs.into_iter());
+                        given = Some(msgs.into_iter().map(|m| (topic.clone(), m)).collect::<Vec<_>>().into_iter());
                         published = 0;
                         let mut tick = tokio::time::interval(Duration::from_millis(1));
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                         let per_ms = (count as u64 * 1000 / over.as_micros().max(1) as u64).max(1) as u32;
                         flood = Some((topic, count, per_ms, tick));
+                    }
+                    Some(Cmd::FloodPairs(msgs, over)) => {
+                        let count = msgs.len() as u32;
+                        given = Some(msgs.into_iter());
+                        published = 0;
+                        let mut tick = tokio::time::interval(Duration::from_millis(1));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                        let per_ms = (count as u64 * 1000 / over.as_micros().max(1) as u64).max(1) as u32;
+                        flood = Some((String::new(), count, per_ms, tick));
                     }
                     Some(Cmd::Flood(topic, count, over)) => {
                         given = None;
@@ -365,11 +455,11 @@ pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
                     let (topic, left, per_ms, _) = flood.as_mut().unwrap();
                     let n = (*per_ms).min(*left);
                     for i in 0..n {
-                        let junk = match given.as_mut() {
+                        let (on, junk) = match given.as_mut() {
                             Some(msgs) => msgs.next().unwrap_or_default(),
-                            None => format!("junk {left} {i}").into_bytes(),
+                            None => (topic.clone(), format!("junk {left} {i}").into_bytes()),
                         };
-                        if swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(topic.clone()), junk).is_ok() {
+                        if swarm.behaviour_mut().gossipsub.publish(IdentTopic::new(on), junk).is_ok() {
                             published += 1;
                         }
                     }
@@ -404,4 +494,16 @@ pub fn rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// CPU time this process has used, user and system (`/proc/self/stat`, in clock ticks of
+/// 10 ms, the usual `CLK_TCK` of 100; Linux only).
+pub fn cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }

@@ -32,6 +32,16 @@ pub(crate) struct Config {
     pub gossip_burst: u32,
     /// Test hook: the forget window (see [`crate::proto::ProtoConfig::forget_after`]).
     pub forget_after: Duration,
+    /// Most devices tracked (see [`crate::proto::admission`]).
+    pub max_devices: usize,
+    /// Per neighbour, new devices beyond `new_devices_burst` are admitted at most one per
+    /// this interval (zero: no rate).
+    pub new_devices_interval: Duration,
+    pub new_devices_burst: u32,
+    /// Per peer, most subscriptions to stores not joined here that are kept.
+    pub max_unjoined_topics: usize,
+    /// When set, the only remote devices admitted.
+    pub allowed_devices: Option<Vec<crate::ids::DeviceId>>,
 }
 
 impl Default for Config {
@@ -58,6 +68,11 @@ impl Default for Config {
             forget_after: Duration::from_secs(60),
             gossip_rate_interval: Duration::from_millis(20),
             gossip_burst: 8,
+            max_devices: 4096,
+            new_devices_interval: Duration::from_secs(1) / 64,
+            new_devices_burst: 256,
+            max_unjoined_topics: crate::gossip::topics::MAX_UNJOINED_TOPICS_PER_PEER,
+            allowed_devices: None,
         }
     }
 }

@@ -80,14 +80,16 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use ids::{DeviceId, Incarnation, StoreId, Version, MAX_STORE_ID_LEN};
+/// Re-exported: [`StoreSnapshot::remote`] is an [`imbl::OrdMap`].
+pub use imbl;
 pub use introspect::{NodeEvent, NodeEvents, PeerInfo, PeerState, SliceInfo, StoreInfo};
 pub use metrics::{Metrics, MAX_STORE_LABELS, OTHER_STORES};
 pub use node::{MeshNode, MeshNodeBuilder};
 pub use observer::{ObservedSlices, Observer};
 pub use slice::DeviceSlice;
 pub use store::{
-    OfflineSlice, RemovalReason, SliceStore, Store, StoreEvent, StoreEvents, StoreSnapshot,
-    Syncable, SyncableStore,
+    OfflineSlice, RemoteSlices, RemovalReason, SliceStore, Store, StoreEvent, StoreEvents,
+    StoreSnapshot, Syncable, SyncableStore,
 };
 pub use wire::RejectReason;
 

@@ -74,6 +74,18 @@ pub struct Metrics {
     /// Departed devices remembered only by a compact tombstone (the versions last seen of
     /// them), so that a replay of their old messages cannot bring them back.
     pub tombstones: u64,
+    /// Messages (presence, leave, slices, gossiped or in sync answers) of devices this
+    /// node does not track yet that it ignored, unverified and not forwarded: the
+    /// neighbour that delivered them was past its rate of new devices
+    /// ([`MeshNodeBuilder::new_devices_per_peer`](crate::MeshNodeBuilder::new_devices_per_peer)),
+    /// or [`MeshNodeBuilder::max_devices`](crate::MeshNodeBuilder::max_devices) are
+    /// tracked. An honest device refused is admitted at one of its next messages; a steady
+    /// climb means someone is minting identities.
+    pub devices_refused: u64,
+    /// Subscriptions of remote peers that gossipsub was told not to record: to topics that
+    /// are not store topics, or to stores this node has not joined past the few kept per
+    /// peer for a later join.
+    pub subscriptions_refused: u64,
 }
 
 impl Metrics {
@@ -102,6 +114,8 @@ pub(crate) struct Counters {
     pub gossip_over_rate: AtomicU64,
     pub store_coalesced: AtomicU64,
     pub tombstones: AtomicU64,
+    pub devices_refused: AtomicU64,
+    pub subscriptions_refused: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     last_warn: Mutex<[Option<Instant>; RejectReason::ALL.len()]>,
     /// Metrics that exist only in Prometheus form (labelled, histograms).
@@ -168,6 +182,8 @@ impl Counters {
             gossip_over_rate: self.gossip_over_rate.load(Relaxed),
             store_coalesced: self.store_coalesced.load(Relaxed),
             tombstones: self.tombstones.load(Relaxed),
+            devices_refused: self.devices_refused.load(Relaxed),
+            subscriptions_refused: self.subscriptions_refused.load(Relaxed),
         }
     }
 }
@@ -369,7 +385,7 @@ impl std::fmt::Debug for LiveValues {
 impl Collector for LiveValues {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 7] = [
+        let counters: [(&str, &str, &AtomicU64); 9] = [
             (
                 "slices_delivered",
                 "Slices received from the network (gossip or sync answers), before any check.",
@@ -404,6 +420,16 @@ impl Collector for LiveValues {
                 "store_coalesced",
                 "Remote slices a store never saw: a newer one of the same device (or its removal) replaced it in the store's inbox first.",
                 &c.store_coalesced,
+            ),
+            (
+                "devices_refused",
+                "Messages of devices not tracked yet that were ignored: their neighbour was past its rate of new devices, or the cap on tracked devices was reached.",
+                &c.devices_refused,
+            ),
+            (
+                "subscriptions_refused",
+                "Remote subscriptions not recorded: not a store topic, or a store not joined here past the few kept per peer.",
+                &c.subscriptions_refused,
             ),
         ];
         for (name, help, v) in counters {

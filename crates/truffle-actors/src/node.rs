@@ -22,7 +22,8 @@ use crate::addrs::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
-use crate::gossip::swarm::{build_swarm, JoinedTopicsOnly, SwarmCmd, SwarmTask};
+use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
+use crate::gossip::topics::Topics;
 use crate::gossip::watch_wire::Presences;
 use crate::gossip::{GossipActor, GossipArgs, GossipMsg};
 use crate::ids::{DeviceId, Incarnation, StoreId};
@@ -30,6 +31,7 @@ use crate::introspect::{NodeEvents, PeerInfo, StoreInfo};
 use crate::key_file::load_or_create_key;
 use crate::metrics::{Counters, Metrics};
 use crate::observer::Observer;
+use crate::proto::admission::Admission;
 use crate::proto::gate::GossipGate;
 use crate::proto::{Engine, Input, ProtoConfig};
 use crate::slice::now_millis;
@@ -337,6 +339,58 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// Most remote devices this node tracks (default 4,096): members, live or silent for
+    /// less than the forget window (60 s, at least 10 × the presence timeout). Messages of
+    /// further devices are ignored (neither verified nor forwarded, counted in
+    /// [`Metrics::devices_refused`](crate::Metrics::devices_refused)) until silent ones
+    /// make room. In an open mesh anyone can mint identities; this bounds what they cost
+    /// a node (and, once it is reached, keeps newcomers out while the minted identities
+    /// keep talking: a pre-shared key keeps such peers out altogether).
+    pub fn max_devices(mut self, devices: usize) -> Self {
+        self.cfg.max_devices = devices.max(1);
+        self
+    }
+
+    /// How many devices this node starts tracking through any one neighbour (the peer that
+    /// delivered the first message of the device): `burst` at once, then `per_second`
+    /// (default 256, then 64 a second). Messages of further new devices from that
+    /// neighbour are ignored, before their signature check, and counted in
+    /// [`Metrics::devices_refused`](crate::Metrics::devices_refused); an honest device
+    /// refused is admitted at one of its next heartbeats. Devices already tracked are
+    /// never held back. Zero `per_second` turns the rate off.
+    pub fn new_devices_per_peer(mut self, per_second: u32, burst: u32) -> Self {
+        self.cfg.new_devices_interval = match per_second {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1) / n,
+        };
+        self.cfg.new_devices_burst = burst.max(1);
+        self
+    }
+
+    /// How many of a peer's subscriptions to stores this node has not joined are kept
+    /// (default 256): gossipsub announces subscriptions once, so a peer's subscription to
+    /// a store this node joins later is known only if it was kept. Subscriptions to the
+    /// presence topic and to joined stores are always kept, those to other topics never;
+    /// the rest are counted in
+    /// [`Metrics::subscriptions_refused`](crate::Metrics::subscriptions_refused).
+    pub fn max_unjoined_topics_per_peer(mut self, topics: usize) -> Self {
+        self.cfg.max_unjoined_topics = topics;
+        self
+    }
+
+    /// Admits only these remote devices (default: any): messages of every other device
+    /// (heartbeats, leaves, slices, gossiped or in sync answers) are ignored before their
+    /// signature check, never forwarded, and counted in
+    /// [`Metrics::devices_refused`](crate::Metrics::devices_refused), so no other device
+    /// appears in this node's membership or stores. Other nodes may still connect and
+    /// relay the messages of the devices listed. Give every node of the mesh the same list
+    /// (a node that lacks it relays what the others ignore); with a pre-shared key, the
+    /// key says who may connect and this list says who may write.
+    pub fn allow_devices(mut self, devices: impl IntoIterator<Item = DeviceId>) -> Self {
+        self.cfg.allowed_devices = Some(devices.into_iter().collect());
+        self
+    }
+
     /// Test hook: how long a silent device is remembered in full before only its tombstone
     /// is kept (default 60 s, never below 10 × the presence timeout).
     #[cfg(feature = "test-hooks")]
@@ -421,8 +475,8 @@ impl MeshNodeBuilder {
 
         raise_open_file_limit(&cfg);
         let counters = Arc::new(Counters::default());
-        let topics = JoinedTopicsOnly::new(counters.clone());
-        let mut swarm = build_swarm(key.clone(), &cfg, topics.clone())?;
+        let topics = Topics::new(cfg.max_unjoined_topics);
+        let mut swarm = build_swarm(key.clone(), &cfg, topics.clone(), counters.clone())?;
         let mut pending = std::collections::HashSet::new();
         for addr in &listen {
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
@@ -582,6 +636,17 @@ impl MeshNodeBuilder {
             inbound: HashMap::new(),
             inbound_budget: Default::default(),
             topics,
+            admission: Admission::new(
+                device,
+                cfg.max_devices,
+                cfg.new_devices_interval,
+                cfg.new_devices_burst,
+                // The protocol core's forget window: a device silent that long is
+                // forgotten there too.
+                cfg.forget_after.max(cfg.presence_timeout * 10),
+                crate::proto::DetState::with_seed(seed_for(&device)),
+            )
+            .allow_only(cfg.allowed_devices.clone()),
             next_token: 0,
             key: key.clone(),
             me_text: device.to_string(),

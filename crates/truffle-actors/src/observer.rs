@@ -1,15 +1,12 @@
 //! Read-only observers of a store ([`crate::MeshNode::observe`]): every device's slice,
 //! decoded from MessagePack without knowing the store's type, and no slice of its own.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::ids::{DeviceId, StoreId};
-use crate::slice::DeviceSlice;
-use crate::store::{Store, StoreEvents};
+use crate::ids::StoreId;
+use crate::store::{RemoteSlices, Store, StoreEvents};
 
 /// A store joined read-only (see [`crate::MeshNode::observe`]). Cheap to clone.
 ///
@@ -30,8 +27,8 @@ impl std::fmt::Debug for Observer {
     }
 }
 
-/// Every device's slice an observer holds.
-pub type ObservedSlices = BTreeMap<DeviceId, Arc<DeviceSlice<Value>>>;
+/// Every device's slice an observer holds (cheap to clone: see [`RemoteSlices`]).
+pub type ObservedSlices = RemoteSlices<Value>;
 
 impl Observer {
     pub(crate) fn new(store: Store<Value>) -> Self {

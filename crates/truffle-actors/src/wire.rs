@@ -387,6 +387,7 @@ impl KeyCache {
 /// Decodes a slice message and checks it fully: version, size, fields, and the owner's
 /// signature. `max_data` bounds the slice data; the whole message may add
 /// [`SLICE_OVERHEAD`].
+#[cfg(any(test, feature = "test-hooks"))]
 pub(crate) fn decode_slice(
     bytes: &[u8],
     max_data: usize,
@@ -571,13 +572,26 @@ pub(crate) fn encode_suspect(key: &Keypair, s: &Suspect) -> Result<Vec<u8>, Stri
     seal(key, "suspect", SUSPECT_SIGNING_CONTEXT, body)
 }
 
-/// Decodes a presence-topic message and checks that the device it names signed it.
-/// Returns that device with the message.
+/// [`decode_presence_msg_if`] with nothing declined.
+#[cfg(any(test, feature = "test-hooks"))]
 pub(crate) fn decode_presence_msg(
     bytes: &[u8],
     max_bytes: usize,
     keys: &mut KeyCache,
 ) -> Result<(PeerId, PresenceMsg), RejectReason> {
+    decode_presence_msg_if(bytes, max_bytes, keys, |_| true)?.ok_or(RejectReason::Undecodable)
+}
+
+/// Decodes a presence-topic message and checks that the device it names signed it.
+/// Returns that device with the message; but first `check` decides, from the decoded and
+/// not yet verified message (the device that signed it), whether it is worth its
+/// signature check: `Ok(None)` when not.
+pub(crate) fn decode_presence_msg_if(
+    bytes: &[u8],
+    max_bytes: usize,
+    keys: &mut KeyCache,
+    check: impl FnOnce(&PeerId) -> bool,
+) -> Result<Option<(PeerId, PresenceMsg)>, RejectReason> {
     if bytes.len() > max_bytes {
         return Err(RejectReason::Oversized);
     }
@@ -612,8 +626,11 @@ pub(crate) fn decode_presence_msg(
         (PresenceMsg::Leave(l), d)
     };
     let device: PeerId = device.parse().map_err(|_| RejectReason::BadField)?;
+    if !check(&device) {
+        return Ok(None);
+    }
     verify(keys, &device, context, &msg.body, &msg.sig)?;
-    Ok((device, out))
+    Ok(Some((device, out)))
 }
 
 /// Cuts a peer-supplied name to [`crate::introspect::MAX_NAME_LEN`] bytes (at a character

@@ -273,6 +273,8 @@ async fn node(State(st): State<Arc<AppState>>) -> Json<Value> {
             "gossip_over_rate": m.gossip_over_rate,
             "store_coalesced": m.store_coalesced,
             "tombstones": m.tombstones,
+            "devices_refused": m.devices_refused,
+            "subscriptions_refused": m.subscriptions_refused,
         },
     }))
 }

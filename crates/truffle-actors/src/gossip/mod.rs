@@ -9,6 +9,7 @@
 
 mod budget;
 pub(crate) mod swarm;
+pub(crate) mod topics;
 pub(crate) mod watch_wire;
 
 use std::collections::HashMap;

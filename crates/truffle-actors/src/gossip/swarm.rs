@@ -6,7 +6,7 @@
 //! gossip actor runs; the two talk through an unbounded command channel (local, bounded by
 //! the engine's own behaviour) and actor messages carrying engine inputs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,8 @@ use libp2p::core::transport::timeout::TransportTimeout;
 use libp2p::core::upgrade::Version as UpgradeVersion;
 use libp2p::core::Transport as _;
 use libp2p::gossipsub::{
-    self, AllowAllSubscriptionFilter, DataTransform, IdentTopic, MaxCountSubscriptionFilter,
-    MessageAcceptance, MessageAuthenticity, MessageId, PeerScoreParams, PeerScoreThresholds,
-    RawMessage, TopicHash, TopicScoreParams, ValidationMode,
+    self, IdentTopic, MaxCountSubscriptionFilter, MessageAcceptance, MessageAuthenticity,
+    MessageId, PeerScoreParams, PeerScoreThresholds, TopicScoreParams, ValidationMode,
 };
 use libp2p::identity::Keypair;
 use libp2p::pnet::PnetConfig;
@@ -35,6 +34,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::budget::InboundBudget;
+use super::topics::{JoinedTopicsOnly, PeerAware, SubscriptionFilter, Topics};
 use super::watch_wire::{self, AskKind, Presences};
 use super::{goodbye, GossipMsg};
 use crate::addrs::error_chain;
@@ -44,91 +44,25 @@ use crate::error::Error;
 use crate::faults::{blocked, drop_inbound, FaultHandle};
 use crate::ids::{DeviceId, StoreId, Version};
 use crate::metrics::{inc, Counters};
+use crate::proto::admission::{Admission, Verdict};
 use crate::proto::gate::{Gate, GossipGate};
 use crate::proto::{Ask, Input, Reply, RequestId, Token, Want};
 use crate::store::Outbox;
 use crate::wire::{
-    decode_presence_msg, decode_slice, decode_slice_if, encode_slice_as, is_canonical, store_topic,
-    KeyCache, PresenceMsg, RejectReason, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
+    decode_presence_msg_if, decode_slice_if, encode_slice_as, is_canonical, store_topic, KeyCache,
+    PresenceMsg, RejectReason, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
     PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
 };
 
-type Gossipsub =
-    gossipsub::Behaviour<JoinedTopicsOnly, MaxCountSubscriptionFilter<AllowAllSubscriptionFilter>>;
+type Gossipsub = PeerAware<MaxCountSubscriptionFilter<SubscriptionFilter>>;
 
-/// Most topics a remote peer may subscribe to before gossipsub ignores its subscriptions.
-/// (gossipsub's default filter caps this at 100 and rejects the whole list past it.)
+/// Most topics of a remote peer that gossipsub records, and most subscriptions in one of
+/// its messages, before gossipsub ignores the message's subscriptions. (gossipsub's
+/// default filter caps both at 100.) What is recorded is bounded further by
+/// [`SubscriptionFilter`]: joined topics, and a few others per peer.
 const MAX_REMOTE_TOPICS: usize = 10_000;
 /// Extra room in the transmit limit for the envelope around a maximal slice.
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
-
-/// Drops gossip on topics this node has not joined before gossipsub caches it.
-///
-/// gossipsub 0.50.1 (`Behaviour::handle_received_message`) puts every received message in
-/// its message cache, where it stays for `history_length` heartbeats (2.5 s here), and
-/// only then checks whether this node subscribes to the message's topic; a message on
-/// any other topic is never validated or delivered, but it is held all the same. So a
-/// peer sending large messages on topics nobody here joined grew a node's memory by
-/// gigabytes. The inbound data transform is the one hook gossipsub runs before that
-/// cache: this one fails every message whose topic is not the presence topic or a joined
-/// store's, so gossipsub drops it on the spot (as a transform failure: no cache, no
-/// duplicate entry, no IDONTWANT, no forwarding). Each is counted as
-/// [`RejectReason::UnjoinedTopic`](crate::wire::RejectReason::UnjoinedTopic). Honest
-/// peers send a node only messages on topics it subscribed to, so only junk lands here.
-#[derive(Clone)]
-pub(crate) struct JoinedTopicsOnly {
-    joined: Arc<Mutex<HashSet<TopicHash>>>,
-    counters: Arc<Counters>,
-}
-
-impl JoinedTopicsOnly {
-    /// Accepts the presence topic only, until stores are joined.
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        let presence = IdentTopic::new(PRESENCE_TOPIC).hash();
-        Self {
-            joined: Arc::new(Mutex::new(HashSet::from([presence]))),
-            counters,
-        }
-    }
-
-    /// Accepts messages on `topic` from now on (before subscribing to it, so that nothing
-    /// sent on it after the subscription is dropped).
-    fn join(&self, topic: TopicHash) {
-        self.joined
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic);
-    }
-
-    fn is_joined(&self, topic: &TopicHash) -> bool {
-        self.joined
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic)
-    }
-}
-
-impl DataTransform for JoinedTopicsOnly {
-    fn inbound_transform(&self, raw: RawMessage) -> std::io::Result<gossipsub::Message> {
-        if !self.is_joined(&raw.topic) {
-            // The topic is the sender's text: keep the log line short.
-            let topic: String = raw.topic.as_str().chars().take(80).collect();
-            let reason = crate::wire::RejectReason::UnjoinedTopic;
-            self.counters.reject(reason, &"a gossip peer", &topic);
-            return Err(std::io::Error::other("a topic this node has not joined"));
-        }
-        Ok(gossipsub::Message {
-            source: raw.source,
-            data: raw.data,
-            sequence_number: raw.sequence_number,
-            topic: raw.topic,
-        })
-    }
-
-    fn outbound_transform(&self, _: &TopicHash, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
-        Ok(data)
-    }
-}
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -193,7 +127,8 @@ fn message_id(m: &gossipsub::Message) -> MessageId {
 pub(crate) fn build_swarm(
     key: Keypair,
     cfg: &Config,
-    topics: JoinedTopicsOnly,
+    topics: Topics,
+    counters: Arc<Counters>,
 ) -> Result<Swarm<Behaviour>, Error> {
     let max_msg = max_transmit_size(cfg);
     let heartbeat = cfg.gossip_heartbeat;
@@ -258,17 +193,25 @@ pub(crate) fn build_swarm(
                 .build()
                 .map_err(|e| e.to_string())?;
             let filter = MaxCountSubscriptionFilter {
-                filter: AllowAllSubscriptionFilter {},
+                filter: SubscriptionFilter {
+                    topics: topics.clone(),
+                    counters: counters.clone(),
+                },
                 max_subscribed_topics: MAX_REMOTE_TOPICS,
                 max_subscriptions_per_request: MAX_REMOTE_TOPICS,
             };
-            let mut gossipsub = Gossipsub::new_with_subscription_filter_and_transform(
+            let transform = JoinedTopicsOnly {
+                topics: topics.clone(),
+                counters,
+            };
+            let mut inner = gossipsub::Behaviour::new_with_subscription_filter_and_transform(
                 MessageAuthenticity::Anonymous,
                 gs_config,
                 filter,
-                topics,
+                transform,
             )?;
-            gossipsub.with_peer_score(score_params(), PeerScoreThresholds::default())?;
+            inner.with_peer_score(score_params(), PeerScoreThresholds::default())?;
+            let gossipsub = PeerAware { inner, topics };
             let sync = request_response::Behaviour::with_codec(
                 SyncCodec {
                     max_request: 1024 * 1024,
@@ -422,8 +365,10 @@ pub(crate) struct SwarmTask {
     pub inbound: HashMap<Token, (ResponseChannel<SyncResponse>, InboundRequestId)>,
     /// What each peer's inbound requests may cost at a time (see [`super::budget`]).
     pub inbound_budget: InboundBudget<PeerId, InboundRequestId>,
-    /// The topics gossipsub accepts messages on (shared with its inbound transform).
-    pub topics: JoinedTopicsOnly,
+    /// The topics this node joined (shared with gossipsub's transform and filter).
+    pub topics: Topics,
+    /// Which new devices are worth tracking (see [`crate::proto::admission`]).
+    pub admission: Admission,
     pub next_token: Token,
     /// Signs this node's slices as they are published.
     pub key: Keypair,
@@ -519,6 +464,23 @@ impl SwarmTask {
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
                 if let Err(e) = gs.subscribe(&topic) {
                     tracing::error!(%store, error = %e, "cannot subscribe to store topic");
+                }
+                // Peers that subscribed before this node joined: their `Subscribed` events
+                // were not passed on (see `on_gossip`), but gossipsub kept a few of each
+                // peer's subscriptions to stores not joined yet, for this.
+                let hash = topic.hash();
+                let already: Vec<PeerId> = gs
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(p, _)| *p)
+                    .collect();
+                for peer in already {
+                    if !drop_inbound(&self.faults, &[peer]) {
+                        self.forward(Input::Subscribed {
+                            peer: peer.into(),
+                            store: store.clone(),
+                        });
+                    }
                 }
             }
             SwarmCmd::Stop => self.stopping = true,
@@ -789,6 +751,9 @@ impl SwarmTask {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, "connection closed");
+                if num_established == 0 {
+                    self.admission.peer_gone(&peer_id.into());
+                }
                 self.forward(Input::ConnectionClosed {
                     peer: peer_id.into(),
                     remaining: num_established,
@@ -894,6 +859,11 @@ impl SwarmTask {
                         self.publish_presence(bytes);
                     }
                 }
+                // Only joined stores concern the protocol core; subscriptions to others
+                // are looked up in gossipsub when this node joins one (`Subscribe`).
+                if !self.topics.is_joined(&topic) {
+                    return;
+                }
                 if let Some(store) = store_of_topic(topic.as_str()) {
                     self.forward(Input::Subscribed {
                         peer: peer_id.into(),
@@ -902,6 +872,9 @@ impl SwarmTask {
                 }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                if !self.topics.is_joined(&topic) {
+                    return;
+                }
                 if let Some(store) = store_of_topic(topic.as_str()) {
                     self.forward(Input::Unsubscribed {
                         peer: peer_id.into(),
@@ -918,8 +891,27 @@ impl SwarmTask {
     /// the engine and on through gossipsub; invalid ones count against `via`.
     fn check_gossip(&mut self, via: PeerId, message: &gossipsub::Message) -> MessageAcceptance {
         let topic = message.topic.as_str();
+        let now = Instant::now();
         if topic == PRESENCE_TOPIC {
-            return match decode_presence_msg(&message.data, MAX_PRESENCE_BYTES, &mut self.keys) {
+            let admission = &mut self.admission;
+            let mut verdict = Verdict::Known;
+            let decoded =
+                decode_presence_msg_if(&message.data, MAX_PRESENCE_BYTES, &mut self.keys, |d| {
+                    verdict = admission.check(&(*d).into(), &via.into(), now);
+                    verdict.pass()
+                });
+            let decoded = match decoded {
+                Ok(Some(decoded)) => Ok(decoded),
+                Ok(None) => {
+                    self.refused_device(via, verdict);
+                    return MessageAcceptance::Ignore;
+                }
+                Err(reason) => Err(reason),
+            };
+            if let Ok((device, _)) = &decoded {
+                self.admission.admitted((*device).into(), &via.into(), now);
+            }
+            return match decoded {
                 Ok((device, _)) if drop_inbound(&self.faults, &[via, device]) => {
                     MessageAcceptance::Ignore
                 }
@@ -973,15 +965,27 @@ impl SwarmTask {
             return MessageAcceptance::Ignore;
         };
         inc(&self.counters.delivered);
-        let now = Instant::now();
         let gate = &self.gate;
+        let admission = &mut self.admission;
         let mut verdict = Gate::Pass;
+        let mut admit = Verdict::Known;
         let checked = decode_slice_if(&message.data, self.max_slice, &mut self.keys, |d, s, v| {
+            admit = admission.check(d, &via.into(), now);
+            if !admit.pass() {
+                return false;
+            }
             verdict = gate.check(d, s, v, d.peer_id() == via, now);
             matches!(verdict, Gate::Pass | Gate::UseOnly)
         });
         let slice = match checked {
-            Ok(Some(slice)) => Ok(slice),
+            Ok(Some(slice)) => {
+                self.admission.admitted(slice.device, &via.into(), now);
+                Ok(slice)
+            }
+            Ok(None) if !admit.pass() => {
+                self.refused_device(via, admit);
+                return MessageAcceptance::Ignore;
+            }
             Ok(None) => {
                 // Not newer than what was verified already, or relayed past its device's
                 // rate in that store: not checked, not forwarded. The newest version still
@@ -1036,13 +1040,31 @@ impl SwarmTask {
         MessageAcceptance::Reject
     }
 
+    /// Counts a message of a device not tracked that admission turned away.
+    fn refused_device(&self, via: PeerId, verdict: Verdict) {
+        inc(&self.counters.devices_refused);
+        tracing::trace!(%via, ?verdict, "message of a new device ignored");
+    }
+
     /// Verifies the slices of a sync answer and hands them to the engine.
     fn on_response(&mut self, peer: PeerId, id: RequestId, raw: Vec<Arc<[u8]>>) {
         let mut slices = Vec::new();
+        let now = Instant::now();
+        let via: DeviceId = peer.into();
         for bytes in raw.into_iter().take(crate::proto::MAX_WANTS) {
             inc(&self.counters.delivered);
-            match decode_slice(&bytes, self.max_slice, &mut self.keys) {
-                Ok(v) => slices.push(v),
+            let admission = &mut self.admission;
+            let mut admit = Verdict::Known;
+            let checked = decode_slice_if(&bytes, self.max_slice, &mut self.keys, |d, _, _| {
+                admit = admission.check(d, &via, now);
+                admit.pass()
+            });
+            match checked {
+                Ok(Some(v)) => {
+                    self.admission.admitted(v.device, &via, now);
+                    slices.push(v);
+                }
+                Ok(None) => self.refused_device(peer, admit),
                 Err(reason) => self.counters.reject(reason, &peer, "sync response"),
             }
         }
@@ -1138,8 +1160,17 @@ impl SwarmTask {
                 if let Some(id) = self.outbound.remove(&request_id) {
                     self.on_response(peer, id, response.slices);
                 } else if let Some((id, kind)) = self.asks.remove(&request_id) {
-                    let (reply, rejected) =
-                        watch_wire::reply_of(kind, response, &mut self.keys, &mut self.presences);
+                    let (reply, rejected, refused) = watch_wire::reply_of(
+                        kind,
+                        response,
+                        &mut self.keys,
+                        &mut self.presences,
+                        &mut self.admission,
+                        peer.into(),
+                    );
+                    for _ in 0..refused {
+                        self.refused_device(peer, Verdict::OverRate);
+                    }
                     for reason in rejected {
                         self.counters.reject(reason, &peer, "members answer");
                     }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use libp2p::PeerId;
 
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+use crate::proto::admission::Admission;
 use crate::proto::{Ask, Digest, DigestReply, Heartbeat, Liveness, Reply, Suspicion};
 use crate::wire::{
-    decode_presence_msg, KeyCache, Presence, PresenceMsg, RejectReason, SyncRequest, SyncResponse,
-    WireDigest, WireSuspicion, MAX_PRESENCE_BYTES, PROTOCOL_VERSION,
+    decode_presence_msg_if, KeyCache, Presence, PresenceMsg, RejectReason, SyncRequest,
+    SyncResponse, WireDigest, WireSuspicion, MAX_PRESENCE_BYTES, PROTOCOL_VERSION,
 };
 
 /// Most presence messages kept to answer `members` requests (one per device).
@@ -211,8 +212,12 @@ pub(crate) fn reply_of(
     res: SyncResponse,
     keys: &mut KeyCache,
     kept: &mut Presences,
-) -> (Reply, Vec<RejectReason>) {
+    admission: &mut Admission,
+    via: DeviceId,
+) -> (Reply, Vec<RejectReason>, usize) {
     let mut rejected = Vec::new();
+    let mut refused = 0;
+    let now = std::time::Instant::now();
     let reply = match kind {
         AskKind::Done => Reply::Done,
         AskKind::Digest => Reply::Digest(DigestReply {
@@ -246,17 +251,22 @@ pub(crate) fn reply_of(
                 .into_iter()
                 .take(crate::proto::MAX_MEMBERS_ASKED)
             {
-                match decode_presence_msg(&raw, MAX_PRESENCE_BYTES, keys) {
-                    Ok((device, PresenceMsg::Presence(p))) => {
+                let decoded = decode_presence_msg_if(&raw, MAX_PRESENCE_BYTES, keys, |d| {
+                    admission.check(&(*d).into(), &via, now).pass()
+                });
+                match decoded {
+                    Ok(None) => refused += 1,
+                    Ok(Some((device, PresenceMsg::Presence(p)))) => {
+                        admission.admitted(device.into(), &via, now);
                         kept.keep(device, (p.incarnation, p.seq), raw.clone());
                         beats.push(Arc::new(heartbeat_of(device, p)));
                     }
-                    Ok(_) => rejected.push(RejectReason::UnknownKind),
+                    Ok(Some(_)) => rejected.push(RejectReason::UnknownKind),
                     Err(reason) => rejected.push(reason),
                 }
             }
             Reply::Members(beats)
         }
     };
-    (reply, rejected)
+    (reply, rejected, refused)
 }

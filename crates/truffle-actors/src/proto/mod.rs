@@ -30,6 +30,7 @@
 //! assert!(out.iter().any(|o| matches!(o, Output::PublishHeartbeat(_))));
 //! ```
 
+pub(crate) mod admission;
 pub(crate) mod gate;
 mod held;
 mod membership;

@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::durable::Durable;
 use super::inbox::Inbox;
-use super::{RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
+use super::{RemoteSlices, RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
 use crate::error::Error;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::metrics::{inc, Counters};
@@ -167,6 +167,11 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
 pub(crate) struct StoreState<S: SyncableStore> {
     args: StoreArgs<S>,
     counter: u64,
+    /// The remote slices the store took (applied, and not removed since), kept alongside
+    /// it in a map whose clones share structure: every event publishes a snapshot, and
+    /// building one from [`SyncableStore::remote_slices`] copied the whole map each time
+    /// (with thousands of devices, most of the store actor's work).
+    remote: RemoteSlices<S::Data>,
 }
 
 pub(crate) struct StoreActor<S>(std::marker::PhantomData<fn() -> S>);
@@ -275,7 +280,7 @@ impl<S: SyncableStore> StoreState<S> {
         if let Some(local) = self.args.store.local_slice() {
             self.args.view.send_replace(Arc::new(StoreSnapshot {
                 local,
-                remote: self.args.store.remote_slices(),
+                remote: self.remote.clone(),
             }));
         }
         // No receivers is fine: nobody is subscribed.
@@ -349,6 +354,7 @@ impl<S: SyncableStore> StoreState<S> {
             updated_at: v.updated_at,
         });
         if self.args.store.apply_remote_slice(slice.clone()) {
+            self.remote.insert(slice.device_id, slice.clone());
             inc(&self.args.counters.applied);
             let c = &self.args.counters;
             c.prom.applied(&self.args.id, v.updated_at);
@@ -365,6 +371,7 @@ impl<S: SyncableStore> StoreState<S> {
 
     fn remove(&mut self, device: DeviceId, reason: RemovalReason) {
         if let Some(slice) = self.args.store.remove_remote_slice(&device, reason) {
+            self.remote.remove(&device);
             self.args.durable.remote_removed(slice);
             self.args
                 .counters
@@ -389,7 +396,11 @@ impl<S: SyncableStore> Actor for StoreActor<S> {
         _myself: ActorRef<Self::Msg>,
         args: StoreArgs<S>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(StoreState { args, counter: 0 })
+        Ok(StoreState {
+            args,
+            counter: 0,
+            remote: RemoteSlices::new(),
+        })
     }
 
     async fn handle(
@@ -430,6 +441,7 @@ impl<S: SyncableStore> Actor for StoreActor<S> {
         let live = state.args.store.remote_slices();
         state.args.durable.stopping(live.into_values());
         state.args.store.clear_remote_slices();
+        state.remote = RemoteSlices::new();
         Ok(())
     }
 }

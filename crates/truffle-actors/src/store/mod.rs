@@ -141,13 +141,21 @@ impl<T> Clone for OfflineSlice<T> {
     }
 }
 
+/// Every other live device's slice of a store, by device: a persistent ordered map
+/// ([`imbl::OrdMap`]), read like a `BTreeMap` (`get`, `len`, `iter`, `keys`, `values`).
+///
+/// A store publishes a new snapshot at every change, so the map is one that shares its
+/// unchanged parts between versions: a change costs O(log n) and cloning it O(1), where a
+/// `BTreeMap` had to be copied whole, every slice pointer of every device, at every event.
+pub type RemoteSlices<T> = imbl::OrdMap<DeviceId, Arc<DeviceSlice<T>>>;
+
 /// Every live device's slice of a store, as this node holds it: the seed's `useSyncedStore`.
 #[derive(Debug)]
 pub struct StoreSnapshot<T> {
     /// This device's slice.
     pub local: Arc<DeviceSlice<T>>,
     /// Every other live device's latest slice, by device.
-    pub remote: BTreeMap<DeviceId, Arc<DeviceSlice<T>>>,
+    pub remote: RemoteSlices<T>,
 }
 
 impl<T> Clone for StoreSnapshot<T> {
@@ -218,6 +226,9 @@ pub trait SyncableStore: Send + 'static {
     fn set_local_slice(&mut self, slice: Arc<DeviceSlice<Self::Data>>);
 
     /// Applies a remote slice if it is newer than the one held; returns whether it was.
+    /// The store's snapshots show the slice from then on if it was (the actor keeps their
+    /// map itself, from what this and [`remove_remote_slice`](Self::remove_remote_slice)
+    /// return).
     fn apply_remote_slice(&mut self, slice: Arc<DeviceSlice<Self::Data>>) -> bool;
 
     /// Removes a device's slice; returns it if it was held.
@@ -230,7 +241,8 @@ pub trait SyncableStore: Send + 'static {
     /// Drops every remote slice (the node is leaving the mesh).
     fn clear_remote_slices(&mut self);
 
-    /// Every remote slice held.
+    /// Every remote slice held. Read when the node shuts down (what the offline view
+    /// keeps); snapshots are not built from it.
     fn remote_slices(&self) -> BTreeMap<DeviceId, Arc<DeviceSlice<Self::Data>>>;
 
     /// Change notification, called after every change the actor reports to subscribers.
