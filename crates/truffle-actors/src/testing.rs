@@ -91,9 +91,27 @@ pub fn decode_everything(bytes: &[u8]) {
             {
                 // ... and of an answer, read as each kind of answer it could be.
                 use crate::gossip::watch_wire::{reply_of, AskKind, Presences};
+                // Fixed identities, so that a fuzzer's run depends on its input alone.
+                static IDS: std::sync::OnceLock<[crate::ids::DeviceId; 2]> =
+                    std::sync::OnceLock::new();
+                let [me, via] = *IDS.get_or_init(|| {
+                    [1u8, 2].map(|b| {
+                        let key = Keypair::ed25519_from_bytes([b; 32]).expect("32 bytes");
+                        crate::ids::DeviceId::from(key.public().to_peer_id())
+                    })
+                });
                 for kind in [AskKind::Digest, AskKind::Members, AskKind::Done] {
                     let mut kept = Presences::for_liveness(crate::proto::Liveness::Watch);
-                    let _ = reply_of(kind, res.clone(), keys, &mut kept);
+                    // Admission at its defaults, for a node that has met nobody yet.
+                    let mut admission = crate::proto::admission::Admission::new(
+                        me,
+                        4096,
+                        std::time::Duration::from_millis(1000 / 64),
+                        256,
+                        std::time::Duration::from_secs(60),
+                        crate::proto::DetState::default(),
+                    );
+                    let _ = reply_of(kind, res.clone(), keys, &mut kept, &mut admission, via);
                 }
             }
         });
