@@ -399,21 +399,7 @@ async fn flood_own_slice(liveness: Liveness) {
             false => b,
         }
     };
-    let writer = each(builder("writer")).start().await.unwrap();
-    let o1 = each(builder("o1"))
-        .bootstrap(writer.listen_addrs()[0].clone())
-        .start()
-        .await
-        .unwrap();
-    let o2 = each(builder("o2"))
-        .bootstrap(writer.listen_addrs()[0].clone())
-        .bootstrap(o1.listen_addrs()[0].clone())
-        .start()
-        .await
-        .unwrap();
-    let w = writer.store::<Todos>().await.unwrap();
-    let s1 = o1.store::<Todos>().await.unwrap();
-    let s2 = o2.store::<Todos>().await.unwrap();
+    let ([writer, o1, o2], [w, s1, s2]) = three_nodes(each).await;
     let wid = writer.device_id();
     let rogue = rogue::start(&[o1.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
     let rid = DeviceId::from(rogue.key.public().to_peer_id());
@@ -745,18 +731,18 @@ async fn a_slow_store_under_a_flood_keeps_a_bounded_backlog_that_drains() {
     }
 }
 
-/// Three honest nodes for the identity attacks: a writer W, O1 (which the attacker
-/// connects to) and O2 (connected to W and O1 only), all at default settings, with W's
-/// first write held everywhere; then W's latency at O1 and O2 over 2 s of writes every
-/// 50 ms, before any attack.
-async fn honest_three() -> ([MeshNode; 3], [Store<Todos>; 3], (Duration, Duration)) {
-    let writer = builder("writer").start().await.unwrap();
-    let o1 = builder("o1")
+/// A writer W, O1 and O2 (connected to W and O1), each built by `each` from the test
+/// defaults, each joined to the store.
+async fn three_nodes(
+    each: impl Fn(MeshNodeBuilder) -> MeshNodeBuilder,
+) -> ([MeshNode; 3], [Store<Todos>; 3]) {
+    let writer = each(builder("writer")).start().await.unwrap();
+    let o1 = each(builder("o1"))
         .bootstrap(writer.listen_addrs()[0].clone())
         .start()
         .await
         .unwrap();
-    let o2 = builder("o2")
+    let o2 = each(builder("o2"))
         .bootstrap(writer.listen_addrs()[0].clone())
         .bootstrap(o1.listen_addrs()[0].clone())
         .start()
@@ -765,6 +751,15 @@ async fn honest_three() -> ([MeshNode; 3], [Store<Todos>; 3], (Duration, Duratio
     let w = writer.store::<Todos>().await.unwrap();
     let s1 = o1.store::<Todos>().await.unwrap();
     let s2 = o2.store::<Todos>().await.unwrap();
+    ([writer, o1, o2], [w, s1, s2])
+}
+
+/// Three honest nodes for the identity attacks: a writer W, O1 (which the attacker
+/// connects to) and O2 (connected to W and O1 only), all at default settings, with W's
+/// first write held everywhere; then W's latency at O1 and O2 over 2 s of writes every
+/// 50 ms, before any attack.
+async fn honest_three() -> ([MeshNode; 3], [Store<Todos>; 3], (Duration, Duration)) {
+    let ([writer, o1, o2], [w, s1, s2]) = three_nodes(|b| b).await;
     let wid = writer.device_id();
     let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
     for s in [&s1, &s2] {
