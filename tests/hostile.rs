@@ -703,8 +703,11 @@ async fn a_slow_store_under_a_flood_keeps_a_bounded_backlog_that_drains() {
         rss_before >> 20,
         rss_after >> 20,
     );
+    // The rogue shares this process: on a loaded machine (a fuzzer and two busy loops) it
+    // published only 8,926 to 10,694 of its 22,000 versions. A tenth is still over twice
+    // what a 2 ms `on_event` can take in the 2 s (the store applied about 700).
     assert!(
-        published as u64 >= n / 2,
+        published as u64 >= n / 10,
         "the flood was too weak: {published}"
     );
     assert!(
