@@ -83,10 +83,7 @@ impl ConnectFailure {
             ConnectFailure::Dns
         } else if has(&["connection limit exceeded"]) {
             ConnectFailure::LimitReached
-        } else if has(&[
-            "connection attempt has been aborted",
-            "Pending connection attempt",
-        ]) {
+        } else if has(&["connection attempt has been aborted"]) {
             ConnectFailure::Aborted
         } else if has(&["Timeout has been reached", "timed out", "os error 110"]) {
             match inbound {

@@ -100,17 +100,17 @@ pub fn decode_everything(bytes: &[u8]) {
                         crate::ids::DeviceId::from(key.public().to_peer_id())
                     })
                 });
+                // Admission at its defaults, for a node that has met nobody yet.
+                let mut admission = crate::proto::admission::Admission::new(
+                    me,
+                    4096,
+                    std::time::Duration::from_millis(1000 / 64),
+                    256,
+                    std::time::Duration::from_secs(60),
+                    crate::proto::DetState::default(),
+                );
+                let mut kept = Presences::for_liveness(crate::proto::Liveness::Watch);
                 for kind in [AskKind::Digest, AskKind::Members, AskKind::Done] {
-                    let mut kept = Presences::for_liveness(crate::proto::Liveness::Watch);
-                    // Admission at its defaults, for a node that has met nobody yet.
-                    let mut admission = crate::proto::admission::Admission::new(
-                        me,
-                        4096,
-                        std::time::Duration::from_millis(1000 / 64),
-                        256,
-                        std::time::Duration::from_secs(60),
-                        crate::proto::DetState::default(),
-                    );
                     let _ = reply_of(kind, res.clone(), keys, &mut kept, &mut admission, via);
                 }
             }
