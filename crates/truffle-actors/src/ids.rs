@@ -22,36 +22,93 @@ pub const MAX_STORE_ID_LEN: usize = 128;
 /// let id: DeviceId = "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp".parse().unwrap();
 /// assert_eq!(id.to_string(), "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp");
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceId(PeerId);
+#[derive(Clone, Copy, PartialOrd, Ord)]
+pub struct DeviceId {
+    /// The peer id's multihash bytes, zero-padded, with their length in the last byte,
+    /// read as big-endian words: compared as numbers, these order ids exactly as their
+    /// bytes do (and so as [`PeerId`] does), and they compare and hash a word at a time.
+    words: [u64; WORDS],
+}
+
+/// Longest multihash of a peer id: an identity multihash (code and length, one byte each)
+/// of a public key of at most 42 bytes; longer keys are hashed with sha2-256 (34 bytes).
+const MAX_PEER_ID_BYTES: usize = 44;
+const WORDS: usize = (MAX_PEER_ID_BYTES + 1).div_ceil(8);
+
+// Every node tracks every device in several maps, so the size of an id is much of what a
+// member costs: a `PeerId` takes 80 bytes, this 48.
+const _: () = assert!(std::mem::size_of::<DeviceId>() == 48);
 
 impl DeviceId {
     /// Wraps a libp2p peer id.
     pub fn from_peer_id(peer: PeerId) -> Self {
-        Self(peer)
+        let raw = peer.to_bytes();
+        let mut bytes = [0u8; WORDS * 8];
+        // libp2p builds a peer id only from an identity multihash of at most 42 bytes or a
+        // sha2-256 one, so it always fits (the test below checks the longest).
+        let len = raw.len().min(MAX_PEER_ID_BYTES);
+        debug_assert_eq!(
+            len,
+            raw.len(),
+            "peer id longer than {MAX_PEER_ID_BYTES} bytes"
+        );
+        bytes[..len].copy_from_slice(&raw[..len]);
+        bytes[WORDS * 8 - 1] = len as u8;
+        let mut words = [0u64; WORDS];
+        for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *w = u64::from_be_bytes(b);
+        }
+        Self { words }
     }
 
     /// The underlying libp2p peer id.
     pub fn peer_id(&self) -> PeerId {
-        self.0
+        let mut bytes = [0u8; WORDS * 8];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(self.words) {
+            chunk.copy_from_slice(&w.to_be_bytes());
+        }
+        let len = usize::from(bytes[WORDS * 8 - 1]);
+        PeerId::from_bytes(&bytes[..len]).expect("a device id holds the bytes of a valid peer id")
+    }
+}
+
+// By hand: the derived comparison of the array calls `memcmp`, which the lookups in every
+// node's member map spent a tenth of a large simulation in.
+impl PartialEq for DeviceId {
+    fn eq(&self, other: &Self) -> bool {
+        self.words
+            .iter()
+            .zip(other.words)
+            .fold(0, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+impl Eq for DeviceId {}
+
+impl std::hash::Hash for DeviceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.words.hash(state);
     }
 }
 
 impl From<PeerId> for DeviceId {
     fn from(peer: PeerId) -> Self {
-        Self(peer)
+        Self::from_peer_id(peer)
     }
 }
 
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        fmt::Display::fmt(&self.peer_id(), f)
     }
 }
 
 impl fmt::Debug for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceId({})", self.0)
+        write!(f, "DeviceId({})", self.peer_id())
     }
 }
 
@@ -59,7 +116,7 @@ impl FromStr for DeviceId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         s.parse::<PeerId>()
-            .map(Self)
+            .map(Self::from_peer_id)
             .map_err(|e| Error::InvalidDeviceId {
                 id: s.to_owned(),
                 reason: e.to_string(),
@@ -69,7 +126,7 @@ impl FromStr for DeviceId {
 
 impl Serialize for DeviceId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        s.collect_str(self)
     }
 }
 
@@ -204,6 +261,27 @@ mod tests {
         let mut v = vec![c, a, b];
         v.sort();
         assert_eq!(v, vec![a, b, c]);
+    }
+
+    #[test]
+    fn device_ids_keep_every_kind_of_peer_id_and_its_order() {
+        use libp2p::multihash::Multihash;
+        let ed = PeerId::from(libp2p::identity::Keypair::generate_ed25519().public());
+        // The longest identity multihash libp2p makes (a 42-byte key) and a hashed one.
+        let long = PeerId::from_multihash(Multihash::wrap(0x00, &[7u8; 42]).unwrap()).unwrap();
+        let hashed = PeerId::from_multihash(Multihash::wrap(0x12, &[9u8; 32]).unwrap()).unwrap();
+        let mut peers = vec![ed, long, hashed, PeerId::random(), PeerId::random()];
+        for p in &peers {
+            let d = DeviceId::from_peer_id(*p);
+            assert_eq!(d.peer_id(), *p);
+            assert_eq!(d.to_string(), p.to_string());
+            assert_eq!(d.to_string().parse::<DeviceId>().unwrap(), d);
+        }
+        let mut devices: Vec<DeviceId> = peers.iter().copied().map(DeviceId::from).collect();
+        peers.sort();
+        devices.sort();
+        let back: Vec<PeerId> = devices.iter().map(DeviceId::peer_id).collect();
+        assert_eq!(back, peers);
     }
 
     #[test]

@@ -178,9 +178,9 @@ enum Request {
 #[derive(Clone, Debug)]
 enum Gossip {
     Heartbeat(Arc<Heartbeat>),
-    Goodbye(DeviceId, u64),
+    Goodbye(Box<(DeviceId, u64)>),
     Slice(Arc<Slice>),
-    Suspect(DeviceId, Suspicion),
+    Suspect(Box<(DeviceId, Suspicion)>),
 }
 
 /// An event on the queue, ordered by time, then by when it was scheduled.
@@ -210,9 +210,14 @@ impl Ord for Queued {
     }
 }
 
+// Millions are queued while a large mesh forms: kept to a few words (see `Event::Input`).
+const _: () = assert!(std::mem::size_of::<Event>() <= 48);
+
 enum Event {
     Timer(usize, u32, Timer),
-    Input(usize, u32, Input),
+    /// Boxed, like the rarer gossip kinds, so that an event (the simulator keeps millions
+    /// of them queued while a large mesh forms) stays a few words.
+    Input(usize, u32, Box<Input>),
     Gossip(usize, u32, usize, Gossip),
     Connect(usize, usize),
     /// A ping from the first node to the second is due to have failed if their link is
@@ -273,6 +278,8 @@ pub struct Sim {
     /// `mark[n] == stamp`: node `n` already got the message being spread.
     mark: Vec<u64>,
     stamp: u64,
+    /// See [`Sim::beat_len`].
+    beat_lens: DetMap<(DeviceId, u64, u64), usize>,
 }
 
 impl Sim {
@@ -345,6 +352,7 @@ impl Sim {
             out: Vec::new(),
             mark: vec![0; n],
             stamp: 0,
+            beat_lens: DetMap::default(),
         }
     }
 
@@ -657,7 +665,11 @@ impl Sim {
             let peer = self.nodes[i].id;
             self.push(
                 self.now,
-                Event::Input(p, g, Input::ConnectionClosed { peer, remaining: 0 }),
+                Event::Input(
+                    p,
+                    g,
+                    Box::new(Input::ConnectionClosed { peer, remaining: 0 }),
+                ),
             );
         }
     }
@@ -672,7 +684,11 @@ impl Sim {
             seq: u64::MAX,
         };
         let me = self.nodes[liar].id;
-        self.broadcast(liar, Topic::Presence, Gossip::Suspect(me, suspicion));
+        self.broadcast(
+            liar,
+            Topic::Presence,
+            Gossip::Suspect(Box::new((me, suspicion))),
+        );
     }
 
     /// Node `i` leaves gracefully; it stops once the leave is acknowledged.
@@ -737,7 +753,7 @@ impl Sim {
                 Event::Input(i, g, input) => {
                     if self.nodes[i].generation == g {
                         self.nodes[i].traffic.delivered += 1;
-                        self.input(i, input);
+                        self.input(i, *input);
                     }
                 }
                 Event::Gossip(i, g, via, msg) => {
@@ -747,15 +763,16 @@ impl Sim {
                         let via = self.nodes[via].id;
                         let input = match msg {
                             Gossip::Heartbeat(h) => Input::Heartbeat { via, heartbeat: h },
-                            Gossip::Goodbye(device, incarnation) => Input::Goodbye {
-                                device,
-                                incarnation,
+                            Gossip::Goodbye(b) => Input::Goodbye {
+                                device: b.0,
+                                incarnation: b.1,
                             },
                             Gossip::Slice(s) => Input::Slice {
                                 via,
                                 slice: (*s).clone(),
                             },
-                            Gossip::Suspect(accuser, suspicion) => {
+                            Gossip::Suspect(b) => {
+                                let (accuser, suspicion) = *b;
                                 Input::Suspect { accuser, suspicion }
                             }
                         };
@@ -809,7 +826,7 @@ impl Sim {
             let peer = self.nodes[peer].id;
             self.push(
                 self.now + after,
-                Event::Input(i, g, Input::DialFailed { peer }),
+                Event::Input(i, g, Box::new(Input::DialFailed { peer })),
             );
             return;
         }
@@ -830,13 +847,16 @@ impl Sim {
         for (x, y) in [(a, b), (b, a)] {
             let peer = self.nodes[y].id;
             let g = self.nodes[x].generation;
-            self.push(self.now, Event::Input(x, g, Input::Connected { peer }));
+            self.push(
+                self.now,
+                Event::Input(x, g, Box::new(Input::Connected { peer })),
+            );
             for t in self.nodes[y].topics.clone() {
                 if let Topic::Store(s) = t {
                     let store = self.store_ids[s as usize].clone();
                     self.push(
                         self.now,
-                        Event::Input(x, g, Input::Subscribed { peer, store }),
+                        Event::Input(x, g, Box::new(Input::Subscribed { peer, store })),
                     );
                 }
             }
@@ -853,7 +873,11 @@ impl Sim {
             let g = self.nodes[x].generation;
             self.push(
                 self.now,
-                Event::Input(x, g, Input::ConnectionClosed { peer, remaining: 0 }),
+                Event::Input(
+                    x,
+                    g,
+                    Box::new(Input::ConnectionClosed { peer, remaining: 0 }),
+                ),
             );
         }
     }
@@ -875,7 +899,7 @@ impl Sim {
     /// neighbour (gossipsub's `NoPeersSubscribedToTopic`).
     fn broadcast(&mut self, src: usize, topic: Topic, msg: Gossip) -> bool {
         let bytes = match &msg {
-            Gossip::Heartbeat(h) => heartbeat_wire_len(h),
+            Gossip::Heartbeat(h) => self.beat_len(h),
             Gossip::Goodbye(..) => 160,
             Gossip::Suspect(..) => 200,
             Gossip::Slice(s) => s.raw.len(),
@@ -957,6 +981,16 @@ impl Sim {
         true
     }
 
+    /// The signed length of a heartbeat, encoded once per heartbeat (a device's
+    /// `(incarnation, seq)` names one heartbeat): answers to heartbeat requests carry the
+    /// same ones again and again.
+    fn beat_len(&mut self, h: &Heartbeat) -> usize {
+        *self
+            .beat_lens
+            .entry((h.device, h.incarnation, h.seq))
+            .or_insert_with(|| heartbeat_wire_len(h))
+    }
+
     fn peer_index(&self, d: &DeviceId) -> Option<usize> {
         self.index.get(d).copied()
     }
@@ -977,10 +1011,10 @@ impl Sim {
                                 Event::Input(
                                     p,
                                     gp,
-                                    Input::Subscribed {
+                                    Box::new(Input::Subscribed {
                                         peer: me,
                                         store: store.clone(),
-                                    },
+                                    }),
                                 ),
                             );
                         }
@@ -991,7 +1025,11 @@ impl Sim {
                 }
                 Output::PublishSuspect(suspicion) => {
                     let me = self.nodes[i].id;
-                    self.broadcast(i, Topic::Presence, Gossip::Suspect(me, suspicion));
+                    self.broadcast(
+                        i,
+                        Topic::Presence,
+                        Gossip::Suspect(Box::new((me, suspicion))),
+                    );
                 }
                 Output::Ask { peer, id, ask } => {
                     let bytes = match &ask {
@@ -1012,7 +1050,7 @@ impl Sim {
                                 + stores.iter().map(|(_, e)| 24 + e.len() * 56).sum::<usize>()
                         }
                         Reply::Members(beats) => {
-                            8 + beats.iter().map(|b| heartbeat_wire_len(b)).sum::<usize>()
+                            8 + beats.iter().map(|b| self.beat_len(b)).sum::<usize>()
                         }
                         _ => 8,
                     };
@@ -1020,18 +1058,22 @@ impl Sim {
                     if let Some(d) = self.send(i, to, bytes) {
                         self.push(
                             self.now + d,
-                            Event::Input(to, tg, Input::Replied { peer, id, reply }),
+                            Event::Input(to, tg, Box::new(Input::Replied { peer, id, reply })),
                         );
                     } else {
                         self.push(
                             self.now + REQUEST_TIMEOUT,
-                            Event::Input(to, tg, Input::RequestFailed { peer, id }),
+                            Event::Input(to, tg, Box::new(Input::RequestFailed { peer, id })),
                         );
                     }
                 }
                 Output::PublishGoodbye { incarnation } => {
                     let me = self.nodes[i].id;
-                    self.broadcast(i, Topic::Presence, Gossip::Goodbye(me, incarnation));
+                    self.broadcast(
+                        i,
+                        Topic::Presence,
+                        Gossip::Goodbye(Box::new((me, incarnation))),
+                    );
                 }
                 Output::Publish {
                     store,
@@ -1057,7 +1099,7 @@ impl Sim {
                         raw,
                         reached_nobody: !reached,
                     };
-                    self.push(self.now, Event::Input(i, g, input));
+                    self.push(self.now, Event::Input(i, g, Box::new(input)));
                 }
                 Output::Fetch { peer, id, want } => {
                     let bytes = 16 + want.len() * 70;
@@ -1080,13 +1122,13 @@ impl Sim {
                         let peer = self.nodes[i].id;
                         self.push(
                             self.now + d,
-                            Event::Input(to, tg, Input::Response { peer, id, slices }),
+                            Event::Input(to, tg, Box::new(Input::Response { peer, id, slices })),
                         );
                     } else {
                         let peer = self.nodes[i].id;
                         self.push(
                             self.now + REQUEST_TIMEOUT,
-                            Event::Input(to, tg, Input::RequestFailed { peer, id }),
+                            Event::Input(to, tg, Box::new(Input::RequestFailed { peer, id })),
                         );
                     }
                 }
@@ -1176,7 +1218,7 @@ impl Sim {
             let after = failed.unwrap_or(REQUEST_TIMEOUT);
             self.push(
                 self.now + after,
-                Event::Input(i, g, Input::RequestFailed { peer, id }),
+                Event::Input(i, g, Box::new(Input::RequestFailed { peer, id })),
             );
             return;
         };
@@ -1210,7 +1252,7 @@ impl Sim {
                 };
                 self.push(
                     back.unwrap_or(self.now + REQUEST_TIMEOUT),
-                    Event::Input(i, g, answer),
+                    Event::Input(i, g, Box::new(answer)),
                 );
                 Input::Goodbye {
                     device: me,
@@ -1218,7 +1260,7 @@ impl Sim {
                 }
             }
         };
-        self.push(self.now + d, Event::Input(p, gp, input));
+        self.push(self.now + d, Event::Input(p, gp, Box::new(input)));
     }
 }
 

@@ -29,7 +29,51 @@ struct DeviceState {
     incarnation: Incarnation,
     /// Incarnations up to this one said goodbye.
     left: Option<Incarnation>,
-    stores: DetMap<StoreId, Track>,
+    stores: Tracks,
+}
+
+/// A device's [`Track`] per store, sorted by store. Most devices write one store or a
+/// few, and every node keeps one of these per device, so a sorted vector (a few dozen
+/// bytes per store) rather than a hash map (a few hundred bytes even when nearly empty).
+#[derive(Debug, Default)]
+struct Tracks(Vec<(StoreId, Track)>);
+
+impl Tracks {
+    fn get(&self, store: &StoreId) -> Option<&Track> {
+        let i = self.0.binary_search_by(|(s, _)| s.cmp(store)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn get_mut(&mut self, store: &StoreId) -> Option<&mut Track> {
+        let i = self.0.binary_search_by(|(s, _)| s.cmp(store)).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    /// The track of `store`, added (never seen, not held) if there is none.
+    fn entry(&mut self, store: &StoreId) -> &mut Track {
+        let i = match self.0.binary_search_by(|(s, _)| s.cmp(store)) {
+            Ok(i) => i,
+            Err(i) => {
+                // One more, not the four a vector grows to from empty.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (store.clone(), Track::default()));
+                i
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&StoreId, &Track)> {
+        self.0.iter().map(|(s, t)| (s, t))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&StoreId, &mut Track)> {
+        self.0.iter_mut().map(|(s, t)| (&*s, t))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Track> {
+        self.0.iter().map(|(_, t)| t)
+    }
 }
 
 /// What is kept of a device after it is forgotten: enough to tell its old messages from
@@ -88,9 +132,8 @@ impl Tombstones {
     }
 
     fn lay(&mut self, device: DeviceId, d: &DeviceState, now: Instant) {
-        let mut stores: Vec<(StoreId, Version)> =
+        let stores: Vec<(StoreId, Version)> =
             d.stores.iter().map(|(s, t)| (s.clone(), t.seen)).collect();
-        stores.sort();
         self.next_stamp += 1;
         let stamp = self.next_stamp;
         self.by_device.insert(
@@ -163,14 +206,14 @@ pub(crate) fn member_hash(device: &DeviceId, presence: (Incarnation, u64)) -> u6
 }
 
 impl DeviceState {
-    fn new(now: Instant, h: &DetState) -> Self {
+    fn new(now: Instant) -> Self {
         Self {
             online: false,
             last_seen: now,
             presence: (0, 0),
             incarnation: 0,
             left: None,
-            stores: DetMap::with_hasher(h.clone()),
+            stores: Tracks::default(),
         }
     }
 
@@ -227,7 +270,6 @@ pub(crate) struct Removal {
 #[derive(Debug)]
 pub(crate) struct Membership {
     timeout: Duration,
-    hasher: DetState,
     devices: DetMap<DeviceId, DeviceState>,
     /// How many devices are online, kept in step with every `online` change so that the
     /// gauge costs nothing per message.
@@ -255,23 +297,27 @@ fn contribution(id: &DeviceId, d: &DeviceState) -> u64 {
 fn entry<'a>(
     devices: &'a mut DetMap<DeviceId, DeviceState>,
     tombstones: &mut Tombstones,
-    h: &DetState,
     device: DeviceId,
     now: Instant,
 ) -> &'a mut DeviceState {
     devices.entry(device).or_insert_with(|| {
-        let mut d = DeviceState::new(now, h);
+        let mut d = DeviceState::new(now);
         if let Some(t) = tombstones.by_device.remove(&device) {
             d.presence = t.presence;
             d.incarnation = t.incarnation;
             d.left = t.left;
-            for (s, v) in t.stores.iter() {
-                let track = Track {
-                    seen: *v,
-                    held: false,
-                };
-                d.stores.insert(s.clone(), track);
-            }
+            // Both sorted by store.
+            d.stores.0 = t
+                .stores
+                .iter()
+                .map(|(s, v)| {
+                    let track = Track {
+                        seen: *v,
+                        held: false,
+                    };
+                    (s.clone(), track)
+                })
+                .collect();
         }
         d
     })
@@ -297,7 +343,6 @@ impl Membership {
             devices: DetMap::with_hasher(hasher.clone()),
             suspects: DetMap::with_hasher(hasher.clone()),
             tombstones: Tombstones::new(&hasher),
-            hasher,
             online: 0,
             hash: 0,
         }
@@ -420,13 +465,7 @@ impl Membership {
         complete: bool,
         now: Instant,
     ) -> PresenceOutcome {
-        let d = entry(
-            &mut self.devices,
-            &mut self.tombstones,
-            &self.hasher,
-            device,
-            now,
-        );
+        let d = entry(&mut self.devices, &mut self.tombstones, device, now);
         if d.has_left(incarnation) || (incarnation, seq) <= d.presence {
             return PresenceOutcome::default();
         }
@@ -486,13 +525,7 @@ impl Membership {
         version: Version,
         now: Instant,
     ) -> Admit {
-        let d = entry(
-            &mut self.devices,
-            &mut self.tombstones,
-            &self.hasher,
-            device,
-            now,
-        );
+        let d = entry(&mut self.devices, &mut self.tombstones, device, now);
         if d.has_left(version.incarnation) {
             return Admit::AfterLeave;
         }
@@ -501,7 +534,7 @@ impl Membership {
         }
         d.incarnation = version.incarnation;
         let online = d.online;
-        let t = d.stores.entry(store.clone()).or_default();
+        let t = d.stores.entry(store);
         if version > t.seen {
             // A version never seen before can only come from the device itself: evidence.
             t.seen = version;
@@ -531,13 +564,7 @@ impl Membership {
         incarnation: Incarnation,
         now: Instant,
     ) -> Option<Removal> {
-        let d = entry(
-            &mut self.devices,
-            &mut self.tombstones,
-            &self.hasher,
-            device,
-            now,
-        );
+        let d = entry(&mut self.devices, &mut self.tombstones, device, now);
         // A leave of an earlier run (a replay, or one that arrived late) must not end the
         // current run, whichever of its messages we heard first.
         if d.has_left(incarnation) || incarnation < d.presence.0 || incarnation < d.incarnation {

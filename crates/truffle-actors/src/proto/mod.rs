@@ -590,11 +590,14 @@ pub enum Report {
     },
 }
 
-/// A device's announced listen addresses: as sent (so an unchanged list, the usual case,
-/// is not parsed again at every heartbeat) and parsed.
-struct Announced {
-    raw: Vec<String>,
-    addrs: Vec<Multiaddr>,
+/// The latest heartbeats of a member: the latest of all (what watch liveness hands a peer
+/// that asks for it) and the latest that announced an address this node can dial (how it
+/// fills its view). Usually the same one, shared, not copied: every node keeps one of
+/// these per member, so they hold the heartbeats as received and parse the addresses
+/// only to dial.
+struct Known {
+    beat: Arc<Heartbeat>,
+    dial: Option<Arc<Heartbeat>>,
 }
 
 /// A fetch in flight: what it asked for, and whom we asked so far.
@@ -633,9 +636,9 @@ pub struct Engine {
     conns: DetMap<DeviceId, u32>,
     /// When the first of the open connections to each peer came up.
     connected_at: DetMap<DeviceId, Instant>,
-    /// The addresses each device announced in its latest heartbeat: where to dial it to
-    /// fill the view. Kept while membership remembers the device.
-    addrs: DetMap<DeviceId, Announced>,
+    /// The latest heartbeats heard of each device, and so where to dial it to fill the
+    /// view. Kept while membership remembers the device.
+    known: DetMap<DeviceId, Known>,
     /// When each member was last dialled to fill the view.
     dialled: DetMap<DeviceId, Instant>,
     /// Redial ticks so far (every [`REFRESH_TICKS`]th refreshes the view).
@@ -684,7 +687,7 @@ impl Engine {
             next_request: 0,
             conns: DetMap::with_hasher(h.clone()),
             connected_at: DetMap::with_hasher(h.clone()),
-            addrs: DetMap::with_hasher(h.clone()),
+            known: DetMap::with_hasher(h.clone()),
             dialled: DetMap::with_hasher(h.clone()),
             ticks: 0,
             subs: DetMap::with_hasher(h.clone()),
@@ -1025,7 +1028,6 @@ impl Engine {
     }
 
     fn remove(&mut self, r: Removal, out: &mut Vec<Output>) {
-        self.watch.beats.remove(&r.device);
         out.push(Output::Report(Report::DeviceRemoved {
             device: r.device,
             reason: r.reason,
@@ -1071,10 +1073,7 @@ impl Engine {
         if !outcome.fresh {
             return;
         }
-        self.learn_addrs(device, &p.addrs);
-        if self.watching() {
-            self.watch.beats.insert(device, p.clone());
-        }
+        self.learn(device, &p);
         if outcome.came_online {
             out.push(Output::Report(Report::DeviceOnline { device }));
         }
@@ -1146,13 +1145,17 @@ impl Engine {
         answered: &[(StoreId, DeviceId)],
         out: &mut Vec<Output>,
     ) {
+        // An answer may carry thousands of slices (a whole store at join): a set, so this
+        // stays linear.
+        let answered: HashSet<(&StoreId, &DeviceId)> =
+            answered.iter().map(|(s, d)| (s, d)).collect();
         let missing: Vec<Want> = fetch
             .want
             .into_iter()
             .filter(|w| {
-                !answered
-                    .iter()
-                    .any(|(s, d)| *s == w.store && Some(*d) == w.device)
+                w.device
+                    .as_ref()
+                    .is_none_or(|d| !answered.contains(&(&w.store, d)))
             })
             .collect();
         if missing.is_empty() {
@@ -1285,7 +1288,7 @@ impl Engine {
                     let forget_after = (self.cfg.presence_timeout * 10).max(self.cfg.forget_after);
                     self.membership.forget_silent(now, forget_after);
                     let m = &self.membership;
-                    self.addrs.retain(|d, _| m.knows(d));
+                    self.known.retain(|d, _| m.knows(d));
                 }
                 self.dialled
                     .retain(|_, t| now.saturating_duration_since(*t) < DIAL_BACKOFF);
@@ -1377,31 +1380,39 @@ impl Engine {
     }
 
     /// Remembers where `device` says it listens (its latest heartbeat, signed by it).
-    fn learn_addrs(&mut self, device: DeviceId, announced: &[String]) {
-        let announced = &announced[..announced.len().min(MAX_PRESENCE_ADDRS)];
-        if self.addrs.get(&device).is_some_and(|a| a.raw == announced) {
+    /// Keeps `p` as `device`'s latest heartbeat, and as the one to dial it by if it
+    /// announces an address that can be dialled (else the addresses heard before stay).
+    fn learn(&mut self, device: DeviceId, p: &Arc<Heartbeat>) {
+        if let Some(k) = self.known.get_mut(&device) {
+            k.beat = p.clone();
+            if k.dial.as_ref().is_some_and(|d| d.addrs == p.addrs)
+                || !dial_addrs(device, &p.addrs).is_empty()
+            {
+                k.dial = Some(p.clone());
+            }
             return;
         }
-        let addrs: Vec<Multiaddr> = announced
-            .iter()
-            .filter_map(|a| a.parse::<Multiaddr>().ok())
-            // An address naming another peer is not one of the device's own.
-            .filter(|a| p2p_peer(a).is_none_or(|p| p == device))
-            .collect();
-        if addrs.is_empty() {
-            return;
-        }
-        let raw = announced.to_vec();
-        self.addrs.insert(device, Announced { raw, addrs });
+        let dial = (!dial_addrs(device, &p.addrs).is_empty()).then(|| p.clone());
+        self.known.insert(
+            device,
+            Known {
+                beat: p.clone(),
+                dial,
+            },
+        );
+    }
+
+    /// Whether this node knows an address to dial `peer` at.
+    fn dialable(&self, peer: &DeviceId) -> bool {
+        self.known.get(peer).is_some_and(|k| k.dial.is_some())
     }
 
     /// Dials `peer` at the addresses it announced (if any).
     fn dial(&self, peer: DeviceId) -> Output {
-        let addrs = self
-            .addrs
-            .get(&peer)
-            .map(|a| a.addrs.clone())
-            .unwrap_or_default();
+        let addrs = match self.known.get(&peer).and_then(|k| k.dial.as_ref()) {
+            Some(beat) => dial_addrs(peer, &beat.addrs),
+            None => Vec::new(),
+        };
         Output::Dial { peer, addrs }
     }
 
@@ -1423,8 +1434,10 @@ impl Engine {
         };
         if want > 0 {
             let mut candidates: Vec<(bool, DeviceId)> = self
-                .addrs
-                .keys()
+                .known
+                .iter()
+                .filter(|(_, k)| k.dial.is_some())
+                .map(|(d, _)| d)
                 .filter(|d| {
                     **d != self.me
                         && !self.conns.contains_key(*d)
@@ -1519,6 +1532,18 @@ fn shuffle<T>(rng: &mut Xoshiro256PlusPlus, v: &mut [T]) {
         let j = rng.random_range(0..=k);
         v.swap(k, j);
     }
+}
+
+/// The addresses `device` announced that can be dialled: the first
+/// [`MAX_PRESENCE_ADDRS`], those that parse, less any naming another peer.
+fn dial_addrs(device: DeviceId, announced: &[String]) -> Vec<Multiaddr> {
+    announced
+        .iter()
+        .take(MAX_PRESENCE_ADDRS)
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        // An address naming another peer is not one of the device's own.
+        .filter(|a| p2p_peer(a).is_none_or(|p| p == device))
+        .collect()
 }
 
 /// The peer an address names with a trailing `/p2p/<id>`, if it does.

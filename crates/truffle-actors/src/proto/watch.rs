@@ -128,8 +128,6 @@ pub(super) struct WatchState {
     last_announce: Option<Instant>,
     /// This node's latest heartbeat, to answer [`Ask::Members`].
     last_beat: Option<Arc<Heartbeat>>,
-    /// The latest heartbeat heard of each device.
-    pub beats: DetMap<DeviceId, Arc<Heartbeat>>,
     /// Peers whose connection dropped, being dialled again: accused at the deadline.
     pub probes: DetMap<DeviceId, Instant>,
     /// Peers whose next connection close is expected (a trim, either way).
@@ -161,7 +159,6 @@ impl WatchState {
             announce: false,
             last_announce: None,
             last_beat: None,
-            beats: DetMap::with_hasher(h.clone()),
             probes: DetMap::with_hasher(h.clone()),
             expect_close: DetSet::with_hasher(h.clone()),
             trims: DetMap::with_hasher(h.clone()),
@@ -312,7 +309,7 @@ impl Engine {
             if !self.membership.is_online(&peer)
                 || self.conns.contains_key(&peer)
                 || self.watch.probes.contains_key(&peer)
-                || !self.addrs.contains_key(&peer)
+                || !self.dialable(&peer)
             {
                 continue;
             }
@@ -481,7 +478,7 @@ impl Engine {
             .keys()
             .copied()
             .filter(|d| {
-                self.addrs.contains_key(d)
+                self.dialable(d)
                     && !self.conns.contains_key(d)
                     && self
                         .dialled
@@ -544,8 +541,12 @@ impl Engine {
                 for d in devices.iter().take(MAX_MEMBERS_ASKED) {
                     if *d == self.me {
                         beats.extend(self.watch.last_beat.clone());
-                    } else if let Some(b) = self.watch.beats.get(d) {
-                        beats.push(b.clone());
+                    } else if let Some(k) = self.known.get(d) {
+                        // Only of members this node counts live (as with a removed
+                        // device's heartbeat dropped before).
+                        if self.membership.is_online(d) {
+                            beats.push(k.beat.clone());
+                        }
                     }
                 }
                 Reply::Members(beats)
