@@ -542,8 +542,8 @@ impl Engine {
                     if *d == self.me {
                         beats.extend(self.watch.last_beat.clone());
                     } else if let Some(k) = self.known.get(d) {
-                        // Only of members this node counts live (as with a removed
-                        // device's heartbeat dropped before).
+                        // Only of members this node counts live: a removed device's last
+                        // heartbeat must not bring it back on the asker.
                         if self.membership.is_online(d) {
                             beats.push(k.beat.clone());
                         }
