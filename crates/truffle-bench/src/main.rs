@@ -48,7 +48,8 @@ pub struct Cfg {
     pub quick: bool,
     /// Seed for dial graphs and trial spacing.
     pub seed: u64,
-    /// The liveness the overlay scenarios (`idle-cost`, `hub-crash`) run.
+    /// The liveness the nodes of the multi-node scenarios (B1, B2, B4, B6, `idle-cost`,
+    /// `hub-crash`) run.
     pub liveness: truffle_actors::proto::Liveness,
     /// Mesh sizes for the overlay scenarios instead of their defaults (empty: defaults).
     pub nodes: Vec<usize>,
@@ -131,8 +132,8 @@ struct Opts {
     /// List the scenarios.
     #[arg(long)]
     list: bool,
-    /// Liveness of the nodes in `idle-cost` and `hub-crash`: `heartbeats` (the default) or
-    /// `watch` (experimental; see `MeshNodeBuilder::liveness`).
+    /// Liveness of the nodes in B1, B2, B4, B6, `idle-cost` and `hub-crash`: `heartbeats`
+    /// (the default) or `watch` (experimental; see `MeshNodeBuilder::liveness`).
     #[arg(long, value_name = "KIND", default_value = "heartbeats")]
     liveness: truffle_actors::proto::Liveness,
     /// Mesh size for `idle-cost` and `hub-crash` instead of their defaults (repeatable,
@@ -255,9 +256,10 @@ fn main() {
     let load_start = loadavg();
     let mode = if cfg.quick { "quick" } else { "full" };
     println!(
-        "truffle-bench {} ({mode}), seed {}, {cores} cores, load average {load_start}",
+        "truffle-bench {} ({mode}), seed {}, liveness {}, {cores} cores, load average {load_start}",
         env!("CARGO_PKG_VERSION"),
-        cfg.seed
+        cfg.seed,
+        cfg.liveness
     );
     println!(
         "scenarios: {}",
@@ -366,6 +368,7 @@ fn main() {
         "version": env!("CARGO_PKG_VERSION"),
         "mode": mode,
         "seed": cfg.seed,
+        "liveness": cfg.liveness.to_string(),
         "started_unix_ms": started_unix,
         "duration_s": total,
         "scenario_seconds": timings,

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Barrier};
+use truffle_actors::proto::Liveness;
 use truffle_actors::{DeviceId, RemovalReason, StoreEvent, StoreSnapshot};
 
 use crate::mesh::{
@@ -54,7 +55,7 @@ pub async fn propagation(cfg: &Cfg, report: &mut Report) -> Value {
     let mut out = Map::new();
     for &n in sizes {
         let idle = (!cfg.quick).then_some(Duration::from_secs(2));
-        match b1_one(n, trials, warmup, cfg.seed, idle).await {
+        match b1_one(n, trials, warmup, cfg.seed, idle, cfg.liveness).await {
             Ok((all, each, starts, cpu)) => {
                 let mut cells = vec![n.to_string()];
                 cells.extend(all.cells());
@@ -99,8 +100,9 @@ async fn b1_one(
     warmup: usize,
     seed: u64,
     idle: Option<Duration>,
+    liveness: Liveness,
 ) -> Result<(Samples, Samples, Vec<f64>, Option<f64>), String> {
-    let mesh = Mesh::start(n, seed, |b| b).await?;
+    let mesh = Mesh::start(n, seed, |b| b.liveness(liveness)).await?;
     mesh.converge(SETUP_DEADLINE).await?;
     tokio::time::sleep(MESH_SETTLE).await;
     let cpu = match idle {
@@ -172,7 +174,7 @@ pub async fn concurrent_writers(cfg: &Cfg, report: &mut Report) -> Value {
     let mut out = Map::new();
     let mut bytes_measured = false;
     for &(n, k, rounds) in runs {
-        match b2_one(n, k, rounds, cfg.seed).await {
+        match b2_one(n, k, rounds, cfg.seed, cfg.liveness).await {
             Ok(r) => {
                 let bytes = r.bytes_per_node.mean();
                 bytes_measured |= bytes.is_some();
@@ -250,8 +252,14 @@ struct B2 {
     applied_per_node: Vec<f64>,
 }
 
-async fn b2_one(n: usize, k: u64, rounds: usize, seed: u64) -> Result<B2, String> {
-    let mesh = Mesh::start(n, seed, |b| b).await?;
+async fn b2_one(
+    n: usize,
+    k: u64,
+    rounds: usize,
+    seed: u64,
+    liveness: Liveness,
+) -> Result<B2, String> {
+    let mesh = Mesh::start(n, seed, |b| b.liveness(liveness)).await?;
     mesh.converge(SETUP_DEADLINE).await?;
     tokio::time::sleep(MESH_SETTLE).await;
     let mut r = B2 {
@@ -459,7 +467,7 @@ pub async fn failure_detection(cfg: &Cfg, report: &mut Report) -> Value {
             "false removals",
         ],
     );
-    let result = b4_run(n, trials, idle, cfg.seed, &mut table).await;
+    let result = b4_run(n, trials, idle, cfg.seed, cfg.liveness, &mut table).await;
     let out = match result {
         Ok((all, each, false_removals)) => {
             table.row(vec![
@@ -502,6 +510,7 @@ async fn b4_run(
     trials: usize,
     idle: Duration,
     seed: u64,
+    liveness: Liveness,
     table: &mut Table,
 ) -> Result<(Samples, Samples, usize), String> {
     let Mesh {
@@ -510,7 +519,7 @@ async fn b4_run(
         ids,
         ..
     } = {
-        let mesh = Mesh::start(n, seed, |b| b).await?;
+        let mesh = Mesh::start(n, seed, |b| b.liveness(liveness)).await?;
         mesh.converge(SETUP_DEADLINE).await?;
         mesh
     };
@@ -1080,7 +1089,7 @@ pub async fn convergence_64(cfg: &Cfg, report: &mut Report) -> Value {
         &["measure", "value", "detail"],
     );
     let mut out = Map::new();
-    match b6_initial(n, cfg.seed).await {
+    match b6_initial(n, cfg.seed, cfg.liveness).await {
         Ok((startup, per_node, missing, progress, cpu)) => {
             let all = (missing == 0).then(|| per_node.max()).flatten();
             table.row(vec![
@@ -1138,7 +1147,7 @@ pub async fn convergence_64(cfg: &Cfg, report: &mut Report) -> Value {
             out.insert("initial".into(), json!({ "error": e }));
         }
     }
-    match b6_rewrite(n, cfg.seed).await {
+    match b6_rewrite(n, cfg.seed, cfg.liveness).await {
         Ok((per_node, missing, held_before)) => {
             let all = (missing == 0).then(|| per_node.max()).flatten();
             table.row(vec![
@@ -1174,8 +1183,8 @@ type Progress = Vec<(f64, f64, usize)>;
 
 type B6Initial = (Duration, Samples, usize, Progress, Option<f64>);
 
-async fn b6_initial(n: usize, seed: u64) -> Result<B6Initial, String> {
-    let mesh = Mesh::start(n, seed, |b| b).await?;
+async fn b6_initial(n: usize, seed: u64, liveness: Liveness) -> Result<B6Initial, String> {
+    let mesh = Mesh::start(n, seed, |b| b.liveness(liveness)).await?;
     let sample = async {
         let mut progress = Vec::new();
         let end = mesh.last_join + Duration::from_secs(30);
@@ -1231,8 +1240,12 @@ async fn b6_initial(n: usize, seed: u64) -> Result<B6Initial, String> {
     ))
 }
 
-async fn b6_rewrite(n: usize, seed: u64) -> Result<(Samples, usize, f64), String> {
-    let mesh = Mesh::start(n, seed ^ 0xB6, |b| b).await?;
+async fn b6_rewrite(
+    n: usize,
+    seed: u64,
+    liveness: Liveness,
+) -> Result<(Samples, usize, f64), String> {
+    let mesh = Mesh::start(n, seed ^ 0xB6, |b| b.liveness(liveness)).await?;
     tokio::time::sleep_until((mesh.last_join + Duration::from_secs(1)).into()).await;
     let held_before = mesh
         .stores
