@@ -42,6 +42,9 @@ pub(crate) struct Config {
     pub max_unjoined_topics: usize,
     /// When set, the only remote devices admitted.
     pub allowed_devices: Option<Vec<crate::ids::DeviceId>>,
+    /// Per peer, gossip messages a second (after a burst) past which each costs the peer
+    /// points (see [`crate::gossip::conduct`]); `None`: no limit.
+    pub peer_message_rate: Option<(u32, u32)>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             new_devices_burst: 256,
             max_unjoined_topics: crate::gossip::topics::MAX_UNJOINED_TOPICS_PER_PEER,
             allowed_devices: None,
+            peer_message_rate: None,
         }
     }
 }
