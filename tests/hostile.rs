@@ -458,7 +458,9 @@ async fn flood_own_slice(liveness: Liveness) {
     let lat1 = tokio::time::timeout(DEADLINE, lat1).await.unwrap().unwrap();
     let lat2 = tokio::time::timeout(DEADLINE, lat2).await.unwrap().unwrap();
 
-    // Every node ends up with the flooder's last version.
+    // Every node ends up with the flooder's last version (O1 once it hears the flooder
+    // again: it graylisted it during the flood).
+    let flood_end = Instant::now();
     for (what, s) in [("o1", &s1), ("o2 (not connected to the rogue)", &s2)] {
         eventually(
             &format!("{what} holds the flooder's last version"),
@@ -466,6 +468,10 @@ async fn flood_own_slice(liveness: Liveness) {
             |s| s.get(&rid).is_some_and(|x| x.version == Version::new(1, n)),
         )
         .await;
+        eprintln!(
+            "{what} holds the flooder's last version {:?} after the flood",
+            flood_end.elapsed()
+        );
     }
     let rss_after = rogue::rss().unwrap();
     let after = (o1.metrics(), o2.metrics());
@@ -1177,12 +1183,14 @@ async fn with_an_allow_list_only_the_devices_on_it_get_in() {
 /// The graylist threshold of gossipsub's peer scoring (its default, which Truffle keeps).
 const GRAYLIST: f64 = -80.0;
 
-/// Peer scoring that punishes junk (issue 12): two rogues connected to O1, one flooding
+/// Peer scoring that punishes junk (issue 12): rogues connected to O1, one flooding
 /// versions of its own slice far past the gossip rate (11,000 a second), one writing
 /// messages on a store topic O1 never joined. Both used to cost nothing but O1's work
 /// (the flood was answered `Ignore`, the junk dropped by the transform). Now each message
 /// costs its sender points, and past a slack its score: both fall under the graylist
-/// threshold within a second or two, after which gossipsub ignores (and prunes) them.
+/// threshold within a second or two, after which gossipsub ignores (and prunes) them. A
+/// third rogue publishes undecodable messages on the store topic, which were rejected
+/// before (gossipsub's invalid-message penalty): the same happens to it.
 /// Meanwhile the honest writer W writes every 10 ms, twice the gossip rate, so its own
 /// neighbours see it over the rate too, and O1 relays the flooder's versions (at the
 /// rate) to W and O2: no honest peer's score ever drops below 0 on any node, no honest
@@ -1213,8 +1221,10 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
     );
     let junker = rogue::start(std::slice::from_ref(&at_o1), &[]).await;
     let jid = DeviceId::from(junker.key.public().to_peer_id());
+    let garbler = rogue::start(std::slice::from_ref(&at_o1), &[TOPIC]).await;
+    let gid = DeviceId::from(garbler.key.public().to_peer_id());
     until(
-        "O1 holds the flooder as a member and the junker connected",
+        "O1 holds the flooder as a member and the others connected",
         DEADLINE,
         || {
             let peers = o1.peers();
@@ -1224,7 +1234,7 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
                     .any(|p| p.device_id == d && p.state == truffle_actors::PeerState::Online)
             };
             let connected = |d: DeviceId| peers.iter().any(|p| p.device_id == d && p.connected);
-            online(fid) && connected(jid)
+            online(fid) && connected(jid) && connected(gid)
         },
     )
     .await;
@@ -1285,19 +1295,25 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
             },
         ))
         .unwrap();
+    garbler
+        .cmds
+        .send(rogue::Cmd::Flood(
+            TOPIC.into(),
+            2000,
+            Duration::from_secs(2),
+        ))
+        .unwrap();
 
-    // Watch every score until both rogues are graylisted and the writer is done, and for
+    // Watch every score until the rogues are graylisted and the writer is done, and for
     // a second more.
-    let mut graylisted: [Option<Duration>; 2] = [None, None];
+    let mut graylisted: [Option<Duration>; 3] = [None, None, None];
     let mut lowest: std::collections::BTreeMap<&str, f64> = Default::default();
     let mut done_at: Option<Instant> = None;
     let deadline = Instant::now() + DEADLINE;
     while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
         assert!(
             Instant::now() < deadline,
-            "not graylisted in time: flooder {:?}, junker {:?}; scores at O1: {:?}",
-            graylisted[0],
-            graylisted[1],
+            "not graylisted in time (flooder, junker, garbler): {graylisted:?}; scores at O1: {:?}",
             o1.peers()
                 .iter()
                 .map(|p| (p.device_id, p.score))
@@ -1313,6 +1329,7 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
             let slot = match p.device_id {
                 d if d == fid => Some(0),
                 d if d == jid => Some(1),
+                d if d == gid => Some(2),
                 d if d == wid => {
                     low("W at O1", p.score);
                     None
@@ -1365,12 +1382,13 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
             .map(|p| (p.inbound_messages, p.inbound_bytes, p.charged, p.score))
     };
     eprintln!(
-        "graylisted at O1 after: flooder {:?}, junker {:?}; flood {published} published, O1 checked {} \
+        "graylisted at O1 after: flooder {:?}, junker {:?}, garbler {:?}; flood {published} published, O1 checked {} \
          of them ({} not forwarded); junk counted at O1 {} of {JUNK}; messages charged {}, peers graylisted \
          O1 {} O2 {} W {}; lowest honest scores {lowest:?}; W's {writes} writes: at O1 {} p99 {:?}, \
          at O2 {} p99 {:?}; O1's ledger now: flooder {:?}, junker {:?}, W {:?}",
         graylisted[0],
         graylisted[1],
+        graylisted[2],
         m1.delivered - before.delivered,
         m1.gossip_over_rate - before.gossip_over_rate,
         m1.rejected(RejectReason::UnjoinedTopic) - before.rejected(RejectReason::UnjoinedTopic),
@@ -1386,14 +1404,18 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
         traffic(jid),
         traffic(wid),
     );
-    for (what, at) in [("flooder", graylisted[0]), ("junker", graylisted[1])] {
+    for (what, at) in [
+        ("flooder", graylisted[0]),
+        ("junker", graylisted[1]),
+        ("garbler", graylisted[2]),
+    ] {
         let at = at.unwrap();
         assert!(
             at < Duration::from_secs(5),
             "{what} graylisted after {at:?}"
         );
     }
-    assert!(m1.peers_graylisted >= 2, "{m1:#?}");
+    assert!(m1.peers_graylisted >= 3, "{m1:#?}");
     assert_eq!(m2.peers_graylisted, 0, "O2 graylisted an honest peer");
     assert_eq!(mw.peers_graylisted, 0, "W graylisted an honest peer");
     for what in [
