@@ -260,8 +260,9 @@ impl PeerConduct {
     }
 
     /// Drains every meter and computes the rates since the last tick. Returns the peers
-    /// whose application score changed, with the new score; forgets disconnected peers
-    /// whose meter is empty (after handing back their score of 0).
+    /// whose application score is not 0, or just went back to 0, with that score (handed
+    /// to gossipsub again at every tick while it is not 0, in case gossipsub did not know
+    /// the peer yet); forgets disconnected peers whose meter is empty.
     pub fn tick(&self, now: Instant) -> Vec<(PeerId, f64)> {
         let mut s = self.lock();
         let secs = now.saturating_duration_since(s.tick).as_secs_f64();
@@ -275,7 +276,7 @@ impl PeerConduct {
             }
             l.window = (0, 0);
             let score = l.score();
-            if score != l.applied {
+            if score != l.applied || score != 0.0 {
                 l.applied = score;
                 changed.push((*peer, score));
             }

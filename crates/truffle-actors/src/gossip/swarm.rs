@@ -449,7 +449,7 @@ impl SwarmTask {
         tracing::debug!("swarm task stopped");
     }
 
-    /// Hands gossipsub the application scores that changed, and shows introspection each
+    /// Hands gossipsub the peers' application scores (see [`PeerConduct::tick`]), and shows introspection each
     /// connected peer's score and traffic; counts the peers newly under the graylist
     /// threshold.
     fn on_conduct_tick(&mut self) {
