@@ -449,9 +449,9 @@ impl SwarmTask {
         tracing::debug!("swarm task stopped");
     }
 
-    /// Hands gossipsub the peers' application scores (see [`PeerConduct::tick`]), and shows introspection each
-    /// connected peer's score and traffic; counts the peers newly under the graylist
-    /// threshold.
+    /// Hands gossipsub the peers' application scores (see [`PeerConduct::tick`]), shows
+    /// introspection each connected peer's score and traffic, and counts the peers newly
+    /// under the graylist threshold.
     fn on_conduct_tick(&mut self) {
         let now = Instant::now();
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
