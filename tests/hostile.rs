@@ -1437,3 +1437,111 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
         n.shutdown().await.unwrap();
     }
 }
+
+/// The per-peer inbound message rate (`peer_message_rate`, off by default): on a node
+/// with a rate of 500 messages a second and the gossip rate off (so that nothing else
+/// charges the rogue), a member publishing 4,000 versions of its own slice a second is
+/// graylisted within seconds, while an honest writer connected to the same node, every
+/// 50 ms, keeps a score of at least 0 and its updates keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_past_its_inbound_message_rate_is_graylisted() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    init_tracing();
+    let node = builder("rated")
+        .peer_message_rate(500, 500)
+        .gossip_rate(Duration::ZERO, 1)
+        .start()
+        .await
+        .unwrap();
+    let writer = builder("writer")
+        .bootstrap(node.listen_addrs()[0].clone())
+        .start()
+        .await
+        .unwrap();
+    let (wid, nid) = (writer.device_id(), node.device_id());
+    let s = node.store::<Todos>().await.unwrap();
+    let w = writer.store::<Todos>().await.unwrap();
+    let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
+    eventually("the writer's first write arrives", &s, |s| {
+        s.get(&wid).is_some_and(|x| x.version == w0.version)
+    })
+    .await;
+    let rogue = rogue::start(&[node.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
+    let rid = DeviceId::from(rogue.key.public().to_peer_id());
+    let alive = keep_alive(
+        rogue.cmds.clone(),
+        rogue.key.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    until("the rogue is a member", DEADLINE, || {
+        node.peers()
+            .iter()
+            .any(|p| p.device_id == rid && p.state == truffle_actors::PeerState::Online)
+    })
+    .await;
+
+    let sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> =
+        Default::default();
+    let lat = latencies(&s, wid, sent.clone(), |t: &Todos| t.items == ["last"]);
+    let start = Instant::now();
+    rogue
+        .cmds
+        .send(rogue::Cmd::FloodWith(
+            TOPIC.into(),
+            own_slices(&rogue.key, 8000),
+            Duration::from_secs(2),
+        ))
+        .unwrap();
+    let writing = {
+        let (w, sent) = (w.clone(), sent.clone());
+        tokio::spawn(async move { write_every_50ms(&w, Duration::from_secs(3), &sent).await })
+    };
+    let mut graylisted = None;
+    let mut lowest = (f64::INFINITY, f64::INFINITY);
+    let mut peak_rate: f64 = 0.0;
+    let deadline = Instant::now() + DEADLINE;
+    while !writing.is_finished() || graylisted.is_none() {
+        assert!(Instant::now() < deadline, "the rogue was not graylisted");
+        for p in node.peers() {
+            if p.device_id == rid {
+                peak_rate = peak_rate.max(p.inbound_messages_per_sec);
+                if graylisted.is_none() && p.score.is_some_and(|s| s < GRAYLIST) {
+                    graylisted = Some(start.elapsed());
+                }
+            }
+            if p.device_id == wid {
+                lowest.0 = lowest.0.min(p.score.unwrap_or(f64::INFINITY));
+            }
+        }
+        for p in writer.peers() {
+            if p.device_id == nid {
+                lowest.1 = lowest.1.min(p.score.unwrap_or(f64::INFINITY));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writes = writing.await.unwrap();
+    let lat = tokio::time::timeout(DEADLINE, lat).await.unwrap().unwrap();
+    let m = node.metrics();
+    let at = graylisted.unwrap();
+    eprintln!(
+        "a peer at up to {peak_rate:.0} messages/s against a rate of 500: graylisted after {at:?}; \
+         messages charged {}; lowest scores: writer at the node {}, node at the writer {}; \
+         writer's {writes} updates: {} arrived, p99 {:?}",
+        m.messages_charged,
+        lowest.0,
+        lowest.1,
+        lat.len(),
+        quantile(&lat, 0.99)
+    );
+    assert!(at < Duration::from_secs(5), "graylisted after {at:?}");
+    assert!(m.messages_charged > 0);
+    assert!(m.peers_graylisted >= 1);
+    assert_eq!(writer.metrics().peers_graylisted, 0);
+    assert!(lowest.0 >= 0.0 && lowest.1 >= 0.0, "{lowest:?}");
+    assert!(lat.len() * 2 > writes, "{} of {writes}", lat.len());
+    drop(alive);
+    for n in [writer, node] {
+        n.shutdown().await.unwrap();
+    }
+}
