@@ -619,6 +619,11 @@ impl Observatory {
                     if *remaining == 0 && !p.online && p.gone_at.is_none() {
                         p.gone_at = Some(now);
                     }
+                    if *remaining == 0 {
+                        // Traffic and score are those of its current connections.
+                        p.traffic = Traffic::default();
+                        p.score = None;
+                    }
                     was > 0 && *remaining == 0
                 });
                 if last == Some(true) {
