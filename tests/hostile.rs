@@ -1440,7 +1440,7 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
 
 /// The per-peer inbound message rate (`peer_message_rate`, off by default): on a node
 /// with a rate of 500 messages a second and the gossip rate off (so that nothing else
-/// charges the rogue), a member publishing 4,000 versions of its own slice a second is
+/// charges the rogue), a member publishing 6,000 versions of its own slice a second is
 /// graylisted within seconds, while an honest writer connected to the same node, every
 /// 50 ms, keeps a score of at least 0 and its updates keep arriving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1488,7 +1488,7 @@ async fn a_peer_past_its_inbound_message_rate_is_graylisted() {
         .cmds
         .send(rogue::Cmd::FloodWith(
             TOPIC.into(),
-            own_slices(&rogue.key, 8000),
+            own_slices(&rogue.key, 12_000),
             Duration::from_secs(2),
         ))
         .unwrap();

@@ -382,10 +382,10 @@ impl MeshNodeBuilder {
     /// How many gossip messages a second any one peer may send this node before the rest
     /// cost it peer score (default: no limit): `burst` at once, then `per_second`. Every
     /// copy counts, duplicates included. Past the rate a message is still handled as
-    /// usual, but it costs the peer 0.05 points; points drain at 50 a second, and a peer
+    /// usual, but it costs the peer 0.1 points; points drain at 50 a second, and a peer
     /// that holds more than 100 (with its other junk) is graylisted: gossipsub then ignores
-    /// everything it sends for about 8 s. So a peer may exceed the rate by up to 1,000
-    /// messages a second (a burst of 2,000) for good. An honest peer
+    /// everything it sends for about 8 s. So a peer may exceed the rate by up to 500
+    /// messages a second (a burst of 1,000) for good. An honest peer
     /// relays everything its mesh carries (every device's heartbeats, twice a second by
     /// default, and slices), so set this well above what the busiest honest neighbour
     /// sends; each peer's inbound rate is shown by [`MeshNode::peers`]. Zero `per_second`

@@ -25,8 +25,8 @@
 //!   sent it). A relay is never charged for what it relays: an honest relay keeps to the
 //!   same rate, but the versions of one device that several relays forward, or that
 //!   arrive bunched, can still be over the rate here;
-//! * an honest writer faster than the gossip rate is charged 0.05 a version, so it may
-//!   sign 1,000 versions a second past the rate (a burst of 2,000) before it loses score;
+//! * an honest writer faster than the gossip rate is charged 0.1 a version, so it may
+//!   sign 500 versions a second past the rate (a burst of 1,000) before it loses score;
 //!   a member flooding 11,000 a second is graylisted within a fraction of a second;
 //! * an honest peer sends a node only messages on topics it subscribed to, and Truffle
 //!   never leaves a store; a peer with a stale view of this node's subscriptions (an old
@@ -34,7 +34,7 @@
 //!   cost 0.25 each: 200 a second (a burst of 400) are free.
 //!
 //! Peers sending more than a configured number of gossip messages a second (off by
-//! default) are charged 0.05 a message past it, the same as an over-rate writer.
+//! default) are charged 0.1 a message past it, the same as an over-rate writer.
 //!
 //! The swarm task applies the scores on a tick ([`PeerConduct::tick`]), so a peer is
 //! graylisted at most one tick after it crossed the line. The ledger is bounded: at most
@@ -75,7 +75,7 @@ pub(crate) enum Junk {
 impl Junk {
     fn points(self) -> f64 {
         match self {
-            Junk::OwnOverRate | Junk::OverPeerRate => 0.05,
+            Junk::OwnOverRate | Junk::OverPeerRate => 0.1,
             Junk::UnjoinedTopic => 0.25,
         }
     }
@@ -311,11 +311,11 @@ mod tests {
         let c = PeerConduct::new(None, Default::default(), t0);
         let rogue = PeerId::random();
         c.connected(rogue, t0);
-        // 12,500 own versions a second past the rate: past the slack after about 175 ms
-        // (and 8.7 points drained), when the meter fills.
+        // 12,500 own versions a second past the rate: past the slack after about 85 ms
+        // (and 4.2 points drained), when the meter fills.
         for i in 0..2400u64 {
             c.charge(rogue, Junk::OwnOverRate, t0 + Duration::from_micros(i * 80));
-            if i == 1900 {
+            if i == 900 {
                 assert!(c.tick(t0 + Duration::from_micros(i * 80)).is_empty());
             }
         }
@@ -353,10 +353,10 @@ mod tests {
         let c = PeerConduct::new(None, Default::default(), t0);
         let writer = PeerId::random();
         c.connected(writer, t0);
-        // 950 versions a second past the rate (1,000 a second in all, for 60 s), and 300
+        // 450 versions a second past the rate (500 a second in all, for 60 s), and 300
         // messages on a topic not joined here at once.
-        for i in 0..57_000u64 {
-            let now = t0 + Duration::from_micros(i * 1053);
+        for i in 0..27_000u64 {
+            let now = t0 + Duration::from_micros(i * 2222);
             c.charge(writer, Junk::OwnOverRate, now);
             if i % 500 == 0 {
                 assert!(c.tick(now).is_empty(), "charged at {i}");
@@ -367,7 +367,7 @@ mod tests {
         }
         assert!(c.tick(t0 + ms(60_000)).is_empty());
         let t = c.traffic(&writer).unwrap();
-        assert_eq!((t.messages, t.bytes, t.charged), (300, 30_000, 57_300));
+        assert_eq!((t.messages, t.bytes, t.charged), (300, 30_000, 27_300));
     }
 
     #[test]
