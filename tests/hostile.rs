@@ -1439,7 +1439,7 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
 }
 
 /// The per-peer inbound message rate (`peer_message_rate`, off by default): on a node
-/// with a rate of 500 messages a second and the gossip rate off (so that nothing else
+/// with a rate of 200 messages a second and the gossip rate off (so that nothing else
 /// charges the rogue), a member publishing 6,000 versions of its own slice a second is
 /// graylisted within seconds, while an honest writer connected to the same node, every
 /// 50 ms, keeps a score of at least 0 and its updates keep arriving.
@@ -1448,7 +1448,7 @@ async fn a_peer_past_its_inbound_message_rate_is_graylisted() {
     let _one = ONE_AT_A_TIME.lock().await;
     init_tracing();
     let node = builder("rated")
-        .peer_message_rate(500, 500)
+        .peer_message_rate(200, 200)
         .gossip_rate(Duration::ZERO, 1)
         .start()
         .await
@@ -1525,7 +1525,7 @@ async fn a_peer_past_its_inbound_message_rate_is_graylisted() {
     let m = node.metrics();
     let at = graylisted.unwrap();
     eprintln!(
-        "a peer at up to {peak_rate:.0} messages/s against a rate of 500: graylisted after {at:?}; \
+        "a peer at up to {peak_rate:.0} messages/s against a rate of 200: graylisted after {at:?}; \
          messages charged {}; lowest scores: writer at the node {}, node at the writer {}; \
          writer's {writes} updates: {} arrived, p99 {:?}",
         m.messages_charged,
