@@ -16,8 +16,8 @@
 //! (gossipsub's P5, weight 10): −4,000 at first, far under the graylist threshold (−80),
 //! so gossipsub ignores everything the peer sends and prunes it from every mesh. It is
 //! back above the threshold once the meter has drained to within 8 points of the slack
-//! (about 8 s of quiet, since a graylisted peer's messages are not even read), and at 0
-//! at the slack.
+//! (about 8 s of quiet: gossipsub drops a graylisted peer's messages before the
+//! transform, so they add nothing), and at 0 at the slack.
 //!
 //! Honest peers stay clear of it by construction, which is why only these two kinds count:
 //!
@@ -26,8 +26,9 @@
 //!   same rate, but the versions of one device that several relays forward, or that
 //!   arrive bunched, can still be over the rate here;
 //! * an honest writer faster than the gossip rate is charged 0.1 a version, so it may
-//!   sign 500 versions a second past the rate (a burst of 1,000) before it loses score;
-//!   a member flooding 11,000 a second is graylisted within a fraction of a second;
+//!   sign 500 versions a second past the rate (a burst of 1,000) before it loses score,
+//!   while a member flooding 11,000 a second crosses the line in a few hundred
+//!   milliseconds of what its neighbour manages to check;
 //! * an honest peer sends a node only messages on topics it subscribed to, and Truffle
 //!   never leaves a store; a peer with a stale view of this node's subscriptions (an old
 //!   connection of a previous run, rust-libp2p #5097) may, for a while. Such messages
