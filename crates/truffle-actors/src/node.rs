@@ -395,6 +395,24 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// How many versions of its own slices a second a neighbour may send this node past
+    /// the gossip rate ([`gossip_rate`](Self::gossip_rate)) before each further one costs
+    /// it peer score (default: no limit). Each costs `50 / per_second` points; points drain
+    /// at 50 a second, and a peer that holds more than 100 (with its other junk) is
+    /// graylisted: gossipsub ignores everything it sends, its heartbeats included, for
+    /// about 8 s, so this node soon counts it as gone. So `own_versions_allowance(500)`
+    /// lets a neighbour sign 500 versions a second past the rate (a burst of 1,000) for
+    /// good, and graylists one flooding its own slice at thousands a second within a
+    /// second or so. Off by default because a fast writer is not misbehaving: its direct
+    /// neighbours use every version it sends (the `b5` benchmark has one writer deliver
+    /// over 20,000 versions a second to its neighbour). Set it when no device of the mesh
+    /// should write that fast; a relay is never charged for what it relays. Zero turns it
+    /// off.
+    pub fn own_versions_allowance(mut self, per_second: u32) -> Self {
+        self.cfg.own_versions_allowance = (per_second > 0).then_some(per_second);
+        self
+    }
+
     /// Admits only these remote devices (default: any): messages of every other device
     /// (heartbeats, leaves, slices, gossiped or in sync answers) are ignored before their
     /// signature check, never forwarded, and counted in
@@ -495,6 +513,7 @@ impl MeshNodeBuilder {
         let topics = Topics::new(cfg.max_unjoined_topics);
         let conduct = PeerConduct::new(
             cfg.peer_message_rate,
+            cfg.own_versions_allowance,
             counters.clone(),
             std::time::Instant::now(),
         );

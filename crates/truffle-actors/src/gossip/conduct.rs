@@ -6,7 +6,10 @@
 //! there:
 //!
 //! * versions of a peer's *own* slice past the gossip rate ([`crate::proto::gate`]): still
-//!   verified and used here, but not forwarded (`Ignore`, no score);
+//!   verified and used here, but not forwarded (`Ignore`, no score). These count only
+//!   with an allowance set (`own_versions_allowance`, off by default): a fast writer is
+//!   not misbehaving, its neighbours use every version, and the `b5` benchmark has one
+//!   deliver over 20,000 a second;
 //! * messages on topics this node has not joined, which the inbound transform drops before
 //!   gossipsub caches them (gossipsub scores only topics with score parameters).
 //!
@@ -19,23 +22,24 @@
 //! (about 8 s of quiet: gossipsub drops a graylisted peer's messages before the
 //! transform, so they add nothing), and at 0 at the slack.
 //!
-//! Honest peers stay clear of it by construction, which is why only these two kinds count:
+//! Honest peers stay clear of it by construction, which is why only these kinds count:
 //!
 //! * only a peer's own slices count against it (the slice's device is the neighbour that
 //!   sent it). A relay is never charged for what it relays: an honest relay keeps to the
 //!   same rate, but the versions of one device that several relays forward, or that
 //!   arrive bunched, can still be over the rate here;
-//! * an honest writer faster than the gossip rate is charged 0.1 a version, so it may
-//!   sign 500 versions a second past the rate (a burst of 1,000) before it loses score,
-//!   while a member flooding 11,000 a second crosses the line in a few hundred
-//!   milliseconds of what its neighbour manages to check;
+//! * with an allowance of `a` versions a second, an honest writer faster than the gossip
+//!   rate is charged 50 / `a` points a version, so it may sign `a` versions a second past
+//!   the rate (a burst of 2 `a`) before it loses score; with 500, a member flooding
+//!   11,000 a second crosses the line in a few hundred milliseconds of what its
+//!   neighbour manages to check;
 //! * an honest peer sends a node only messages on topics it subscribed to, and Truffle
 //!   never leaves a store; a peer with a stale view of this node's subscriptions (an old
 //!   connection of a previous run, rust-libp2p #5097) may, for a while. Such messages
 //!   cost 0.25 each: 200 a second (a burst of 400) are free.
 //!
 //! Peers sending more than a configured number of gossip messages a second (off by
-//! default) are charged 0.1 a message past it, the same as an over-rate writer.
+//! default) are charged 0.1 a message past it, as a writer past an allowance of 500.
 //!
 //! The swarm task applies the scores on a tick ([`PeerConduct::tick`]), so a peer is
 //! graylisted at most one tick after it crossed the line. The ledger is bounded: at most
@@ -62,25 +66,11 @@ pub(crate) const MAX_EXCESS: f64 = 400.0;
 /// Most peers with a ledger entry.
 pub(crate) const MAX_TRACKED_PEERS: usize = 4096;
 
-/// Junk that costs its sender points.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Junk {
-    /// A version of the sender's own slice past the gossip rate.
-    OwnOverRate,
-    /// A gossip message on a topic this node has not joined.
-    UnjoinedTopic,
-    /// A gossip message past the sender's inbound message rate.
-    OverPeerRate,
-}
-
-impl Junk {
-    fn points(self) -> f64 {
-        match self {
-            Junk::OwnOverRate | Junk::OverPeerRate => 0.1,
-            Junk::UnjoinedTopic => 0.25,
-        }
-    }
-}
+/// Points of a message on a topic not joined here: 200 a second are free.
+const UNJOINED_POINTS: f64 = 0.25;
+/// Points of a message past the peer's inbound message rate: 500 a second past it are
+/// free.
+const OVER_PEER_RATE_POINTS: f64 = 0.1;
 
 /// What one peer sent, as introspection shows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -145,6 +135,8 @@ struct State {
     /// Per peer, gossip messages past `burst` at once are charged unless one per
     /// `interval` (none: no rate).
     rate: Option<(Duration, u32)>,
+    /// Points of one of a peer's own versions past the gossip rate (none: free).
+    own_points: Option<f64>,
     counters: Arc<Counters>,
 }
 
@@ -154,16 +146,26 @@ struct State {
 pub(crate) struct PeerConduct(Arc<Mutex<State>>);
 
 impl PeerConduct {
-    /// A ledger charging peers past `messages_per_sec` gossip messages a second (after a
-    /// burst of `burst`), when given.
-    pub fn new(rate: Option<(u32, u32)>, counters: Arc<Counters>, now: Instant) -> Self {
+    /// A ledger charging peers past `rate` gossip messages a second (`(per_second,
+    /// burst)`), when given, and peers sending more than `own_allowance` versions of their
+    /// own slices a second past the gossip rate, when given.
+    pub fn new(
+        rate: Option<(u32, u32)>,
+        own_allowance: Option<u32>,
+        counters: Arc<Counters>,
+        now: Instant,
+    ) -> Self {
         let rate = rate
             .filter(|(per_sec, _)| *per_sec > 0)
             .map(|(per_sec, burst)| (Duration::from_secs(1) / per_sec, burst.max(1)));
+        let own_points = own_allowance
+            .filter(|a| *a > 0)
+            .map(|a| LEAK_PER_SEC / f64::from(a));
         Self(Arc::new(Mutex::new(State {
             peers: HashMap::new(),
             tick: now,
             rate,
+            own_points,
             counters,
         })))
     }
@@ -209,21 +211,21 @@ impl PeerConduct {
         l.window.1 += bytes as u64;
         if let Some((interval, burst)) = *rate {
             if l.next > now + interval * (burst - 1) {
-                Self::charge_ledger(l, Junk::OverPeerRate, now);
+                Self::charge_ledger(l, OVER_PEER_RATE_POINTS, now);
                 inc(&counters.messages_charged);
             } else {
                 l.next = l.next.max(now) + interval;
             }
         }
         if !joined {
-            Self::charge_ledger(l, Junk::UnjoinedTopic, now);
+            Self::charge_ledger(l, UNJOINED_POINTS, now);
             inc(&counters.messages_charged);
         }
     }
 
-    fn charge_ledger(l: &mut Ledger, junk: Junk, now: Instant) {
+    fn charge_ledger(l: &mut Ledger, points: f64, now: Instant) {
         l.drain(now);
-        l.level += junk.points();
+        l.level += points;
         if l.level > SLACK {
             // Past the slack the meter fills at once: a peer that crossed it stays
             // graylisted until it has kept quiet for about 8 s, rather than being heard
@@ -233,12 +235,16 @@ impl PeerConduct {
         l.traffic.charged += 1;
     }
 
-    /// `peer` sent `junk`.
-    pub fn charge(&self, peer: PeerId, junk: Junk, now: Instant) {
+    /// `peer` sent a version of its own slice past the gossip rate: it costs the peer
+    /// points if an allowance is set.
+    pub fn own_version_past_rate(&self, peer: PeerId, now: Instant) {
         let mut s = self.lock();
+        let Some(points) = s.own_points else {
+            return;
+        };
         inc(&s.counters.messages_charged);
         if let Some(l) = Self::ledger(&mut s.peers, peer, now) {
-            Self::charge_ledger(l, junk, now);
+            Self::charge_ledger(l, points, now);
         }
     }
 
@@ -309,13 +315,13 @@ mod tests {
     #[test]
     fn a_flooding_author_loses_score_within_a_tick_and_gets_it_back_once_it_stops() {
         let t0 = Instant::now();
-        let c = PeerConduct::new(None, Default::default(), t0);
+        let c = PeerConduct::new(None, Some(500), Default::default(), t0);
         let rogue = PeerId::random();
         c.connected(rogue, t0);
         // 12,500 own versions a second past the rate: past the slack after about 85 ms
         // (and 4.2 points drained), when the meter fills.
         for i in 0..2400u64 {
-            c.charge(rogue, Junk::OwnOverRate, t0 + Duration::from_micros(i * 80));
+            c.own_version_past_rate(rogue, t0 + Duration::from_micros(i * 80));
             if i == 900 {
                 assert!(c.tick(t0 + Duration::from_micros(i * 80)).is_empty());
             }
@@ -329,11 +335,7 @@ mod tests {
         // More of it keeps it there; once it stops, the meter drains: about 8 s to the
         // slack, then the score is 0 again.
         for i in 0..20_000u64 {
-            c.charge(
-                rogue,
-                Junk::OwnOverRate,
-                t0 + ms(200) + Duration::from_micros(i * 80),
-            );
+            c.own_version_past_rate(rogue, t0 + ms(200) + Duration::from_micros(i * 80));
         }
         let stop = t0 + ms(1800);
         let scores = c.tick(stop);
@@ -351,14 +353,14 @@ mod tests {
     #[test]
     fn an_honest_fast_writer_and_a_few_stray_messages_cost_nothing() {
         let t0 = Instant::now();
-        let c = PeerConduct::new(None, Default::default(), t0);
+        let c = PeerConduct::new(None, Some(500), Default::default(), t0);
         let writer = PeerId::random();
         c.connected(writer, t0);
         // 450 versions a second past the rate (500 a second in all, for 60 s), and 300
         // messages on a topic not joined here at once.
         for i in 0..27_000u64 {
             let now = t0 + Duration::from_micros(i * 2222);
-            c.charge(writer, Junk::OwnOverRate, now);
+            c.own_version_past_rate(writer, now);
             if i % 500 == 0 {
                 assert!(c.tick(now).is_empty(), "charged at {i}");
             }
@@ -372,9 +374,25 @@ mod tests {
     }
 
     #[test]
+    fn without_an_allowance_own_versions_cost_nothing() {
+        let t0 = Instant::now();
+        let counters = Arc::new(Counters::default());
+        let c = PeerConduct::new(None, None, counters.clone(), t0);
+        let writer = PeerId::random();
+        for i in 0..20_000u64 {
+            c.own_version_past_rate(writer, t0 + Duration::from_micros(i * 50));
+        }
+        assert!(c.tick(t0 + ms(1000)).is_empty());
+        let charged = counters
+            .messages_charged
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(charged, 0);
+    }
+
+    #[test]
     fn junk_on_topics_not_joined_costs_score() {
         let t0 = Instant::now();
-        let c = PeerConduct::new(None, Default::default(), t0);
+        let c = PeerConduct::new(None, Some(500), Default::default(), t0);
         let rogue = PeerId::random();
         for i in 0..1000u64 {
             c.inbound(rogue, 10, false, t0 + Duration::from_micros(i * 100));
@@ -387,7 +405,7 @@ mod tests {
     #[test]
     fn rates_are_per_tick_and_the_peer_rate_charges_past_its_budget() {
         let t0 = Instant::now();
-        let c = PeerConduct::new(Some((100, 10)), Default::default(), t0);
+        let c = PeerConduct::new(Some((100, 10)), None, Default::default(), t0);
         let (a, b) = (PeerId::random(), PeerId::random());
         c.tick(t0);
         for i in 0..50u64 {
@@ -414,7 +432,7 @@ mod tests {
     #[test]
     fn the_ledger_is_bounded_and_keeps_a_departed_peer_until_its_score_is_back_to_0() {
         let t0 = Instant::now();
-        let c = PeerConduct::new(None, Default::default(), t0);
+        let c = PeerConduct::new(None, Some(500), Default::default(), t0);
         let rogue = PeerId::random();
         for _ in 0..1000 {
             c.inbound(rogue, 1, false, t0);

@@ -34,7 +34,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::budget::InboundBudget;
-use super::conduct::{Junk, PeerConduct};
+use super::conduct::PeerConduct;
 use super::topics::{JoinedTopicsOnly, PeerAware, SubscriptionFilter, Topics};
 use super::watch_wire::{self, AskKind, Presences};
 use super::{goodbye, GossipMsg};
@@ -1070,10 +1070,10 @@ impl SwarmTask {
                 let acceptance = self.accept_if_canonical(via, &message.data, topic);
                 if !forward && acceptance == MessageAcceptance::Accept {
                     // Its author writes faster than the gossip rate: used here, not
-                    // forwarded, and it costs the author (`via`) points, which become
-                    // score only far past the rate (see `conduct`).
+                    // forwarded; with an allowance set, it costs the author (`via`)
+                    // points, which become score only far past the rate (see `conduct`).
                     inc(&self.counters.gossip_over_rate);
-                    self.conduct.charge(via, Junk::OwnOverRate, now);
+                    self.conduct.own_version_past_rate(via, now);
                     return MessageAcceptance::Ignore;
                 }
                 acceptance
