@@ -93,8 +93,9 @@ pub struct PeerInfo {
     pub inbound_messages_per_sec: f64,
     /// Data bytes a second received from it over gossip, over the last 500 ms.
     pub inbound_bytes_per_sec: f64,
-    /// Its messages that cost it points: its own slice versions past the gossip rate,
-    /// messages on topics this node has not joined, messages past its inbound rate.
+    /// Its messages that cost it points: messages on topics this node has not joined,
+    /// and, where set, its own slice versions past the allowance and messages past its
+    /// inbound rate.
     pub charged: u64,
 }
 

@@ -87,9 +87,11 @@ pub struct Metrics {
     /// peer for a later join.
     pub subscriptions_refused: u64,
     /// Gossip messages that cost their sender points in this node's peer-conduct ledger:
-    /// versions of the sender's own slice past the gossip rate, messages on topics this
-    /// node has not joined, and messages past a peer's inbound message rate (when one is
-    /// set). A peer is charged score only for what it holds past a slack (see the book's
+    /// messages on topics this node has not joined, and, when the options are set,
+    /// versions of the sender's own slice past the gossip rate
+    /// ([`MeshNodeBuilder::own_versions_allowance`](crate::MeshNodeBuilder::own_versions_allowance))
+    /// and messages past its inbound message rate
+    /// ([`MeshNodeBuilder::peer_message_rate`](crate::MeshNodeBuilder::peer_message_rate)). A peer is charged score only for what it holds past a slack (see the book's
     /// Security chapter, "Peer scoring"), so honest peers may show a few.
     pub messages_charged: u64,
     /// Times a connected peer was seen to fall below gossipsub's graylist threshold
@@ -448,7 +450,7 @@ impl Collector for LiveValues {
             ),
             (
                 "messages_charged",
-                "Gossip messages that cost their sender points: own slice versions past the gossip rate, messages on topics not joined here, messages past a peer's inbound rate.",
+                "Gossip messages that cost their sender points: messages on topics not joined here, and where set, own slice versions past the allowance and messages past a peer's inbound rate.",
                 &c.messages_charged,
             ),
             (

@@ -92,9 +92,10 @@ pub(crate) fn max_transmit_size(cfg: &Config) -> usize {
 /// with promises outstanding would come back — same peer id, new run — already
 /// graylisted, and its fresh slices would be ignored.
 ///
-/// The application-specific score (P5) carries what gossipsub cannot see as invalid: a
-/// peer's own slice versions far past the gossip rate, and messages on topics this node
-/// has not joined (see [`super::conduct`]). It is 0 for a peer within its slack, and
+/// The application-specific score (P5) carries what gossipsub cannot see as invalid:
+/// messages on topics this node has not joined, and, when the builder set them, a peer's
+/// own slice versions past an allowance and messages past a rate (see
+/// [`super::conduct`]). It is 0 for a peer within its slack, and
 /// Truffle sets it back to 0 once the peer's meter drains, so the hour-long memory does
 /// not outlast the penalty.
 fn score_params() -> PeerScoreParams {
