@@ -1163,3 +1163,371 @@ async fn with_an_allow_list_only_the_devices_on_it_get_in() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// The graylist threshold of gossipsub's peer scoring (its default, which Truffle keeps).
+const GRAYLIST: f64 = -80.0;
+
+/// Peer scoring that punishes junk (issue 12): all nodes built with
+/// `own_versions_allowance(500)`, and rogues connected to O1, one flooding
+/// versions of its own slice far past the gossip rate (11,000 a second), one writing
+/// messages on a store topic O1 never joined. Both used to cost nothing but O1's work
+/// (the flood was answered `Ignore`, the junk dropped by the transform). Now each message
+/// costs its sender points, and past a slack its score: both fall under the graylist
+/// threshold within a second or two, after which gossipsub ignores (and prunes) them. A
+/// third rogue publishes undecodable messages on the store topic, which were rejected
+/// before (gossipsub's invalid-message penalty): the same happens to it.
+/// Meanwhile the honest writer W writes every 10 ms, twice the gossip rate, so its own
+/// neighbours see it over the rate too, and O1 relays the flooder's versions (at the
+/// rate) to W and O2: no honest peer's score ever drops below 0 on any node, no honest
+/// node graylists anyone, and W's updates keep arriving at O1 and O2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_their_score() {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::{Arc, Mutex};
+
+    let _one = ONE_AT_A_TIME.lock().await;
+    init_tracing();
+    // Own versions past the gossip rate cost a peer score only with an allowance set.
+    let ([writer, o1, o2], [w, s1, s2]) = three_nodes(|b| b.own_versions_allowance(500)).await;
+    let (wid, o1id, o2id) = (writer.device_id(), o1.device_id(), o2.device_id());
+    let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
+    for s in [&s1, &s2] {
+        eventually("the writer's first write arrives", s, |s| {
+            s.get(&wid).is_some_and(|x| x.version == w0.version)
+        })
+        .await;
+    }
+    let at_o1 = o1.listen_addrs()[0].clone();
+    let mut flooder = rogue::start(std::slice::from_ref(&at_o1), &[TOPIC, PRESENCE]).await;
+    let fid = DeviceId::from(flooder.key.public().to_peer_id());
+    let alive = keep_alive(
+        flooder.cmds.clone(),
+        flooder.key.clone(),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let junker = rogue::start(std::slice::from_ref(&at_o1), &[]).await;
+    let jid = DeviceId::from(junker.key.public().to_peer_id());
+    let garbler = rogue::start(std::slice::from_ref(&at_o1), &[TOPIC]).await;
+    let gid = DeviceId::from(garbler.key.public().to_peer_id());
+    until(
+        "O1 holds the flooder as a member and the others connected",
+        DEADLINE,
+        || {
+            let peers = o1.peers();
+            let online = |d: DeviceId| {
+                peers
+                    .iter()
+                    .any(|p| p.device_id == d && p.state == truffle_actors::PeerState::Online)
+            };
+            let connected = |d: DeviceId| peers.iter().any(|p| p.device_id == d && p.connected);
+            online(fid) && connected(jid) && connected(gid)
+        },
+    )
+    .await;
+
+    // The honest writer, every 10 ms for 3 s, then a last write.
+    let sent: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
+    let is_last = |t: &Todos| t.items == ["last"];
+    let lat1 = latencies(&s1, wid, sent.clone(), is_last);
+    let lat2 = latencies(&s2, wid, sent.clone(), is_last);
+    let writing = {
+        let (w, sent) = (w.clone(), sent.clone());
+        tokio::spawn(async move {
+            let end = tokio::time::Instant::now() + Duration::from_secs(3);
+            let mut writes = 0usize;
+            loop {
+                let last = tokio::time::Instant::now() >= end;
+                let next = w.local().version.counter + 1;
+                sent.lock().unwrap().insert(next, Instant::now());
+                w.update(move |t| {
+                    t.items = vec![if last {
+                        "last".into()
+                    } else {
+                        format!("{next}")
+                    }]
+                })
+                .await
+                .unwrap();
+                writes += 1;
+                if last {
+                    return writes;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // The attacks.
+    const JUNK: usize = 20_000;
+    let flood = own_slices(&flooder.key, 22_000);
+    let before = o1.metrics();
+    let start = Instant::now();
+    flooder
+        .cmds
+        .send(rogue::Cmd::FloodWith(
+            TOPIC.into(),
+            flood,
+            Duration::from_secs(2),
+        ))
+        .unwrap();
+    junker
+        .cmds
+        .send(rogue::Cmd::Junk(
+            o1id.peer_id(),
+            rogue::Junk {
+                topic: "truffle/v1/store/never-joined".into(),
+                count: JUNK,
+                size: 64,
+            },
+        ))
+        .unwrap();
+    garbler
+        .cmds
+        .send(rogue::Cmd::Flood(
+            TOPIC.into(),
+            2000,
+            Duration::from_secs(2),
+        ))
+        .unwrap();
+
+    // Watch every score until the rogues are graylisted and the writer is done, and for
+    // a second more.
+    let mut graylisted: [Option<Duration>; 3] = [None, None, None];
+    let mut lowest: std::collections::BTreeMap<&str, f64> = Default::default();
+    let mut done_at: Option<Instant> = None;
+    let deadline = Instant::now() + DEADLINE;
+    while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "not graylisted in time (flooder, junker, garbler): {graylisted:?}; scores at O1: {:?}",
+            o1.peers()
+                .iter()
+                .map(|p| (p.device_id, p.score))
+                .collect::<Vec<_>>()
+        );
+        let mut low = |what: &'static str, score: Option<f64>| {
+            if let Some(s) = score {
+                let l = lowest.entry(what).or_insert(f64::INFINITY);
+                *l = l.min(s);
+            }
+        };
+        for p in o1.peers() {
+            let slot = match p.device_id {
+                d if d == fid => Some(0),
+                d if d == jid => Some(1),
+                d if d == gid => Some(2),
+                d if d == wid => {
+                    low("W at O1", p.score);
+                    None
+                }
+                d if d == o2id => {
+                    low("O2 at O1", p.score);
+                    None
+                }
+                _ => None,
+            };
+            if let Some(i) = slot {
+                if graylisted[i].is_none() && p.score.is_some_and(|s| s < GRAYLIST) {
+                    graylisted[i] = Some(start.elapsed());
+                }
+            }
+        }
+        for (node, name) in [(&o2, "O2"), (&writer, "W")] {
+            for p in node.peers() {
+                match p.device_id {
+                    d if d == o1id => {
+                        low(if name == "O2" { "O1 at O2" } else { "O1 at W" }, p.score)
+                    }
+                    d if d == wid => low("W at O2", p.score),
+                    d if d == o2id => low("O2 at W", p.score),
+                    _ => {}
+                }
+            }
+        }
+        if done_at.is_none() && graylisted.iter().all(Option::is_some) && writing.is_finished() {
+            done_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writes = writing.await.unwrap();
+    let lat1 = tokio::time::timeout(DEADLINE, lat1).await.unwrap().unwrap();
+    let lat2 = tokio::time::timeout(DEADLINE, lat2).await.unwrap().unwrap();
+    let published = loop {
+        match tokio::time::timeout(DEADLINE, flooder.seen.recv()).await {
+            Ok(Some(rogue::Seen::Flooded(k))) => break k,
+            Ok(Some(_)) => {}
+            _ => panic!("the flood did not finish"),
+        }
+    };
+    let m1 = o1.metrics();
+    let (m2, mw) = (o2.metrics(), writer.metrics());
+    let traffic = |d: DeviceId| {
+        o1.peers()
+            .into_iter()
+            .find(|p| p.device_id == d)
+            .map(|p| (p.inbound_messages, p.inbound_bytes, p.charged, p.score))
+    };
+    eprintln!(
+        "graylisted at O1 after: flooder {:?}, junker {:?}, garbler {:?}; flood {published} published, O1 checked {} \
+         of them ({} not forwarded); junk counted at O1 {} of {JUNK}; messages charged {}, peers graylisted \
+         O1 {} O2 {} W {}; lowest honest scores {lowest:?}; W's {writes} writes: at O1 {} p99 {:?}, \
+         at O2 {} p99 {:?}; O1's ledger now: flooder {:?}, junker {:?}, W {:?}",
+        graylisted[0],
+        graylisted[1],
+        graylisted[2],
+        m1.delivered - before.delivered,
+        m1.gossip_over_rate - before.gossip_over_rate,
+        m1.rejected(RejectReason::UnjoinedTopic) - before.rejected(RejectReason::UnjoinedTopic),
+        m1.messages_charged - before.messages_charged,
+        m1.peers_graylisted,
+        m2.peers_graylisted,
+        mw.peers_graylisted,
+        lat1.len(),
+        quantile(&lat1, 0.99),
+        lat2.len(),
+        quantile(&lat2, 0.99),
+        traffic(fid),
+        traffic(jid),
+        traffic(wid),
+    );
+    for (what, at) in [
+        ("flooder", graylisted[0]),
+        ("junker", graylisted[1]),
+        ("garbler", graylisted[2]),
+    ] {
+        let at = at.unwrap();
+        assert!(
+            at < Duration::from_secs(5),
+            "{what} graylisted after {at:?}"
+        );
+    }
+    assert!(m1.peers_graylisted >= 3, "{m1:#?}");
+    assert_eq!(m2.peers_graylisted, 0, "O2 graylisted an honest peer");
+    assert_eq!(mw.peers_graylisted, 0, "W graylisted an honest peer");
+    for what in [
+        "W at O1", "O2 at O1", "O1 at O2", "W at O2", "O1 at W", "O2 at W",
+    ] {
+        let l = lowest.get(what).copied();
+        assert!(l.is_some_and(|l| l >= 0.0), "{what}: lowest score {l:?}");
+    }
+    // Once graylisted, the flooder's versions no longer reach O1's checks.
+    assert!(
+        m1.delivered - before.delivered < published as u64,
+        "O1 checked every one of the {published} versions"
+    );
+    // The honest writer's updates keep arriving at both (a store may coalesce a few).
+    assert!(lat1.len() * 2 > writes, "at O1: {} of {writes}", lat1.len());
+    assert!(lat2.len() * 2 > writes, "at O2: {} of {writes}", lat2.len());
+    drop(alive);
+    for n in [writer, o1, o2] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// The per-peer inbound message rate (`peer_message_rate`, off by default): on a node
+/// with a rate of 200 messages a second, a member sending one copy of its slice 6,000
+/// times a second (every copy counts; gossipsub drops all but the first as duplicates,
+/// so nothing else charges the rogue, and the node's work per copy is small) is
+/// graylisted within seconds, while an honest writer connected to the same node, every
+/// 50 ms, keeps a score of at least 0 and its updates keep arriving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_past_its_inbound_message_rate_is_graylisted() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    init_tracing();
+    let node = builder("rated")
+        .peer_message_rate(200, 200)
+        .start()
+        .await
+        .unwrap();
+    let writer = builder("writer")
+        .bootstrap(node.listen_addrs()[0].clone())
+        .start()
+        .await
+        .unwrap();
+    let (wid, nid) = (writer.device_id(), node.device_id());
+    let s = node.store::<Todos>().await.unwrap();
+    let w = writer.store::<Todos>().await.unwrap();
+    let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
+    eventually("the writer's first write arrives", &s, |s| {
+        s.get(&wid).is_some_and(|x| x.version == w0.version)
+    })
+    .await;
+    let rogue = rogue::start(&[node.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
+    let rid = DeviceId::from(rogue.key.public().to_peer_id());
+    let alive = keep_alive(
+        rogue.cmds.clone(),
+        rogue.key.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    until("the rogue is a member", DEADLINE, || {
+        node.peers()
+            .iter()
+            .any(|p| p.device_id == rid && p.state == truffle_actors::PeerState::Online)
+    })
+    .await;
+
+    let sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>> =
+        Default::default();
+    let lat = latencies(&s, wid, sent.clone(), |t: &Todos| t.items == ["last"]);
+    let start = Instant::now();
+    rogue
+        .cmds
+        .send(rogue::Cmd::FloodWith(
+            TOPIC.into(),
+            vec![own_slices(&rogue.key, 1).remove(0); 12_000],
+            Duration::from_secs(2),
+        ))
+        .unwrap();
+    let writing = {
+        let (w, sent) = (w.clone(), sent.clone());
+        tokio::spawn(async move { write_every_50ms(&w, Duration::from_secs(3), &sent).await })
+    };
+    let mut graylisted = None;
+    let mut lowest = (f64::INFINITY, f64::INFINITY);
+    let mut peak_rate: f64 = 0.0;
+    let deadline = Instant::now() + DEADLINE;
+    while !writing.is_finished() || graylisted.is_none() {
+        assert!(Instant::now() < deadline, "the rogue was not graylisted");
+        for p in node.peers() {
+            if p.device_id == rid {
+                peak_rate = peak_rate.max(p.inbound_messages_per_sec);
+                if graylisted.is_none() && p.score.is_some_and(|s| s < GRAYLIST) {
+                    graylisted = Some(start.elapsed());
+                }
+            }
+            if p.device_id == wid {
+                lowest.0 = lowest.0.min(p.score.unwrap_or(f64::INFINITY));
+            }
+        }
+        for p in writer.peers() {
+            if p.device_id == nid {
+                lowest.1 = lowest.1.min(p.score.unwrap_or(f64::INFINITY));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let writes = writing.await.unwrap();
+    let lat = tokio::time::timeout(DEADLINE, lat).await.unwrap().unwrap();
+    let m = node.metrics();
+    let at = graylisted.unwrap();
+    eprintln!(
+        "a peer at up to {peak_rate:.0} messages/s against a rate of 200: graylisted after {at:?}; \
+         messages charged {}; lowest scores: writer at the node {}, node at the writer {}; \
+         writer's {writes} updates: {} arrived, p99 {:?}",
+        m.messages_charged,
+        lowest.0,
+        lowest.1,
+        lat.len(),
+        quantile(&lat, 0.99)
+    );
+    assert!(at < Duration::from_secs(5), "graylisted after {at:?}");
+    assert!(m.messages_charged > 0);
+    assert!(m.peers_graylisted >= 1);
+    assert_eq!(writer.metrics().peers_graylisted, 0);
+    assert!(lowest.0 >= 0.0 && lowest.1 >= 0.0, "{lowest:?}");
+    assert!(lat.len() * 2 > writes, "{} of {writes}", lat.len());
+    drop(alive);
+    for n in [writer, node] {
+        n.shutdown().await.unwrap();
+    }
+}

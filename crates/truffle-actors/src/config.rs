@@ -42,6 +42,12 @@ pub(crate) struct Config {
     pub max_unjoined_topics: usize,
     /// When set, the only remote devices admitted.
     pub allowed_devices: Option<Vec<crate::ids::DeviceId>>,
+    /// Per peer, gossip messages a second (after a burst) past which each costs the peer
+    /// points (see [`crate::gossip::conduct`]); `None`: no limit.
+    pub peer_message_rate: Option<(u32, u32)>,
+    /// Versions of its own slices a second a peer may send past the gossip rate before
+    /// each further one costs it points; `None`: no limit.
+    pub own_versions_allowance: Option<u32>,
 }
 
 impl Default for Config {
@@ -73,6 +79,8 @@ impl Default for Config {
             new_devices_burst: 256,
             max_unjoined_topics: crate::gossip::topics::MAX_UNJOINED_TOPICS_PER_PEER,
             allowed_devices: None,
+            peer_message_rate: None,
+            own_versions_allowance: None,
         }
     }
 }

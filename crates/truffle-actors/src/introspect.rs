@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::gossip::conduct::Traffic;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
 use crate::proto::{Input, Output, Report, Timer};
 use crate::store::RemovalReason;
@@ -79,6 +80,23 @@ pub struct PeerInfo {
     /// store (a rotating part of them past 256 stores). One newer than in `stores` is a
     /// slice this node has not received yet: anti-entropy fetches it.
     pub announced: BTreeMap<StoreId, Version>,
+    /// Its gossipsub peer score here, while connected (updated every 500 ms). Below −80
+    /// it is graylisted: everything it sends over gossip is ignored. See the book's
+    /// Security chapter, "Peer scoring".
+    pub score: Option<f64>,
+    /// Gossip messages received from it over its current connections (every copy,
+    /// duplicates included, until it is graylisted).
+    pub inbound_messages: u64,
+    /// The data bytes of those messages.
+    pub inbound_bytes: u64,
+    /// Gossip messages a second received from it, over the last 500 ms.
+    pub inbound_messages_per_sec: f64,
+    /// Data bytes a second received from it over gossip, over the last 500 ms.
+    pub inbound_bytes_per_sec: f64,
+    /// Its messages that cost it points: messages on topics this node has not joined,
+    /// and, where set, its own slice versions past the allowance and messages past its
+    /// inbound rate.
+    pub charged: u64,
 }
 
 /// One slice held in a store (see [`StoreInfo`]).
@@ -282,6 +300,8 @@ struct PeerRecord {
     gone_at: Option<Instant>,
     stores: BTreeMap<StoreId, Version>,
     announced: BTreeMap<StoreId, Version>,
+    score: Option<f64>,
+    traffic: Traffic,
 }
 
 impl PeerRecord {
@@ -300,6 +320,8 @@ impl PeerRecord {
             gone_at: None,
             stores: BTreeMap::new(),
             announced: BTreeMap::new(),
+            score: None,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -476,6 +498,12 @@ impl Observatory {
                     removal: p.removal.map(RemovalReason::as_str),
                     stores: p.stores.clone(),
                     announced: p.announced.clone(),
+                    score: p.score.filter(|_| p.connections > 0),
+                    inbound_messages: p.traffic.messages,
+                    inbound_bytes: p.traffic.bytes,
+                    inbound_messages_per_sec: p.traffic.messages_per_sec,
+                    inbound_bytes_per_sec: p.traffic.bytes_per_sec,
+                    charged: p.traffic.charged,
                 }
             })
             .collect()
@@ -515,6 +543,16 @@ impl Observatory {
                     p.name = Some(name.to_string());
                 }
             });
+        }
+    }
+
+    /// A connected peer's gossipsub score and what it sent (the swarm task, every tick).
+    /// Only peers with a record already: connected ones have one.
+    pub fn conduct(&self, device: DeviceId, score: Option<f64>, traffic: Traffic) {
+        let mut inner = self.inner();
+        if let Some(p) = inner.peers.get_mut(&device) {
+            p.score = score;
+            p.traffic = traffic;
         }
     }
 
@@ -581,6 +619,11 @@ impl Observatory {
                     // A peer that never spoke is forgotten like one that went offline.
                     if *remaining == 0 && !p.online && p.gone_at.is_none() {
                         p.gone_at = Some(now);
+                    }
+                    if *remaining == 0 {
+                        // Traffic and score are those of its current connections.
+                        p.traffic = Traffic::default();
+                        p.score = None;
                     }
                     was > 0 && *remaining == 0
                 });

@@ -86,6 +86,19 @@ pub struct Metrics {
     /// are not store topics, or to stores this node has not joined past the few kept per
     /// peer for a later join.
     pub subscriptions_refused: u64,
+    /// Gossip messages that cost their sender points in this node's peer-conduct ledger:
+    /// messages on topics this node has not joined, and, when the options are set,
+    /// versions of the sender's own slice past the gossip rate
+    /// ([`MeshNodeBuilder::own_versions_allowance`](crate::MeshNodeBuilder::own_versions_allowance))
+    /// and messages past its inbound message rate
+    /// ([`MeshNodeBuilder::peer_message_rate`](crate::MeshNodeBuilder::peer_message_rate)). A peer is charged score only for what it holds past a slack (see the book's
+    /// Security chapter, "Peer scoring"), so honest peers may show a few.
+    pub messages_charged: u64,
+    /// Times a connected peer was seen to fall below gossipsub's graylist threshold
+    /// (checked every 500 ms): from then on gossipsub ignores everything it sends until
+    /// its score recovers. Invalid messages, junk and floods put a peer there; an honest
+    /// peer never should.
+    pub peers_graylisted: u64,
 }
 
 impl Metrics {
@@ -116,6 +129,8 @@ pub(crate) struct Counters {
     pub tombstones: AtomicU64,
     pub devices_refused: AtomicU64,
     pub subscriptions_refused: AtomicU64,
+    pub messages_charged: AtomicU64,
+    pub peers_graylisted: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     last_warn: Mutex<[Option<Instant>; RejectReason::ALL.len()]>,
     /// Metrics that exist only in Prometheus form (labelled, histograms).
@@ -184,6 +199,8 @@ impl Counters {
             tombstones: self.tombstones.load(Relaxed),
             devices_refused: self.devices_refused.load(Relaxed),
             subscriptions_refused: self.subscriptions_refused.load(Relaxed),
+            messages_charged: self.messages_charged.load(Relaxed),
+            peers_graylisted: self.peers_graylisted.load(Relaxed),
         }
     }
 }
@@ -385,7 +402,7 @@ impl std::fmt::Debug for LiveValues {
 impl Collector for LiveValues {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 9] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             (
                 "slices_delivered",
                 "Slices received from the network (gossip or sync answers), before any check.",
@@ -430,6 +447,16 @@ impl Collector for LiveValues {
                 "subscriptions_refused",
                 "Remote subscriptions not recorded: not a store topic, or a store not joined here past the few kept per peer.",
                 &c.subscriptions_refused,
+            ),
+            (
+                "messages_charged",
+                "Gossip messages that cost their sender points: messages on topics not joined here, and where set, own slice versions past the allowance and messages past a peer's inbound rate.",
+                &c.messages_charged,
+            ),
+            (
+                "peers_graylisted",
+                "Times a connected peer fell below gossipsub's graylist threshold (its messages are ignored until its score recovers).",
+                &c.peers_graylisted,
             ),
         ];
         for (name, help, v) in counters {

@@ -22,6 +22,7 @@ use crate::addrs::{
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::faults::FaultHandle;
+use crate::gossip::conduct::PeerConduct;
 use crate::gossip::swarm::{build_swarm, SwarmCmd, SwarmTask};
 use crate::gossip::topics::Topics;
 use crate::gossip::watch_wire::Presences;
@@ -378,6 +379,40 @@ impl MeshNodeBuilder {
         self
     }
 
+    /// How many gossip messages a second any one peer may send this node before the rest
+    /// cost it peer score (default: no limit): `burst` at once, then `per_second`. Every
+    /// copy counts, duplicates included. Past the rate a message is still handled as
+    /// usual, but it costs the peer 0.1 points; points drain at 50 a second, and a peer
+    /// that holds more than 100 (with its other junk) is graylisted: gossipsub then ignores
+    /// everything it sends for about 8 s. So a peer may exceed the rate by up to 500
+    /// messages a second (a burst of 1,000) for good. An honest peer
+    /// relays everything its mesh carries (every device's heartbeats, twice a second by
+    /// default, and slices), so set this well above what the busiest honest neighbour
+    /// sends; each peer's inbound rate is shown by [`MeshNode::peers`]. Zero `per_second`
+    /// turns the rate off.
+    pub fn peer_message_rate(mut self, per_second: u32, burst: u32) -> Self {
+        self.cfg.peer_message_rate = (per_second > 0).then_some((per_second, burst.max(1)));
+        self
+    }
+
+    /// How many versions of its own slices a second a neighbour may send this node past
+    /// the gossip rate ([`gossip_rate`](Self::gossip_rate)) before each further one costs
+    /// it peer score (default: no limit). Each costs `50 / per_second` points; points drain
+    /// at 50 a second, and a peer that holds more than 100 (with its other junk) is
+    /// graylisted: gossipsub ignores everything it sends, its heartbeats included, for
+    /// about 8 s, so this node soon counts it as gone. So `own_versions_allowance(500)`
+    /// lets a neighbour sign 500 versions a second past the rate (a burst of 1,000) for
+    /// good, and graylists one flooding its own slice at thousands a second within a
+    /// second or so. Off by default because a fast writer is not misbehaving: its direct
+    /// neighbours use every version it sends (the `b5` benchmark has one writer deliver
+    /// over 20,000 versions a second to its neighbour). Set it when no device of the mesh
+    /// should write that fast; a relay is never charged for what it relays. Zero turns it
+    /// off.
+    pub fn own_versions_allowance(mut self, per_second: u32) -> Self {
+        self.cfg.own_versions_allowance = (per_second > 0).then_some(per_second);
+        self
+    }
+
     /// Admits only these remote devices (default: any): messages of every other device
     /// (heartbeats, leaves, slices, gossiped or in sync answers) are ignored before their
     /// signature check, never forwarded, and counted in
@@ -476,7 +511,19 @@ impl MeshNodeBuilder {
         raise_open_file_limit(&cfg);
         let counters = Arc::new(Counters::default());
         let topics = Topics::new(cfg.max_unjoined_topics);
-        let mut swarm = build_swarm(key.clone(), &cfg, topics.clone(), counters.clone())?;
+        let conduct = PeerConduct::new(
+            cfg.peer_message_rate,
+            cfg.own_versions_allowance,
+            counters.clone(),
+            std::time::Instant::now(),
+        );
+        let mut swarm = build_swarm(
+            key.clone(),
+            &cfg,
+            topics.clone(),
+            counters.clone(),
+            conduct.clone(),
+        )?;
         let mut pending = std::collections::HashSet::new();
         for addr in &listen {
             let id = swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
@@ -647,6 +694,8 @@ impl MeshNodeBuilder {
                 crate::proto::DetState::with_seed(seed_for(&device)),
             )
             .allow_only(cfg.allowed_devices.clone()),
+            conduct,
+            graylisted: Default::default(),
             next_token: 0,
             key: key.clone(),
             me_text: device.to_string(),

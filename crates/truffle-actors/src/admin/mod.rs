@@ -275,6 +275,8 @@ async fn node(State(st): State<Arc<AppState>>) -> Json<Value> {
             "tombstones": m.tombstones,
             "devices_refused": m.devices_refused,
             "subscriptions_refused": m.subscriptions_refused,
+            "messages_charged": m.messages_charged,
+            "peers_graylisted": m.peers_graylisted,
         },
     }))
 }

@@ -8,6 +8,7 @@
 //! signs and publishes them and then tells the engine (see [`crate::store::StorePort`]).
 
 mod budget;
+pub(crate) mod conduct;
 pub(crate) mod swarm;
 pub(crate) mod topics;
 pub(crate) mod watch_wire;

@@ -34,6 +34,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use super::budget::InboundBudget;
+use super::conduct::PeerConduct;
 use super::topics::{JoinedTopicsOnly, PeerAware, SubscriptionFilter, Topics};
 use super::watch_wire::{self, AskKind, Presences};
 use super::{goodbye, GossipMsg};
@@ -90,13 +91,29 @@ pub(crate) fn max_transmit_size(cfg: &Config) -> usize {
 /// score is kept for an hour after a peer disconnects, so a device that crashed or left
 /// with promises outstanding would come back — same peer id, new run — already
 /// graylisted, and its fresh slices would be ignored.
+///
+/// The application-specific score (P5) carries what gossipsub cannot see as invalid:
+/// messages on topics this node has not joined, and, when the builder set them, a peer's
+/// own slice versions past an allowance and messages past a rate (see
+/// [`super::conduct`]). It is 0 for a peer within its slack, and
+/// Truffle sets it back to 0 once the peer's meter drains, so the hour-long memory does
+/// not outlast the penalty.
 fn score_params() -> PeerScoreParams {
     PeerScoreParams {
         ip_colocation_factor_weight: 0.0,
         behaviour_penalty_weight: 0.0,
+        app_specific_weight: APP_SCORE_WEIGHT,
         ..PeerScoreParams::default()
     }
 }
+
+/// The weight of the application-specific score: ten points of junk past the slack put a
+/// peer at −100, under the graylist threshold.
+const APP_SCORE_WEIGHT: f64 = 10.0;
+
+/// How often the swarm task hands gossipsub the peers' application scores and looks at
+/// every connected peer's score.
+const CONDUCT_TICK: Duration = Duration::from_millis(500);
 
 pub(crate) fn topic_score_params() -> TopicScoreParams {
     TopicScoreParams {
@@ -129,6 +146,7 @@ pub(crate) fn build_swarm(
     cfg: &Config,
     topics: Topics,
     counters: Arc<Counters>,
+    conduct: PeerConduct,
 ) -> Result<Swarm<Behaviour>, Error> {
     let max_msg = max_transmit_size(cfg);
     let heartbeat = cfg.gossip_heartbeat;
@@ -203,6 +221,7 @@ pub(crate) fn build_swarm(
             let transform = JoinedTopicsOnly {
                 topics: topics.clone(),
                 counters,
+                conduct,
             };
             let mut inner = gossipsub::Behaviour::new_with_subscription_filter_and_transform(
                 MessageAuthenticity::Anonymous,
@@ -369,6 +388,11 @@ pub(crate) struct SwarmTask {
     pub topics: Topics,
     /// Which new devices are worth tracking (see [`crate::proto::admission`]).
     pub admission: Admission,
+    /// What each peer sends, and what its junk costs it (shared with gossipsub's
+    /// transform).
+    pub conduct: PeerConduct,
+    /// Connected peers last seen under the graylist threshold.
+    pub graylisted: std::collections::HashSet<PeerId>,
     pub next_token: Token,
     /// Signs this node's slices as they are published.
     pub key: Keypair,
@@ -394,9 +418,12 @@ impl SwarmTask {
             tracing::error!(error = %e, "cannot subscribe to the presence topic");
         }
         let mut pending: HashMap<StoreId, Pub> = HashMap::new();
+        let mut tick = tokio::time::interval(CONDUCT_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_conduct_tick(),
                 cmd = self.cmds.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.on_cmd(cmd, &mut pending);
@@ -421,6 +448,32 @@ impl SwarmTask {
             }
         }
         tracing::debug!("swarm task stopped");
+    }
+
+    /// Hands gossipsub the peers' application scores (see [`PeerConduct::tick`]), shows
+    /// introspection each connected peer's score and traffic, and counts the peers newly
+    /// under the graylist threshold.
+    fn on_conduct_tick(&mut self) {
+        let now = Instant::now();
+        let gs = &mut self.swarm.behaviour_mut().gossipsub;
+        for (peer, score) in self.conduct.tick(now) {
+            gs.set_application_score(&peer, score);
+        }
+        let graylist = PeerScoreThresholds::default().graylist_threshold;
+        let peers: Vec<PeerId> = gs.all_peers().map(|(p, _)| *p).collect();
+        for peer in peers {
+            let score = gs.peer_score(&peer);
+            if score.is_some_and(|s| s < graylist) {
+                if self.graylisted.insert(peer) {
+                    inc(&self.counters.peers_graylisted);
+                    tracing::debug!(%peer, score, "peer under the graylist threshold: its gossip is ignored");
+                }
+            } else {
+                self.graylisted.remove(&peer);
+            }
+            let traffic = self.conduct.traffic(&peer).unwrap_or_default();
+            self.counters.intro.conduct(peer.into(), score, traffic);
+        }
     }
 
     /// Publishes on the store's topic; false when no peer has joined it yet.
@@ -741,6 +794,7 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(peer = %peer_id, "connected");
+                self.conduct.connected(peer_id, Instant::now());
                 self.forward(Input::Connected {
                     peer: peer_id.into(),
                 });
@@ -753,6 +807,8 @@ impl SwarmTask {
                 tracing::debug!(peer = %peer_id, remaining = num_established, "connection closed");
                 if num_established == 0 {
                     self.admission.peer_gone(&peer_id.into());
+                    self.conduct.disconnected(peer_id);
+                    self.graylisted.remove(&peer_id);
                 }
                 self.forward(Input::ConnectionClosed {
                     peer: peer_id.into(),
@@ -1015,8 +1071,10 @@ impl SwarmTask {
                 let acceptance = self.accept_if_canonical(via, &message.data, topic);
                 if !forward && acceptance == MessageAcceptance::Accept {
                     // Its author writes faster than the gossip rate: used here, not
-                    // forwarded.
+                    // forwarded; with an allowance set, it costs the author (`via`)
+                    // points, which become score only far past the rate (see `conduct`).
                     inc(&self.counters.gossip_over_rate);
+                    self.conduct.own_version_past_rate(via, now);
                     return MessageAcceptance::Ignore;
                 }
                 acceptance

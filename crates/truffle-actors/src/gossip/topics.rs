@@ -31,6 +31,7 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
+use super::conduct::PeerConduct;
 use crate::ids::StoreId;
 use crate::metrics::{inc, Counters};
 use crate::wire::{PRESENCE_TOPIC, STORE_TOPIC_PREFIX};
@@ -110,6 +111,13 @@ impl Topics {
         self.lock().joined.contains(topic)
     }
 
+    /// Whether this node takes part in `topic`, and the peer whose gossipsub message is
+    /// being handled (set by [`PeerAware`]; `None` outside one).
+    fn judge(&self, topic: &TopicHash) -> (bool, Option<PeerId>) {
+        let s = self.lock();
+        (s.joined.contains(topic), s.current)
+    }
+
     /// Topics of stores not joined here kept for `peer` (tests).
     #[cfg(test)]
     fn unjoined_of(&self, peer: &PeerId) -> usize {
@@ -129,20 +137,33 @@ impl Topics {
 /// store's, so gossipsub drops it on the spot (as a transform failure: no cache, no
 /// duplicate entry, no IDONTWANT, no forwarding). Each is counted as
 /// [`RejectReason::UnjoinedTopic`](crate::wire::RejectReason::UnjoinedTopic). Honest
-/// peers send a node only messages on topics it subscribed to, so only junk lands here.
+/// peers send a node only messages on topics it subscribed to, so only junk lands here,
+/// and it costs its sender points in the [`PeerConduct`] ledger.
+///
+/// It is also the one place that sees every gossip message a peer sends (duplicates
+/// included), so it counts each peer's inbound messages and bytes there.
 #[derive(Clone)]
 pub(crate) struct JoinedTopicsOnly {
     pub topics: Topics,
     pub counters: Arc<Counters>,
+    pub conduct: PeerConduct,
 }
 
 impl DataTransform for JoinedTopicsOnly {
     fn inbound_transform(&self, raw: RawMessage) -> std::io::Result<gossipsub::Message> {
-        if !self.topics.is_joined(&raw.topic) {
+        let (joined, peer) = self.topics.judge(&raw.topic);
+        if let Some(peer) = peer {
+            let now = std::time::Instant::now();
+            self.conduct.inbound(peer, raw.data.len(), joined, now);
+        }
+        if !joined {
             // The topic is the sender's text: keep the log line short.
             let topic: String = raw.topic.as_str().chars().take(80).collect();
             let reason = crate::wire::RejectReason::UnjoinedTopic;
-            self.counters.reject(reason, &"a gossip peer", &topic);
+            match peer {
+                Some(peer) => self.counters.reject(reason, &peer, &topic),
+                None => self.counters.reject(reason, &"a gossip peer", &topic),
+            }
             return Err(std::io::Error::other("a topic this node has not joined"));
         }
         Ok(gossipsub::Message {
