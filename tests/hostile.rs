@@ -109,13 +109,19 @@ async fn a_departed_device_stays_gone_when_its_old_messages_are_replayed() {
         });
     })
     .await;
-    let (lv, cv) = (l.local().version, c.local().version);
+    // Against their versions as they are at each check, not as read once here: an update
+    // that `capture` spawned may still be under way when they are read, and the honest
+    // node then ends at a version the reading never saw (seen once in CI: it held 3 of
+    // each and waited out the deadline).
+    let (lnow, cnow) = (l.clone(), c.clone());
     eventually(
         "the honest node holds both departing devices' slices",
         &h,
-        |s| {
-            s.get(&lid).is_some_and(|x| x.version == lv)
-                && s.get(&cid).is_some_and(|x| x.version == cv)
+        move |s| {
+            s.get(&lid)
+                .is_some_and(|x| x.version == lnow.local().version)
+                && s.get(&cid)
+                    .is_some_and(|x| x.version == cnow.local().version)
         },
     )
     .await;
