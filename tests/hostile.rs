@@ -299,6 +299,17 @@ async fn write_every_50ms(
     dur: Duration,
     sent: &std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
 ) -> usize {
+    write_every(Duration::from_millis(50), w, dur, sent).await
+}
+
+/// Writes to `w` every `period` for `dur`, then a last write of `["last"]`, recording when
+/// each version was written; returns the number of writes.
+async fn write_every(
+    period: Duration,
+    w: &Store<Todos>,
+    dur: Duration,
+    sent: &std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
+) -> usize {
     let end = tokio::time::Instant::now() + dur;
     let mut writes = 0;
     loop {
@@ -318,7 +329,7 @@ async fn write_every_50ms(
         if last {
             return writes;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -1242,27 +1253,7 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
     let writing = {
         let (w, sent) = (w.clone(), sent.clone());
         tokio::spawn(async move {
-            let end = tokio::time::Instant::now() + Duration::from_secs(3);
-            let mut writes = 0usize;
-            loop {
-                let last = tokio::time::Instant::now() >= end;
-                let next = w.local().version.counter + 1;
-                sent.lock().unwrap().insert(next, Instant::now());
-                w.update(move |t| {
-                    t.items = vec![if last {
-                        "last".into()
-                    } else {
-                        format!("{next}")
-                    }]
-                })
-                .await
-                .unwrap();
-                writes += 1;
-                if last {
-                    return writes;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            write_every(Duration::from_millis(10), &w, Duration::from_secs(3), &sent).await
         })
     };
 
