@@ -114,13 +114,14 @@ async fn a_watch_mesh_replaces_a_restarted_device_and_removes_one_that_left() {
     let leaver_id = leaver.device_id();
     stores.pop();
     leaver.shutdown().await.unwrap();
+    // Everywhere includes the restarted node, which may hear the leave a moment after the
+    // others (checking it once, right after they had, failed once).
     until(
         "the leave is seen everywhere",
         Duration::from_secs(10),
-        || stores.iter().all(|st| st.get(&leaver_id).is_none()),
+        || s.get(&leaver_id).is_none() && stores.iter().all(|st| st.get(&leaver_id).is_none()),
     )
     .await;
-    assert!(s.get(&leaver_id).is_none());
     back.shutdown().await.unwrap();
     for n in nodes {
         n.shutdown().await.unwrap();
