@@ -149,9 +149,9 @@ struct Args {
     /// Serve node-0's admin endpoint (dashboard, metrics, API) here, e.g. 127.0.0.1:9090.
     #[arg(long)]
     admin: Option<std::net::SocketAddr>,
-    /// How nodes tell a gone device from a live one: heartbeats, or watch (experimental;
-    /// its cost per node does not grow with the mesh).
-    #[arg(long, value_name = "KIND", default_value = "heartbeats")]
+    /// How nodes tell a gone device from a live one: watch (the default; its cost per node
+    /// does not grow with the mesh), or heartbeats (flooded by every device).
+    #[arg(long, value_name = "KIND", default_value = "watch")]
     liveness: Liveness,
     /// How long each step may take to converge on every node before the demo fails.
     #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]

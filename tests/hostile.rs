@@ -19,10 +19,14 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const TOPIC: &str = "truffle/v1/store/todos";
 const PRESENCE: &str = "truffle/v1/presence";
 
-/// Short presence timings, and the full record of a silent device dropped after 5 s (10 ×
-/// the timeout) instead of 60 s, so that a replay "after the forget window" fits a test.
+/// Heartbeats liveness with short presence timings, and the full record of a silent device
+/// dropped after 5 s (10 × the timeout) instead of 60 s, so that a replay "after the forget
+/// window" fits a test. The replay below goes through the join exchange (a sync request on
+/// a new subscription) and heartbeats flooded every period, which are heartbeats liveness's
+/// paths; the tombstones it checks are the same under watch (`proto::membership` tests).
 fn quick(b: MeshNodeBuilder) -> MeshNodeBuilder {
-    b.presence_interval(Duration::from_millis(100))
+    b.liveness(Liveness::Heartbeats)
+        .presence_interval(Duration::from_millis(100))
         .presence_timeout(Duration::from_millis(500))
         .test_forget_after(Duration::from_secs(1))
 }

@@ -70,7 +70,7 @@ impl Default for Config {
             mdns: true,
             psk: None,
             offline_view: false,
-            liveness: crate::proto::Liveness::Heartbeats,
+            liveness: crate::proto::Liveness::default(),
             forget_after: Duration::from_secs(60),
             gossip_rate_interval: Duration::from_millis(20),
             gossip_burst: 8,

@@ -180,16 +180,16 @@ impl MeshNodeBuilder {
     }
 
     /// How this node judges which devices are alive (default
-    /// [`Liveness::Heartbeats`](crate::proto::Liveness::Heartbeats)).
+    /// [`Liveness::Watch`](crate::proto::Liveness::Watch)).
     ///
-    /// [`Liveness::Watch`](crate::proto::Liveness::Watch) is experimental: each node
-    /// watches only its connected peers (pinged every 2 s), accuses one it cannot reach
+    /// With watch, each node watches only its connected peers, accuses one it cannot reach
     /// again, and the accused refutes with a newer signed heartbeat; views are compared
     /// by hash with one random peer per second. Its cost per node does not grow with the
-    /// mesh, where heartbeats flood every device's announcement to every node twice a
-    /// second. Every node of a mesh must run the same liveness: a heartbeats node removes
-    /// a watch node after the presence timeout, since watch nodes announce themselves only
-    /// when something changes.
+    /// mesh. [`Liveness::Heartbeats`](crate::proto::Liveness::Heartbeats), the default
+    /// before watch, floods every device's announcement to every node twice a second.
+    /// Every node of a mesh must run the same liveness: a heartbeats node removes a watch
+    /// node after the presence timeout, since watch nodes announce themselves only when
+    /// something changes.
     ///
     /// ```
     /// # use truffle_actors::{MeshNode, proto::Liveness};

@@ -132,9 +132,9 @@ struct Opts {
     /// List the scenarios.
     #[arg(long)]
     list: bool,
-    /// Liveness of the nodes in B1, B2, B4, B6, `idle-cost` and `hub-crash`: `heartbeats`
-    /// (the default) or `watch` (experimental; see `MeshNodeBuilder::liveness`).
-    #[arg(long, value_name = "KIND", default_value = "heartbeats")]
+    /// Liveness of the nodes in B1, B2, B4, B6, `idle-cost` and `hub-crash`: `watch` (the
+    /// library's default) or `heartbeats` (see `MeshNodeBuilder::liveness`).
+    #[arg(long, value_name = "KIND", default_value = "watch")]
     liveness: truffle_actors::proto::Liveness,
     /// Mesh size for `idle-cost` and `hub-crash` instead of their defaults (repeatable,
     /// 2 to 256).

@@ -103,7 +103,10 @@ impl Default for SimConfig {
             slice_bytes: 64,
             mesh_degree: 6,
             topology: Topology::Random3,
-            proto: ProtoConfig::default(),
+            // The protocol the simulator was first built to measure; `--liveness watch`
+            // and the watch tests set watch.
+            proto: ProtoConfig::default()
+                .with_liveness(truffle_actors::proto::Liveness::Heartbeats),
             stores: 1,
         }
     }

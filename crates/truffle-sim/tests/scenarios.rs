@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
-use truffle_actors::proto::ProtoConfig;
 use truffle_sim::scenario::{run, Scenario};
 use truffle_sim::sim::{Micros, Observation, Sim, SimConfig, Topology};
 
@@ -150,7 +149,8 @@ fn with_30_percent_loss_and_a_timeout_sized_for_it_nothing_is_falsely_removed() 
     // timeout of sixteen heartbeats, a false removal needs sixteen misses in a row.
     let mut sim = Sim::new(SimConfig {
         loss: 0.3,
-        proto: ProtoConfig::default()
+        proto: SimConfig::default()
+            .proto
             .with_presence(Duration::from_millis(500), Duration::from_secs(8)),
         ..cfg(128, 15)
     });

@@ -16,11 +16,13 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use truffle_actors::proto::{Engine, Input, Output, ProtoConfig, Timer};
+//! use truffle_actors::proto::{Engine, Input, Liveness, Output, ProtoConfig, Timer};
 //! use truffle_actors::{DeviceId, StoreId};
 //!
 //! let me = DeviceId::from(truffle_actors::identity::Keypair::generate_ed25519().public().to_peer_id());
-//! let mut core = Engine::new(me, 1, ProtoConfig::default(), 7, Vec::new());
+//! // Heartbeats liveness: a heartbeat every presence period (watch announces on change).
+//! let cfg = ProtoConfig::default().with_liveness(Liveness::Heartbeats);
+//! let mut core = Engine::new(me, 1, cfg, 7, Vec::new());
 //! let (now, mut out) = (Instant::now(), Vec::new());
 //! core.start(now, &mut out);
 //! core.handle(Input::Join(StoreId::new("todos").unwrap()), now, &mut out);
@@ -142,7 +144,6 @@ pub enum Liveness {
     /// each node removes a device it has not heard from for the presence timeout. Simple
     /// and judged only from the device's own words, but every node handles every device's
     /// heartbeats: the cost per node grows with the mesh.
-    #[default]
     Heartbeats,
     /// Each node watches only the peers it is connected to. A node that loses its
     /// connection to a member and cannot reach it again within the probe timeout publishes
@@ -150,7 +151,8 @@ pub enum Liveness {
     /// heartbeat, and otherwise every node removes it when the suspicion times out
     /// (sooner the more members accuse it). Heartbeats go out only when something changed.
     /// Views are compared with one random peer per period by hash, so a node's cost does
-    /// not grow with the mesh.
+    /// not grow with the mesh. The default.
+    #[default]
     Watch,
 }
 
@@ -202,7 +204,7 @@ impl Default for ProtoConfig {
             leave_timeout: Duration::from_secs(2),
             redial_every: Duration::from_secs(1),
             target_peers: 8,
-            liveness: Liveness::Heartbeats,
+            liveness: Liveness::default(),
             suspect_timeout: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(2),
             anti_entropy_every: Duration::from_secs(1),
@@ -214,6 +216,18 @@ impl Default for ProtoConfig {
 }
 
 impl ProtoConfig {
+    /// Sets the liveness.
+    ///
+    /// ```
+    /// use truffle_actors::proto::{Liveness, ProtoConfig};
+    /// let cfg = ProtoConfig::default().with_liveness(Liveness::Heartbeats);
+    /// assert_eq!(cfg.liveness, Liveness::Heartbeats);
+    /// ```
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
+    }
+
     /// Sets the presence interval and timeout.
     pub fn with_presence(mut self, interval: Duration, timeout: Duration) -> Self {
         self.presence_interval = interval;

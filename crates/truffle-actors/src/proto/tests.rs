@@ -24,8 +24,13 @@ fn slice(store: &StoreId, d: DeviceId, v: Version) -> Slice {
     }
 }
 
+/// The heartbeats liveness these tests were written for (watch has its own, below).
+fn heartbeats() -> ProtoConfig {
+    ProtoConfig::default().with_liveness(Liveness::Heartbeats)
+}
+
 fn engine() -> (Engine, Instant) {
-    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
+    let mut e = Engine::new(dev(0), 1, heartbeats(), 1, Vec::new());
     let now = Instant::now();
     e.start(now, &mut Vec::new());
     (e, now)
@@ -264,7 +269,7 @@ fn leave_waits_for_every_connected_peer_or_the_deadline() {
 #[test]
 fn the_same_seed_gives_the_same_timers() {
     let run = |seed| {
-        let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), seed, Vec::new());
+        let mut e = Engine::new(dev(0), 1, heartbeats(), seed, Vec::new());
         let mut out = Vec::new();
         e.start(Instant::now(), &mut out);
         format!("{out:?}")
@@ -364,7 +369,7 @@ fn bootstrap_peers_are_redialled_only_while_the_view_is_short() {
     let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{}", boot.peer_id())
         .parse()
         .unwrap();
-    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, vec![addr]);
+    let mut e = Engine::new(dev(0), 1, heartbeats(), 1, vec![addr]);
     let t0 = Instant::now();
     e.start(t0, &mut Vec::new());
     let redials = |out: &[Output]| {

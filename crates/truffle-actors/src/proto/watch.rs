@@ -326,6 +326,50 @@ impl Engine {
         self.watch.probe_order = order;
     }
 
+    /// A member this node counts live that the peer's list lacks may be gone: the peer
+    /// may have removed it while this node was away (a restart learns members second-hand
+    /// and watches none of them), and nobody else is left to accuse it. Probes one such
+    /// member, as [`Engine::probe_random`] would, if this node is not connected to it: if
+    /// it answers, nothing changes; if not, it is accused like any lost neighbour. The
+    /// peer may also just not have heard of it yet, so one per answer, and only while the
+    /// view has room.
+    fn probe_one_missing(
+        &mut self,
+        theirs: &[(DeviceId, Incarnation, u64)],
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let high = self.cfg.target_peers + self.cfg.target_peers.div_ceil(2);
+        if !self.healthy(now) || self.conns.len() >= high {
+            return;
+        }
+        let listed: DetSet<DeviceId> = {
+            let mut set = DetSet::with_hasher(self.watch.compared.hasher().clone());
+            set.extend(theirs.iter().map(|(d, _, _)| *d));
+            set
+        };
+        let mut missing: Vec<DeviceId> = self
+            .membership
+            .members()
+            .map(|(d, _)| d)
+            .filter(|d| {
+                !listed.contains(d)
+                    && !self.conns.contains_key(d)
+                    && !self.watch.probes.contains_key(d)
+                    && self.dialable(d)
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        missing.sort();
+        let peer = missing[self.rng.random_range(0..missing.len())];
+        self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+        self.watch.random_probes.insert(peer);
+        self.dialled.insert(peer, now);
+        out.push(self.dial(peer));
+    }
+
     pub(super) fn ask_digest(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.compared.insert(peer, now);
         let id = self.request_id();
@@ -635,6 +679,7 @@ impl Engine {
             if !counted && !self.watch.lost.is_empty() {
                 self.watch.announce = true;
             }
+            self.probe_one_missing(&members, now, out);
             let newer: Vec<DeviceId> = members
                 .into_iter()
                 .take(MAX_MEMBER_ENTRIES)
