@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::gossip::conduct::Traffic;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
-use crate::proto::{Input, Output, Report, Timer};
+use crate::proto::{Input, Liveness, Output, Report, Timer};
 use crate::store::RemovalReason;
 
 /// Most peer records kept; past it, the longest-gone offline peers are forgotten first.
@@ -329,8 +329,10 @@ impl PeerRecord {
 #[derive(Default)]
 struct Inner {
     peers: BTreeMap<DeviceId, PeerRecord>,
-    /// Suspect a live peer silent for this long (half the presence timeout).
-    suspect_after: Duration,
+    /// Heartbeats liveness: a live peer silent this long counts as suspected. Watch
+    /// liveness announces only on change, so there silence means nothing and a peer is
+    /// suspected only while an accusation of it is open (`Report::Suspected`).
+    suspect_after: Option<Duration>,
     /// This node: never a peer of itself.
     me: Option<DeviceId>,
 }
@@ -355,7 +357,7 @@ impl Default for Observatory {
         Self {
             inner: Mutex::new(Inner {
                 peers: BTreeMap::new(),
-                suspect_after: Duration::from_millis(1250),
+                suspect_after: Some(Duration::from_millis(1250)),
                 me: None,
             }),
             events: broadcast::channel(EVENT_BUFFER).0,
@@ -383,11 +385,21 @@ impl Observatory {
         }
     }
 
-    /// Sets what the node announces and how soon a silent peer counts as suspected.
-    pub fn configure(&self, me: DeviceId, own_name: Option<String>, presence_timeout: Duration) {
+    /// Sets what the node announces and when a peer counts as suspected: with heartbeats,
+    /// when silent for half the presence timeout; with watch, while it stands accused.
+    pub fn configure(
+        &self,
+        me: DeviceId,
+        own_name: Option<String>,
+        presence_timeout: Duration,
+        liveness: Liveness,
+    ) {
         *self.own_name.lock().unwrap_or_else(|p| p.into_inner()) = own_name;
         let mut inner = self.inner();
-        inner.suspect_after = presence_timeout / 2;
+        inner.suspect_after = match liveness {
+            Liveness::Watch => None,
+            _ => Some(presence_timeout / 2),
+        };
         inner.me = Some(me);
     }
 
@@ -471,7 +483,7 @@ impl Observatory {
             .map(|(id, p)| {
                 let silent = p.last_heard.map(|(t, _)| now.saturating_duration_since(t));
                 let state = if p.online {
-                    if p.suspected || silent.is_some_and(|s| s > inner.suspect_after) {
+                    if p.suspected || silent.zip(inner.suspect_after).is_some_and(|(s, a)| s > a) {
                         PeerState::Suspected
                     } else {
                         PeerState::Online
@@ -650,6 +662,20 @@ impl Observatory {
                     self.emit(NodeEvent::PeerOnline { device_id: *device });
                 }
             }
+            Output::Report(Report::Suspected { device, .. }) => {
+                let silent = self.with_peer(*device, |p| {
+                    let silent = p.last_heard.map_or(0, |(t, _)| {
+                        now.saturating_duration_since(t).as_millis() as u64
+                    });
+                    (p.online && !std::mem::replace(&mut p.suspected, true)).then_some(silent)
+                });
+                if let Some(Some(silent_for_ms)) = silent {
+                    self.emit(NodeEvent::PeerSuspected {
+                        device_id: *device,
+                        silent_for_ms,
+                    });
+                }
+            }
             Output::Report(Report::DeviceRemoved { device, reason, .. }) => {
                 self.with_peer(*device, |p| {
                     p.online = false;
@@ -712,6 +738,7 @@ impl Observatory {
             let mut inner = self.inner();
             let after = inner.suspect_after;
             for (id, p) in inner.peers.iter_mut() {
+                let Some(after) = after else { break };
                 if !p.online || p.suspected {
                     continue;
                 }
@@ -791,10 +818,47 @@ mod tests {
     }
 
     #[test]
+    fn with_watch_liveness_a_peer_is_suspected_while_accused_not_while_silent() {
+        let o = Observatory::default();
+        o.configure(dev(), None, Duration::from_secs(2), Liveness::Watch);
+        let mut rx = o.subscribe();
+        let (d, t0) = (dev(), Instant::now());
+        o.on_input(&heartbeat(d, 5, 1), t0);
+        o.on_output(&Output::Report(Report::DeviceOnline { device: d }), t0);
+        drain(&mut rx);
+        // Watch announces only on change: a minute of silence is no sign of trouble.
+        o.on_input(&Input::Timer(Timer::Expire), t0 + Duration::from_secs(60));
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(o.peers()[0].state, PeerState::Online);
+        // An accusation is (once, however many accusers).
+        let accused = Output::Report(Report::Suspected {
+            device: d,
+            accuser: dev(),
+        });
+        o.on_output(&accused, t0 + Duration::from_secs(61));
+        o.on_output(&accused, t0 + Duration::from_secs(61));
+        assert_eq!(
+            drain(&mut rx),
+            vec![NodeEvent::PeerSuspected {
+                device_id: d,
+                silent_for_ms: 61_000
+            }]
+        );
+        assert_eq!(o.peers()[0].state, PeerState::Suspected);
+        // The refutation, a newer heartbeat, ends it.
+        o.on_input(&heartbeat(d, 5, 2), t0 + Duration::from_secs(62));
+        assert_eq!(
+            drain(&mut rx),
+            vec![NodeEvent::PeerRecovered { device_id: d }]
+        );
+        assert_eq!(o.peers()[0].state, PeerState::Online);
+    }
+
+    #[test]
     fn a_silent_peer_is_suspected_once_then_recovers_or_goes() {
         let o = Observatory::default();
         let me = dev();
-        o.configure(me, None, Duration::from_secs(2));
+        o.configure(me, None, Duration::from_secs(2), Liveness::Heartbeats);
         let mut rx = o.subscribe();
         let (d, t0) = (dev(), Instant::now());
         o.on_input(&heartbeat(d, 5, 1), t0);

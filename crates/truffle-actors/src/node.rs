@@ -616,7 +616,7 @@ impl MeshNodeBuilder {
 
         counters
             .intro
-            .configure(device, announced_name, cfg.presence_timeout);
+            .configure(device, announced_name, cfg.presence_timeout, cfg.liveness);
         let faults = FaultHandle::default();
         let listen_addrs = Arc::new(Mutex::new(bound));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
