@@ -136,15 +136,22 @@ impl MeshNodeBuilder {
         self
     }
 
-    /// How often this node announces itself and its versions (default 500 ms).
+    /// With [`Liveness::Heartbeats`](crate::proto::Liveness::Heartbeats), how often this
+    /// node announces itself and its versions (default 500 ms). With watch liveness (the
+    /// default) a node announces itself only when something changed, and this is how often
+    /// a pending announcement is sent.
     pub fn presence_interval(mut self, every: Duration) -> Self {
         self.cfg.presence_interval = every;
         self
     }
 
-    /// How long without evidence before a device is removed here (default 2.5 s). Silence
-    /// is checked every tenth of the timeout, so a device that vanishes is removed at most
-    /// `timeout + timeout / 10` after the last message this node heard from it.
+    /// With [`Liveness::Heartbeats`](crate::proto::Liveness::Heartbeats), how long without
+    /// evidence before a device is removed here (default 2.5 s). Silence is checked every
+    /// tenth of the timeout, so a device that vanishes is removed at most
+    /// `timeout + timeout / 10` after the last message this node heard from it. With watch
+    /// liveness (the default) removal follows an accusation instead, and this only sets
+    /// how often probe and suspicion deadlines are checked (a tenth of it, between 20 ms
+    /// and the presence interval).
     pub fn presence_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.presence_timeout = timeout;
         self
