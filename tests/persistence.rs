@@ -287,10 +287,14 @@ async fn the_offline_view_keeps_departed_devices_and_survives_a_restart_without_
         .unwrap();
     // Its written slice, not just its first (empty) one: a leave right after the write
     // could otherwise leave the viewer with the empty one (failed once under load).
-    eventually("viewer holds the other device's written slice", &on_viewer, |s| {
-        s.get(&other_id)
-            .is_some_and(|x| x.data.items == ["from the other device"])
-    })
+    eventually(
+        "viewer holds the other device's written slice",
+        &on_viewer,
+        |s| {
+            s.get(&other_id)
+                .is_some_and(|x| x.data.items == ["from the other device"])
+        },
+    )
     .await;
     assert!(
         on_viewer.offline().is_empty(),
