@@ -366,6 +366,13 @@ impl Membership {
         self.devices.get(device).map(|d| (d.presence, d.online))
     }
 
+    /// How long since this node last had evidence of `device` (a heartbeat or a new slice).
+    pub fn silent_for(&self, device: &DeviceId, now: Instant) -> Option<Duration> {
+        self.devices
+            .get(device)
+            .map(|d| now.saturating_duration_since(d.last_seen))
+    }
+
     /// Whether a member entry `(incarnation, seq)` heard elsewhere is newer than what this
     /// node knows of `device` (so its heartbeat is worth fetching).
     pub fn is_newer(&self, device: &DeviceId, presence: (Incarnation, u64)) -> bool {

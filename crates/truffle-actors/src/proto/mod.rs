@@ -1472,6 +1472,13 @@ impl Engine {
             shuffle(&mut self.rng, second);
             for (_, peer) in candidates.into_iter().take(want) {
                 self.dialled.insert(peer, now);
+                if short && self.watching() {
+                    // A live member this node cannot connect to is accused like any other
+                    // probe that fails: a node that learned a dead member second-hand (after
+                    // a restart) is otherwise connected to none of its old neighbours, and
+                    // nobody is left to accuse it.
+                    self.probe_for_view(peer, now);
+                }
                 out.push(self.dial(peer));
             }
         }

@@ -59,6 +59,9 @@ const LATE_TICK: Duration = Duration::from_millis(300);
 const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
 /// A trim whose notice is not acknowledged within this closes the connection anyway.
 const TRIM_ACK_WAIT: Duration = Duration::from_secs(1);
+/// A member known only from its slices (no heartbeat, so no address to probe), silent
+/// this long and not listed by a peer, is accused outright (see `probe_one_missing`).
+const BLIND_ACCUSE_AFTER: Duration = Duration::from_secs(5);
 /// A refutation or re-announcement is not published sooner than this after the previous
 /// heartbeat, so a flood of accusations costs the accused one heartbeat per this period.
 const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
@@ -305,25 +308,39 @@ impl Engine {
     /// members' neighbours are cut off with it); with every node probing one member per
     /// [`PROBE_EVERY_TICKS`] ticks, each member is probed about that often by someone.
     pub(super) fn probe_random(&mut self, now: Instant, out: &mut Vec<Output>) {
-        while let Some(peer) = self.watch.probe_order.pop() {
-            if !self.membership.is_online(&peer)
-                || self.conns.contains_key(&peer)
-                || self.watch.probes.contains_key(&peer)
-                || !self.dialable(&peer)
-            {
-                continue;
+        for round in 0..2 {
+            while let Some(peer) = self.watch.probe_order.pop() {
+                if !self.membership.is_online(&peer)
+                    || self.conns.contains_key(&peer)
+                    || self.watch.probes.contains_key(&peer)
+                    || !self.dialable(&peer)
+                {
+                    continue;
+                }
+                self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+                self.watch.random_probes.insert(peer);
+                self.dialled.insert(peer, now);
+                out.push(self.dial(peer));
+                return;
             }
-            self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
-            self.watch.random_probes.insert(peer);
-            self.dialled.insert(peer, now);
-            out.push(self.dial(peer));
-            return;
+            if round == 1 {
+                return;
+            }
+            // A new round: every member once, in a fresh random order, starting now (a
+            // tick spent only on the reshuffle doubled the wait for the next probe).
+            let mut order: Vec<DeviceId> = self.membership.members().map(|(d, _)| d).collect();
+            order.sort();
+            shuffle(&mut self.rng, &mut order);
+            self.watch.probe_order = order;
         }
-        // A new round: every member once, in a fresh random order.
-        let mut order: Vec<DeviceId> = self.membership.members().map(|(d, _)| d).collect();
-        order.sort();
-        shuffle(&mut self.rng, &mut order);
-        self.watch.probe_order = order;
+    }
+
+    /// A dial to fill the view, to a live member: if it does not connect within the probe
+    /// timeout, the member is accused (see `maintain_view`).
+    pub(super) fn probe_for_view(&mut self, peer: DeviceId, now: Instant) {
+        if self.membership.is_online(&peer) && !self.watch.probes.contains_key(&peer) {
+            self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+        }
     }
 
     /// A member this node counts live that the peer's list lacks may be gone: the peer
@@ -348,7 +365,7 @@ impl Engine {
             set.extend(theirs.iter().map(|(d, _, _)| *d));
             set
         };
-        let mut missing: Vec<DeviceId> = self
+        let missing: Vec<DeviceId> = self
             .membership
             .members()
             .map(|(d, _)| d)
@@ -356,18 +373,38 @@ impl Engine {
                 !listed.contains(d)
                     && !self.conns.contains_key(d)
                     && !self.watch.probes.contains_key(d)
-                    && self.dialable(d)
             })
             .collect();
-        if missing.is_empty() {
-            return;
+        let (mut dialable, blind): (Vec<DeviceId>, Vec<DeviceId>) =
+            missing.into_iter().partition(|d| self.dialable(d));
+        // A live member's heartbeat reaches a node within a few digest rounds (its entry
+        // differs from the peers' that hold one, and is fetched), so one known only from
+        // its slices, and silent, for this long is likely gone.
+        let mut blind: Vec<DeviceId> = blind
+            .into_iter()
+            .filter(|d| {
+                self.membership
+                    .silent_for(d, now)
+                    .is_some_and(|s| s >= BLIND_ACCUSE_AFTER)
+            })
+            .collect();
+        if !dialable.is_empty() {
+            dialable.sort();
+            let peer = dialable[self.rng.random_range(0..dialable.len())];
+            self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+            self.watch.random_probes.insert(peer);
+            self.dialled.insert(peer, now);
+            out.push(self.dial(peer));
+        } else if !blind.is_empty() {
+            // Known only from its slices (no heartbeat, so no address to probe): accuse it
+            // outright. If it is alive it refutes with a new heartbeat, which also gives
+            // this node its addresses; if not, it is removed everywhere at the timeout.
+            // Seen in the randomized fault suite: after a restart a node held a dead
+            // device it had only fetched a slice of.
+            blind.sort();
+            let peer = blind[self.rng.random_range(0..blind.len())];
+            self.accuse(peer, now, out);
         }
-        missing.sort();
-        let peer = missing[self.rng.random_range(0..missing.len())];
-        self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
-        self.watch.random_probes.insert(peer);
-        self.dialled.insert(peer, now);
-        out.push(self.dial(peer));
     }
 
     pub(super) fn ask_digest(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
