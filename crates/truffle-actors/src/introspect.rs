@@ -663,13 +663,13 @@ impl Observatory {
                 }
             }
             Output::Report(Report::Suspected { device, .. }) => {
-                let silent = self.with_peer(*device, |p| {
+                let newly = self.with_peer(*device, |p| {
                     let silent = p.last_heard.map_or(0, |(t, _)| {
                         now.saturating_duration_since(t).as_millis() as u64
                     });
                     (p.online && !std::mem::replace(&mut p.suspected, true)).then_some(silent)
                 });
-                if let Some(Some(silent_for_ms)) = silent {
+                if let Some(silent_for_ms) = newly.flatten() {
                     self.emit(NodeEvent::PeerSuspected {
                         device_id: *device,
                         silent_for_ms,
@@ -736,9 +736,9 @@ impl Observatory {
         let mut suspected = Vec::new();
         {
             let mut inner = self.inner();
-            let after = inner.suspect_after;
+            // Only with heartbeats liveness does silence make a peer suspected.
+            let after = inner.suspect_after.unwrap_or(Duration::MAX);
             for (id, p) in inner.peers.iter_mut() {
-                let Some(after) = after else { break };
                 if !p.online || p.suspected {
                     continue;
                 }
@@ -817,14 +817,25 @@ mod tests {
         out
     }
 
-    #[test]
-    fn with_watch_liveness_a_peer_is_suspected_while_accused_not_while_silent() {
+    /// An observatory of `me` with one peer `d` heard (incarnation 5, heartbeat 1) and
+    /// online at `t0`, under `liveness` with a 2 s presence timeout; its events from the
+    /// start.
+    fn one_peer_online(
+        me: DeviceId,
+        liveness: Liveness,
+    ) -> (Observatory, NodeEvents, DeviceId, Instant) {
         let o = Observatory::default();
-        o.configure(dev(), None, Duration::from_secs(2), Liveness::Watch);
-        let mut rx = o.subscribe();
+        o.configure(me, None, Duration::from_secs(2), liveness);
+        let rx = o.subscribe();
         let (d, t0) = (dev(), Instant::now());
         o.on_input(&heartbeat(d, 5, 1), t0);
         o.on_output(&Output::Report(Report::DeviceOnline { device: d }), t0);
+        (o, rx, d, t0)
+    }
+
+    #[test]
+    fn with_watch_liveness_a_peer_is_suspected_while_accused_not_while_silent() {
+        let (o, mut rx, d, t0) = one_peer_online(dev(), Liveness::Watch);
         drain(&mut rx);
         // Watch announces only on change: a minute of silence is no sign of trouble.
         o.on_input(&Input::Timer(Timer::Expire), t0 + Duration::from_secs(60));
@@ -856,13 +867,8 @@ mod tests {
 
     #[test]
     fn a_silent_peer_is_suspected_once_then_recovers_or_goes() {
-        let o = Observatory::default();
         let me = dev();
-        o.configure(me, None, Duration::from_secs(2), Liveness::Heartbeats);
-        let mut rx = o.subscribe();
-        let (d, t0) = (dev(), Instant::now());
-        o.on_input(&heartbeat(d, 5, 1), t0);
-        o.on_output(&Output::Report(Report::DeviceOnline { device: d }), t0);
+        let (o, mut rx, d, t0) = one_peer_online(me, Liveness::Heartbeats);
         assert_eq!(o.peers()[0].incarnation, 5);
         assert_eq!(drain(&mut rx), vec![NodeEvent::PeerOnline { device_id: d }]);
 

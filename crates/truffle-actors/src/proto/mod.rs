@@ -1436,9 +1436,14 @@ impl Engine {
     /// member so the overlay keeps mixing. Members come from the addresses announced in
     /// heartbeats: live ones first when filling, ones silent lately (perhaps the other
     /// side of a partition) first when refreshing.
+    /// Connections past this many are trimmed: one and a half times the target.
+    fn view_high(&self) -> usize {
+        self.cfg.target_peers + self.cfg.target_peers.div_ceil(2)
+    }
+
     fn maintain_view(&mut self, now: Instant, refresh: bool, out: &mut Vec<Output>) {
         let target = self.cfg.target_peers;
-        let high = target + target.div_ceil(2);
+        let high = self.view_high();
         let have = self.conns.len();
         let short = have < target;
         let want = match (short, refresh) {

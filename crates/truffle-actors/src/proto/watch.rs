@@ -290,7 +290,7 @@ impl Engine {
         self.dial_lost(now, out);
         let alert = self.watch.alert_until.is_some_and(|t| now < t);
         // Probes only while the view has room: a probe that answers is a connection.
-        let high = self.cfg.target_peers + self.cfg.target_peers.div_ceil(2);
+        let high = self.view_high();
         let probes = match alert {
             true => ALERT_PROBES,
             false => usize::from(self.ticks.is_multiple_of(PROBE_EVERY_TICKS)),
@@ -317,10 +317,7 @@ impl Engine {
                 {
                     continue;
                 }
-                self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
-                self.watch.random_probes.insert(peer);
-                self.dialled.insert(peer, now);
-                out.push(self.dial(peer));
+                self.start_probe(peer, now, out);
                 return;
             }
             if round == 1 {
@@ -356,8 +353,7 @@ impl Engine {
         now: Instant,
         out: &mut Vec<Output>,
     ) {
-        let high = self.cfg.target_peers + self.cfg.target_peers.div_ceil(2);
-        if !self.healthy(now) || self.conns.len() >= high {
+        if !self.healthy(now) || self.conns.len() >= self.view_high() {
             return;
         }
         let listed: DetSet<DeviceId> = {
@@ -365,46 +361,54 @@ impl Engine {
             set.extend(theirs.iter().map(|(d, _, _)| *d));
             set
         };
-        let missing: Vec<DeviceId> = self
-            .membership
-            .members()
-            .map(|(d, _)| d)
-            .filter(|d| {
-                !listed.contains(d)
-                    && !self.conns.contains_key(d)
-                    && !self.watch.probes.contains_key(d)
-            })
-            .collect();
-        let (mut dialable, blind): (Vec<DeviceId>, Vec<DeviceId>) =
-            missing.into_iter().partition(|d| self.dialable(d));
-        // A live member's heartbeat reaches a node within a few digest rounds (its entry
-        // differs from the peers' that hold one, and is fetched), so one known only from
-        // its slices, and silent, for this long is likely gone.
-        let mut blind: Vec<DeviceId> = blind
-            .into_iter()
-            .filter(|d| {
-                self.membership
-                    .silent_for(d, now)
-                    .is_some_and(|s| s >= BLIND_ACCUSE_AFTER)
-            })
-            .collect();
-        if !dialable.is_empty() {
-            dialable.sort();
-            let peer = dialable[self.rng.random_range(0..dialable.len())];
-            self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
-            self.watch.random_probes.insert(peer);
-            self.dialled.insert(peer, now);
-            out.push(self.dial(peer));
-        } else if !blind.is_empty() {
-            // Known only from its slices (no heartbeat, so no address to probe): accuse it
-            // outright. If it is alive it refutes with a new heartbeat, which also gives
-            // this node its addresses; if not, it is removed everywhere at the timeout.
-            // Seen in the randomized fault suite: after a restart a node held a dead
-            // device it had only fetched a slice of.
-            blind.sort();
-            let peer = blind[self.rng.random_range(0..blind.len())];
+        // Dialable ones are probed. One known only from its slices (no heartbeat, so no
+        // address) is accused outright once silent for `BLIND_ACCUSE_AFTER`: a live
+        // member's heartbeat reaches a node within a few digest rounds (its entry differs
+        // from the peers' that hold one, and is fetched). If it is alive it refutes with a
+        // new heartbeat, which also gives this node its addresses; if not, it is removed
+        // everywhere at the timeout. Seen in the randomized fault suite: after a restart a
+        // node held a dead device it had only fetched a slice of.
+        let (mut dialable, mut blind) = (Vec::new(), Vec::new());
+        for d in self.membership.members().map(|(d, _)| d) {
+            if listed.contains(&d)
+                || self.conns.contains_key(&d)
+                || self.watch.probes.contains_key(&d)
+            {
+                continue;
+            }
+            if self.dialable(&d) {
+                dialable.push(d);
+            } else if self
+                .membership
+                .silent_for(&d, now)
+                .is_some_and(|s| s >= BLIND_ACCUSE_AFTER)
+            {
+                blind.push(d);
+            }
+        }
+        if let Some(peer) = self.pick_one(dialable) {
+            self.start_probe(peer, now, out);
+        } else if let Some(peer) = self.pick_one(blind) {
             self.accuse(peer, now, out);
         }
+    }
+
+    /// One of `devices` at random (seeded: sorted first), if any.
+    fn pick_one(&mut self, mut devices: Vec<DeviceId>) -> Option<DeviceId> {
+        if devices.is_empty() {
+            return None;
+        }
+        devices.sort();
+        Some(devices[self.rng.random_range(0..devices.len())])
+    }
+
+    /// Dials `peer` as a probe: accused if it has not connected by the probe timeout, and
+    /// trimmed again if it answers while the view is full (see `on_connected`).
+    fn start_probe(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
+        self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+        self.watch.random_probes.insert(peer);
+        self.dialled.insert(peer, now);
+        out.push(self.dial(peer));
     }
 
     pub(super) fn ask_digest(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
