@@ -274,9 +274,16 @@ async fn subscribe_with_snapshot_has_no_gap_and_no_repeat() {
         let (snap, mut events) = local.subscribe_with_snapshot();
         let mut n = snap.local.data.n;
         let mut remote_version = snap.get(&b_dev).map(|s| s.version);
-        // Follow the stream for a while, from wherever the writer is.
+        // Follow the stream for a while (50 ms or a sixteenth of the writes, whichever
+        // ends first: on a quiet machine all the writes took about 100 ms, too few
+        // subscriptions for the check below), from wherever the writer is.
         let until = tokio::time::Instant::now() + Duration::from_millis(50);
-        while let Ok(Some(ev)) = tokio::time::timeout_at(until, events.recv()).await {
+        let mut seen = 0;
+        while seen < WRITES / 16 {
+            let Ok(Some(ev)) = tokio::time::timeout_at(until, events.recv()).await else {
+                break;
+            };
+            seen += 1;
             match ev {
                 StoreEvent::LocalChanged { slice } => {
                     assert_eq!(slice.device_id, a_dev);
