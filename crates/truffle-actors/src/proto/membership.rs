@@ -420,8 +420,17 @@ impl Membership {
 
     /// Suspicions that ran out: one accuser waits `max`, and each further independent
     /// accuser shortens the wait, down to `min` at [`MAX_ACCUSERS`] (Lifeguard's rule: the
-    /// more members agree, the less likely all of them are wrong).
-    pub fn expire_suspects(&mut self, now: Instant, min: Duration, max: Duration) -> Vec<Removal> {
+    /// more members agree, the less likely all of them are wrong). A device `spare` holds
+    /// for is not removed: its suspicion starts over from `now` and it is listed in
+    /// `spared`.
+    pub fn expire_suspects(
+        &mut self,
+        now: Instant,
+        min: Duration,
+        max: Duration,
+        spare: impl Fn(&DeviceId) -> bool,
+        spared: &mut Vec<DeviceId>,
+    ) -> Vec<Removal> {
         let mut out = Vec::new();
         let mut due: Vec<DeviceId> = self
             .suspects
@@ -436,6 +445,13 @@ impl Membership {
             .collect();
         due.sort();
         for id in due {
+            if spare(&id) {
+                if let Some(s) = self.suspects.get_mut(&id) {
+                    s.since = now;
+                }
+                spared.push(id);
+                continue;
+            }
             self.suspects.remove(&id);
             let Some(d) = self.devices.get_mut(&id) else {
                 continue;

@@ -514,3 +514,107 @@ fn a_digest_that_differs_is_compared_back_once_per_period() {
     );
     assert_eq!(asks_digest_of(&out, peer), 0);
 }
+
+fn watch_engine() -> (Engine, Instant) {
+    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
+    let now = Instant::now();
+    e.start(now, &mut Vec::new());
+    (e, now)
+}
+
+fn accused_asks(out: &[Output], peer: DeviceId) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::Ask { peer: p, ask: Ask::Accused(_), .. } if *p == peer))
+        .count()
+}
+
+fn accusation(by: u8, of: u8, seq: u64) -> Input {
+    Input::Suspect {
+        accuser: dev(by),
+        suspicion: Suspicion {
+            device: dev(of),
+            incarnation: 1,
+            seq,
+        },
+    }
+}
+
+#[test]
+fn a_suspect_this_node_is_connected_to_is_told_not_removed() {
+    let (mut e, t0) = watch_engine();
+    announce(&mut e, 1, 1, t0);
+    announce(&mut e, 2, 1, t0);
+    step(&mut e, Input::Connected { peer: dev(2) }, t0);
+    step(&mut e, accusation(1, 2, 1), t0);
+    // The timeout passes with no refutation heard: dev(2) is still connected here, so it
+    // is asked directly to refute, and kept.
+    let late = t0 + ProtoConfig::default().suspect_timeout + Duration::from_millis(10);
+    let out = step(&mut e, Input::Timer(Timer::Expire), late);
+    assert!(
+        e.membership.is_online(&dev(2)),
+        "a connected suspect was removed"
+    );
+    assert_eq!(accused_asks(&out, dev(2)), 1);
+    // Once the connection is gone and the suspicion runs out again, it is removed.
+    step(
+        &mut e,
+        Input::ConnectionClosed {
+            peer: dev(2),
+            remaining: 0,
+        },
+        late,
+    );
+    let later = late + ProtoConfig::default().suspect_timeout + Duration::from_millis(10);
+    step(&mut e, Input::Timer(Timer::Expire), later);
+    assert!(
+        !e.membership.is_online(&dev(2)),
+        "an unconnected suspect was kept"
+    );
+}
+
+#[test]
+fn a_failed_dial_to_a_peer_connected_the_other_way_accuses_no_one() {
+    let (mut e, t0) = watch_engine();
+    announce(&mut e, 1, 1, t0);
+    step(&mut e, Input::Connected { peer: dev(3) }, t0);
+    // Probing dev(1): the dial fails, but dev(1) connected to this node meanwhile.
+    e.watch.probes.insert(dev(1), t0 + Duration::from_secs(2));
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    e.watch.probes.insert(dev(1), t0 + Duration::from_secs(2));
+    let out = step(&mut e, Input::DialFailed { peer: dev(1) }, t0);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::PublishSuspect(_))),
+        "accused a connected peer"
+    );
+}
+
+#[test]
+fn an_accusation_told_directly_is_refuted_even_if_it_names_an_older_heartbeat() {
+    let (mut e, t0) = watch_engine();
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    let beats = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::PublishHeartbeat(_)))
+            .count()
+    };
+    let told = |seq| Input::Asked {
+        peer: dev(1),
+        token: 1,
+        ask: Ask::Accused(Suspicion {
+            device: dev(0),
+            incarnation: 1,
+            seq,
+        }),
+    };
+    // Accused at its latest heartbeat: refuted with a newer one.
+    let t1 = t0 + Duration::from_secs(1);
+    let latest = e.seq;
+    let out = step(&mut e, told(latest), t1);
+    assert_eq!(beats(&out), 1);
+    // Then a neighbour tells it of an accusation at an older heartbeat (the neighbour
+    // missed the newer ones): refuted too, with a newer one still.
+    let seq = e.seq;
+    let out = step(&mut e, told(0), t1 + Duration::from_secs(1));
+    assert_eq!(beats(&out), 1);
+    assert!(e.seq > seq);
+}

@@ -457,7 +457,9 @@ impl Engine {
     pub(super) fn accuse(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.probes.remove(&peer);
         self.watch.random_probes.remove(&peer);
-        if !self.healthy(now) {
+        // A dial can fail while a connection the other side opened is up (both dialled at
+        // once): the device answered, so it is not accused.
+        if !self.healthy(now) || self.conns.contains_key(&peer) {
             // Short of CPU: the silence may be ours. Leave it to healthier members.
             return;
         }
@@ -543,8 +545,38 @@ impl Engine {
                 self.accuse(peer, now, out);
             }
         }
+        // A suspect this node is connected to is alive as far as this node can tell (the
+        // connection is authenticated as the device, and pings would have closed it had
+        // the device hung): it is not removed here. Its suspicion starts over and the
+        // device is told it is accused, directly, so it refutes. On a node short of CPU
+        // (every node of a large mesh in one process, during a join wave) an accusation
+        // often never reached the accused over gossip before the timeout, and devices
+        // connected to half the mesh were removed.
         let max = self.cfg.suspect_timeout;
-        for r in self.membership.expire_suspects(now, max / 2, max) {
+        let conns = &self.conns;
+        let mut spared = Vec::new();
+        let removed = self.membership.expire_suspects(
+            now,
+            max / 2,
+            max,
+            |d| conns.contains_key(d),
+            &mut spared,
+        );
+        for device in spared {
+            if let Some((of, true)) = self.membership.presence_of(&device) {
+                let id = self.request_id();
+                out.push(Output::Ask {
+                    peer: device,
+                    id,
+                    ask: Ask::Accused(Suspicion {
+                        device,
+                        incarnation: of.0,
+                        seq: of.1,
+                    }),
+                });
+            }
+        }
+        for r in removed {
             self.watch.lost.insert(r.device, now);
             self.remove(r, out);
         }
@@ -614,7 +646,13 @@ impl Engine {
     ) {
         let reply = match ask {
             Ask::Accused(s) => {
-                self.refute(&s, now, out);
+                // Told directly by a neighbour: it holds the heartbeat it names, perhaps an
+                // older one than this run's latest (which did not reach it), so any
+                // accusation of this run is answered with a new heartbeat.
+                if s.device == self.me && s.incarnation == self.incarnation {
+                    self.watch.announce = true;
+                    self.announce_if_due(now, out);
+                }
                 Reply::Done
             }
             Ask::Trim => {
