@@ -1185,12 +1185,19 @@ impl Engine {
             by_store.entry(w.store.clone()).or_default().push(w);
         }
         for (store, want) in by_store {
-            let next = self
+            // A random one: the lowest id, as before, sent every neighbour's retries of a
+            // join wave to the same few nodes.
+            let mut candidates: Vec<DeviceId> = self
                 .subs
                 .iter()
                 .filter(|(p, s)| s.contains(&store) && !fetch.tried.contains(p))
                 .map(|(p, _)| *p)
-                .min();
+                .collect();
+            candidates.sort();
+            let next = match candidates.len() {
+                0 => None,
+                n => Some(candidates[self.rng.random_range(0..n)]),
+            };
             match next {
                 Some(peer) => self.fetch(peer, want, fetch.tried.clone(), out),
                 None => self.forget_fetches(&want),

@@ -618,3 +618,53 @@ fn an_accusation_told_directly_is_refuted_even_if_it_names_an_older_heartbeat() 
     assert_eq!(beats(&out), 1);
     assert!(e.seq > seq);
 }
+
+#[test]
+fn fetches_retried_elsewhere_spread_over_the_subscribers() {
+    let (mut e, t0) = engine();
+    let s = st("a");
+    step(&mut e, Input::Join(s.clone()), t0);
+    for p in 1..=8 {
+        step(
+            &mut e,
+            Input::Subscribed {
+                peer: dev(p),
+                store: s.clone(),
+            },
+            t0,
+        );
+    }
+    // Devices 20.. announce a slice through dev(1), which answers none of them: every
+    // fetch goes on to another subscriber. Not always to the same one.
+    let mut next = std::collections::HashSet::new();
+    for d in 20..60 {
+        let out = step(
+            &mut e,
+            Input::Heartbeat {
+                via: dev(1),
+                heartbeat: Arc::new(Heartbeat {
+                    device: dev(d),
+                    incarnation: 5,
+                    seq: 1,
+                    addrs: vec![],
+                    partial: false,
+                    digest: vec![(s.clone(), Version::new(5, 3))],
+                }),
+            },
+            t0,
+        );
+        let Some(id) = out.iter().find_map(|o| match o {
+            Output::Fetch { id, peer, .. } if *peer == dev(1) => Some(*id),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let out = step(&mut e, Input::RequestFailed { peer: dev(1), id }, t0);
+        next.extend(out.iter().filter_map(|o| match o {
+            Output::Fetch { peer, .. } => Some(*peer),
+            _ => None,
+        }));
+    }
+    assert!(!next.contains(&dev(1)));
+    assert!(next.len() >= 4, "retries went to {} peers", next.len());
+}
