@@ -346,6 +346,21 @@ async fn the_dashboard_shows_devices_joining_and_leaving() {
     .await;
     let text = cdp.eval("document.body.innerText").await;
     assert!(text.as_str().unwrap().contains("carol here"), "{text}");
+    // The node's counters, as /api/node lists them.
+    let applied = cdp
+        .eval("document.querySelector('[data-counter=applied] b').textContent")
+        .await;
+    assert!(
+        applied
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|v| v > 0),
+        "applied counter: {applied}"
+    );
+    assert!(
+        text.as_str().unwrap().contains("peers graylisted"),
+        "{text}"
+    );
 
     // The book's screenshot, when asked for.
     if let Ok(path) = std::env::var("TRUFFLE_DASHBOARD_SCREENSHOT") {

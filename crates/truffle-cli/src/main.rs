@@ -2,7 +2,7 @@
 //! with `MeshNodeBuilder::admin`, or `todo --admin ADDR`).
 //!
 //! ```text
-//! truffle status --admin http://127.0.0.1:9090 [--json]          node, peers, stores
+//! truffle status --admin http://127.0.0.1:9090 [--json]          node, peers, stores, counters
 //! truffle watch  --admin http://127.0.0.1:9090 [--store ID] [--json]   one line per event
 //! truffle peek   --peer MULTIADDR --store ID [--json]    join read-only, print every slice
 //! ```

@@ -56,8 +56,8 @@ pub fn status(node: &Value, peers: &Value, stores: &Value) -> String {
     out.push_str(&format!("\npeers ({}):\n", peers.len()));
     if !peers.is_empty() {
         out.push_str(&format!(
-            "  {:<20} {:<14} {:<10} {:<9} {:<12} {:>9}  slices\n",
-            "device", "name", "state", "connected", "last heard", "rtt"
+            "  {:<20} {:<14} {:<10} {:<9} {:<12} {:>9} {:>7} {:>10}  slices\n",
+            "device", "name", "state", "connected", "last heard", "rtt", "score", "gossip in"
         ));
     }
     for p in &peers {
@@ -72,8 +72,22 @@ pub fn status(node: &Value, peers: &Value, stores: &Value) -> String {
             ("offline", Some(r)) => format!("offline({r})"),
             (state, _) => state.to_string(),
         };
+        let score = p
+            .get("score")
+            .and_then(Value::as_f64)
+            .map(|v| format!("{v:.1}"))
+            .unwrap_or_else(|| "-".into());
+        let gossip_in = match p.get("connected").and_then(Value::as_bool) {
+            Some(true) => format!(
+                "{:.1}/s",
+                p.get("inbound_messages_per_sec")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+            ),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "  {:<20} {:<14} {:<10} {:<9} {:<12} {:>9}  {}\n",
+            "  {:<20} {:<14} {:<10} {:<9} {:<12} {:>9} {:>7} {:>10}  {}\n",
             short(s(p, "device_id")),
             p.get("name").and_then(Value::as_str).unwrap_or("-"),
             state,
@@ -87,6 +101,8 @@ pub fn status(node: &Value, peers: &Value, stores: &Value) -> String {
                 .and_then(Value::as_f64)
                 .map(|r| format!("{r:.1} ms"))
                 .unwrap_or_else(|| "-".into()),
+            score,
+            gossip_in,
             slices.join(" "),
         ));
     }
@@ -109,7 +125,33 @@ pub fn status(node: &Value, peers: &Value, stores: &Value) -> String {
             ));
         }
     }
+    // The node's counters since start, as `/api/node` lists them (the Operating chapter
+    // says what each one means): what faulty or hostile peers cost this node shows here.
+    if let Some(metrics) = node.get("metrics").and_then(Value::as_object) {
+        out.push_str("\ncounters:\n");
+        for (name, value) in metrics {
+            out.push_str(&format!("  {:<24} {}\n", name, counter(value)));
+        }
+    }
     out
+}
+
+/// A counter: a number, or for counts by reason (`rejected`) their sum and each reason
+/// that is not zero.
+fn counter(v: &Value) -> String {
+    let Some(by) = v.as_object() else {
+        return v.to_string();
+    };
+    let sum: u64 = by.values().filter_map(Value::as_u64).sum();
+    let parts: Vec<String> = by
+        .iter()
+        .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    match parts.is_empty() {
+        true => sum.to_string(),
+        false => format!("{sum} ({})", parts.join(", ")),
+    }
 }
 
 /// One line for one event of `truffle watch`.
@@ -163,13 +205,21 @@ mod tests {
 
     #[test]
     fn status_lists_peers_and_stores() {
-        let node = json!({"name":"alice","device_id":"A","incarnation":1,"uptime_ms":1500,"peers_online":1,"listen_addrs":["/ip4/127.0.0.1/tcp/1/p2p/A"]});
-        let peers = json!([{"device_id":"B","name":"bob","state":"online","connected":true,"silent_for_ms":20,"rtt_ms":0.4,"stores":{"todos":{"incarnation":2,"counter":1}}}]);
+        let node = json!({"name":"alice","device_id":"A","incarnation":1,"uptime_ms":1500,"peers_online":1,"listen_addrs":["/ip4/127.0.0.1/tcp/1/p2p/A"],"metrics":{"applied":3,"peers_graylisted":1,"rejected":{"bad_signature":2,"stale":0,"too_large":1}}});
+        let peers = json!([{"device_id":"B","name":"bob","state":"online","connected":true,"silent_for_ms":20,"rtt_ms":0.4,"score":2.5,"inbound_messages_per_sec":4.0,"stores":{"todos":{"incarnation":2,"counter":1}}}]);
         let stores = json!([{"id":"todos","slices":[{"device_id":"A","local":true,"version":{"incarnation":1,"counter":0}}]}]);
         let text = status(&node, &peers, &stores);
         assert!(text.contains("node alice (A)"), "{text}");
         assert!(text.contains("bob"), "{text}");
         assert!(text.contains("todos@2.1"), "{text}");
+        assert!(text.contains("2.5") && text.contains("4.0/s"), "{text}");
         assert!(text.contains("(this node)"), "{text}");
+        assert!(text.contains("counters:"), "{text}");
+        assert!(text.contains("3 (bad_signature 2, too_large 1)"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["peers_graylisted", "1"]),
+            "{text}"
+        );
     }
 }
