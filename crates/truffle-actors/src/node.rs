@@ -703,6 +703,8 @@ impl MeshNodeBuilder {
             .allow_only(cfg.allowed_devices.clone()),
             conduct,
             graylisted: Default::default(),
+            in_flight: Default::default(),
+            trimming: Default::default(),
             next_token: 0,
             key: key.clone(),
             me_text: device.to_string(),

@@ -1179,7 +1179,8 @@ impl Sim {
                         self.dial(i, p);
                     }
                 }
-                Output::Disconnect { peer } => {
+                // The model has no requests in flight to wait for: a trim closes at once.
+                Output::Disconnect { peer } | Output::Trim { peer } => {
                     if let Some(p) = self.peer_index(&peer) {
                         self.disconnect(i, p);
                     }

@@ -108,7 +108,6 @@ impl<P: Copy + Eq + Hash, R: Copy + Eq + Hash> InboundBudget<P, R> {
     }
 
     /// (requests, bytes) charged to `peer` now.
-    #[cfg(test)]
     pub(crate) fn load(&self, peer: P) -> (usize, usize) {
         self.peers.get(&peer).copied().unwrap_or_default()
     }

@@ -170,6 +170,7 @@ impl GossipState {
                 }
                 Output::DialAddr { addr } => self.cmd(SwarmCmd::DialAddr(addr)),
                 Output::Disconnect { peer } => self.cmd(SwarmCmd::Disconnect(peer)),
+                Output::Trim { peer } => self.cmd(SwarmCmd::Trim(peer)),
                 Output::LeaveDone { unanswered } => {
                     if unanswered > 0 {
                         tracing::warn!(

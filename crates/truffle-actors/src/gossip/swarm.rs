@@ -114,6 +114,8 @@ const APP_SCORE_WEIGHT: f64 = 10.0;
 /// How often the swarm task hands gossipsub the peers' application scores and looks at
 /// every connected peer's score.
 const CONDUCT_TICK: Duration = Duration::from_millis(500);
+/// Longest a trimmed connection stays open for the requests in flight on it.
+const TRIM_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) fn topic_score_params() -> TopicScoreParams {
     TopicScoreParams {
@@ -347,6 +349,9 @@ pub(crate) enum SwarmCmd {
     Dial(DeviceId, Vec<Multiaddr>),
     DialAddr(Multiaddr),
     Disconnect(DeviceId),
+    /// Close every connection to a peer once its requests in flight are answered (at most
+    /// [`TRIM_GRACE`] later).
+    Trim(DeviceId),
 }
 
 pub(crate) struct SwarmTask {
@@ -393,6 +398,11 @@ pub(crate) struct SwarmTask {
     pub conduct: PeerConduct,
     /// Connected peers last seen under the graylist threshold.
     pub graylisted: std::collections::HashSet<PeerId>,
+    /// Our requests (fetches and asks) in flight, per peer.
+    pub in_flight: HashMap<PeerId, usize>,
+    /// Peers whose connections close once nothing is in flight on them, with the
+    /// deadline (see [`SwarmCmd::Trim`]).
+    pub trimming: HashMap<PeerId, Instant>,
     pub next_token: Token,
     /// Signs this node's slices as they are published.
     pub key: Keypair,
@@ -455,6 +465,7 @@ impl SwarmTask {
     /// under the graylist threshold.
     fn on_conduct_tick(&mut self) {
         let now = Instant::now();
+        self.close_overdue_trims(now);
         let gs = &mut self.swarm.behaviour_mut().gossipsub;
         for (peer, score) in self.conduct.tick(now) {
             gs.set_application_score(&peer, score);
@@ -611,6 +622,7 @@ impl SwarmTask {
                     .sync
                     .send_request(&peer.peer_id(), req);
                 self.asks.insert(rid, (id, kind));
+                *self.in_flight.entry(peer.peer_id()).or_default() += 1;
             }
             SwarmCmd::Reply { token, reply } => {
                 let Some((channel, request)) = self.inbound.remove(&token) else {
@@ -678,8 +690,14 @@ impl SwarmTask {
                 }
             }
             SwarmCmd::Disconnect(peer) => {
-                tracing::debug!(%peer, "disconnecting (to reconnect afresh, or to trim the view)");
+                tracing::debug!(%peer, "disconnecting (to reconnect afresh, or unresponsive)");
+                self.trimming.remove(&peer.peer_id());
                 let _ = self.swarm.disconnect_peer_id(peer.peer_id());
+            }
+            SwarmCmd::Trim(peer) => {
+                let peer = peer.peer_id();
+                self.trimming.insert(peer, Instant::now() + TRIM_GRACE);
+                self.close_if_settled(peer);
             }
         }
     }
@@ -709,6 +727,46 @@ impl SwarmTask {
             .sync
             .send_request(&peer.peer_id(), req);
         self.outbound.insert(rid, id);
+        *self.in_flight.entry(peer.peer_id()).or_default() += 1;
+    }
+
+    /// One of our requests to `peer` was answered or failed.
+    fn landed(&mut self, peer: PeerId) {
+        if let Some(n) = self.in_flight.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.in_flight.remove(&peer);
+            }
+        }
+        self.close_if_settled(peer);
+    }
+
+    /// Closes a trimmed peer's connections if nothing is in flight on them either way.
+    fn close_if_settled(&mut self, peer: PeerId) {
+        if !self.trimming.contains_key(&peer)
+            || self.in_flight.contains_key(&peer)
+            || self.inbound_budget.load(peer).0 > 0
+        {
+            return;
+        }
+        self.trimming.remove(&peer);
+        tracing::debug!(%peer, "closing a trimmed connection");
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    /// Closes the trimmed connections whose grace ran out.
+    fn close_overdue_trims(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .trimming
+            .iter()
+            .filter(|(_, t)| now >= **t)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            self.trimming.remove(&peer);
+            tracing::debug!(%peer, "closing a trimmed connection (grace over)");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     /// Takes the store's newest local slice out of its outbox and encodes and signs it.
@@ -806,6 +864,8 @@ impl SwarmTask {
             } => {
                 tracing::debug!(peer = %peer_id, remaining = num_established, "connection closed");
                 if num_established == 0 {
+                    // Its requests in flight fail now (`OutboundFailure` follows).
+                    self.trimming.remove(&peer_id);
                     self.admission.peer_gone(&peer_id.into());
                     self.conduct.disconnected(peer_id);
                     self.graylisted.remove(&peer_id);
@@ -1216,8 +1276,10 @@ impl SwarmTask {
                 ..
             } => {
                 if let Some(id) = self.outbound.remove(&request_id) {
+                    self.landed(peer);
                     self.on_response(peer, id, response.slices);
                 } else if let Some((id, kind)) = self.asks.remove(&request_id) {
+                    self.landed(peer);
                     let (reply, rejected, refused) = watch_wire::reply_of(
                         kind,
                         response,
@@ -1250,6 +1312,9 @@ impl SwarmTask {
                     .outbound
                     .remove(&request_id)
                     .or_else(|| self.asks.remove(&request_id).map(|(id, _)| id));
+                if id.is_some() {
+                    self.landed(peer);
+                }
                 if let Some(id) = id {
                     self.forward(Input::RequestFailed {
                         peer: peer.into(),
@@ -1265,9 +1330,13 @@ impl SwarmTask {
             } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");
                 self.inbound_budget.release(request_id);
+                self.close_if_settled(peer);
             }
-            request_response::Event::ResponseSent { request_id, .. } => {
+            request_response::Event::ResponseSent {
+                peer, request_id, ..
+            } => {
                 self.inbound_budget.release(request_id);
+                self.close_if_settled(peer);
             }
         }
     }

@@ -535,8 +535,16 @@ pub enum Output {
         /// The address, possibly ending in `/p2p/<id>`.
         addr: Multiaddr,
     },
-    /// Close every connection to `peer` (to reconnect afresh, or to trim the view).
+    /// Close every connection to `peer` now (to reconnect afresh, or an unresponsive
+    /// peer).
     Disconnect {
+        /// The peer.
+        peer: DeviceId,
+    },
+    /// Close every connection to `peer` to trim the view, once the requests in flight on
+    /// them (either way) are answered, or after a short grace at most: a trim closing a
+    /// connection under a fetch made the fetch fail.
+    Trim {
         /// The peer.
         peer: DeviceId,
     },
@@ -1507,7 +1515,7 @@ impl Engine {
                 if self.watching() {
                     self.trim(peer, now, out);
                 } else {
-                    out.push(Output::Disconnect { peer });
+                    out.push(Output::Trim { peer });
                 }
             }
         }

@@ -632,7 +632,7 @@ impl Engine {
             return false;
         };
         self.watch.expect_close.insert(peer);
-        out.push(Output::Disconnect { peer });
+        out.push(Output::Trim { peer });
         true
     }
 
