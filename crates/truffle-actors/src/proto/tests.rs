@@ -36,6 +36,40 @@ fn engine() -> (Engine, Instant) {
     (e, now)
 }
 
+/// `device`'s first heartbeat, relayed by `via`, announcing version 5.3 of its slice in
+/// `store`.
+fn announces_slice(via: DeviceId, device: DeviceId, store: &StoreId) -> Input {
+    Input::Heartbeat {
+        via,
+        heartbeat: Arc::new(Heartbeat {
+            device,
+            incarnation: 5,
+            seq: 1,
+            addrs: vec![],
+            partial: false,
+            digest: vec![(store.clone(), Version::new(5, 3))],
+        }),
+    }
+}
+
+/// An engine that joined store `a`, with `peers` subscribed to it.
+fn joined_with_subscribers(peers: &[u8]) -> (Engine, Instant, StoreId) {
+    let (mut e, t0) = engine();
+    let s = st("a");
+    step(&mut e, Input::Join(s.clone()), t0);
+    for &p in peers {
+        step(
+            &mut e,
+            Input::Subscribed {
+                peer: dev(p),
+                store: s.clone(),
+            },
+            t0,
+        );
+    }
+    (e, t0, s)
+}
+
 fn step(e: &mut Engine, input: Input, now: Instant) -> Vec<Output> {
     let mut out = Vec::new();
     e.handle(input, now, &mut out);
@@ -87,34 +121,8 @@ fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
 
 #[test]
 fn a_fetch_the_relay_cannot_answer_goes_to_another_subscriber() {
-    let (mut e, t0) = engine();
-    let s = st("a");
-    step(&mut e, Input::Join(s.clone()), t0);
-    for p in [1, 3] {
-        step(
-            &mut e,
-            Input::Subscribed {
-                peer: dev(p),
-                store: s.clone(),
-            },
-            t0,
-        );
-    }
-    let out = step(
-        &mut e,
-        Input::Heartbeat {
-            via: dev(1),
-            heartbeat: Arc::new(Heartbeat {
-                device: dev(2),
-                incarnation: 5,
-                seq: 1,
-                addrs: vec![],
-                partial: false,
-                digest: vec![(s.clone(), Version::new(5, 3))],
-            }),
-        },
-        t0,
-    );
+    let (mut e, t0, s) = joined_with_subscribers(&[1, 3]);
+    let out = step(&mut e, announces_slice(dev(1), dev(2), &s), t0);
     let id = out
         .iter()
         .find_map(|o| match o {
@@ -625,38 +633,12 @@ fn an_accusation_told_directly_is_refuted_even_if_it_names_an_older_heartbeat() 
 
 #[test]
 fn fetches_retried_elsewhere_spread_over_the_subscribers() {
-    let (mut e, t0) = engine();
-    let s = st("a");
-    step(&mut e, Input::Join(s.clone()), t0);
-    for p in 1..=8 {
-        step(
-            &mut e,
-            Input::Subscribed {
-                peer: dev(p),
-                store: s.clone(),
-            },
-            t0,
-        );
-    }
+    let (mut e, t0, s) = joined_with_subscribers(&(1..=8).collect::<Vec<u8>>());
     // Devices 20.. announce a slice through dev(1), which answers none of them: every
     // fetch goes on to another subscriber. Not always to the same one.
     let mut next = std::collections::HashSet::new();
     for d in 20..60 {
-        let out = step(
-            &mut e,
-            Input::Heartbeat {
-                via: dev(1),
-                heartbeat: Arc::new(Heartbeat {
-                    device: dev(d),
-                    incarnation: 5,
-                    seq: 1,
-                    addrs: vec![],
-                    partial: false,
-                    digest: vec![(s.clone(), Version::new(5, 3))],
-                }),
-            },
-            t0,
-        );
+        let out = step(&mut e, announces_slice(dev(1), dev(d), &s), t0);
         let Some(id) = out.iter().find_map(|o| match o {
             Output::Fetch { id, peer, .. } if *peer == dev(1) => Some(*id),
             _ => None,
