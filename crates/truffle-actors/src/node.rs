@@ -703,7 +703,6 @@ impl MeshNodeBuilder {
             .allow_only(cfg.allowed_devices.clone()),
             conduct,
             graylisted: Default::default(),
-            in_flight: Default::default(),
             trimming: Default::default(),
             next_token: 0,
             key: key.clone(),

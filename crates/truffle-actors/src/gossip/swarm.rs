@@ -374,9 +374,9 @@ pub(crate) struct SwarmTask {
     /// Declines stale and over-rate slices before their signature is checked.
     pub gate: GossipGate,
     /// Our requests in flight, by libp2p id, with the engine's id.
-    pub outbound: HashMap<OutboundRequestId, RequestId>,
+    pub outbound: HashMap<OutboundRequestId, (RequestId, PeerId)>,
     /// Our watch-liveness requests in flight, with the engine's id and the answer expected.
-    pub asks: HashMap<OutboundRequestId, (RequestId, AskKind)>,
+    pub asks: HashMap<OutboundRequestId, (RequestId, AskKind, PeerId)>,
     /// The latest presence message of each device, to answer `members` requests.
     pub presences: Presences,
     /// This node's latest presence message while no peer is known to subscribe to the
@@ -398,8 +398,6 @@ pub(crate) struct SwarmTask {
     pub conduct: PeerConduct,
     /// Connected peers last seen under the graylist threshold.
     pub graylisted: std::collections::HashSet<PeerId>,
-    /// Our requests (fetches and asks) in flight, per peer.
-    pub in_flight: HashMap<PeerId, usize>,
     /// Peers whose connections close once nothing is in flight on them, with the
     /// deadline (see [`SwarmCmd::Trim`]).
     pub trimming: HashMap<PeerId, Instant>,
@@ -621,8 +619,7 @@ impl SwarmTask {
                     .behaviour_mut()
                     .sync
                     .send_request(&peer.peer_id(), req);
-                self.asks.insert(rid, (id, kind));
-                *self.in_flight.entry(peer.peer_id()).or_default() += 1;
+                self.asks.insert(rid, (id, kind, peer.peer_id()));
             }
             SwarmCmd::Reply { token, reply } => {
                 let Some((channel, request)) = self.inbound.remove(&token) else {
@@ -726,27 +723,17 @@ impl SwarmTask {
             .behaviour_mut()
             .sync
             .send_request(&peer.peer_id(), req);
-        self.outbound.insert(rid, id);
-        *self.in_flight.entry(peer.peer_id()).or_default() += 1;
-    }
-
-    /// One of our requests to `peer` was answered or failed.
-    fn landed(&mut self, peer: PeerId) {
-        if let Some(n) = self.in_flight.get_mut(&peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.in_flight.remove(&peer);
-            }
-        }
-        self.close_if_settled(peer);
+        self.outbound.insert(rid, (id, peer.peer_id()));
     }
 
     /// Closes a trimmed peer's connections if nothing is in flight on them either way.
     fn close_if_settled(&mut self, peer: PeerId) {
-        if !self.trimming.contains_key(&peer)
-            || self.in_flight.contains_key(&peer)
-            || self.inbound_budget.load(peer).0 > 0
-        {
+        if !self.trimming.contains_key(&peer) || self.inbound_budget.load(peer).0 > 0 {
+            return;
+        }
+        let ours = self.outbound.values().any(|(_, p)| *p == peer)
+            || self.asks.values().any(|(_, _, p)| *p == peer);
+        if ours {
             return;
         }
         self.trimming.remove(&peer);
@@ -1275,11 +1262,11 @@ impl SwarmTask {
                     },
                 ..
             } => {
-                if let Some(id) = self.outbound.remove(&request_id) {
-                    self.landed(peer);
+                if let Some((id, _)) = self.outbound.remove(&request_id) {
+                    self.close_if_settled(peer);
                     self.on_response(peer, id, response.slices);
-                } else if let Some((id, kind)) = self.asks.remove(&request_id) {
-                    self.landed(peer);
+                } else if let Some((id, kind, _)) = self.asks.remove(&request_id) {
+                    self.close_if_settled(peer);
                     let (reply, rejected, refused) = watch_wire::reply_of(
                         kind,
                         response,
@@ -1311,11 +1298,10 @@ impl SwarmTask {
                 let id = self
                     .outbound
                     .remove(&request_id)
-                    .or_else(|| self.asks.remove(&request_id).map(|(id, _)| id));
-                if id.is_some() {
-                    self.landed(peer);
-                }
+                    .map(|(id, _)| id)
+                    .or_else(|| self.asks.remove(&request_id).map(|(id, _, _)| id));
                 if let Some(id) = id {
+                    self.close_if_settled(peer);
                     self.forward(Input::RequestFailed {
                         peer: peer.into(),
                         id,

@@ -1445,17 +1445,17 @@ impl Engine {
         Output::Dial { peer, addrs }
     }
 
+    /// Connections past this many are trimmed: one and a half times the target.
+    fn view_high(&self) -> usize {
+        self.cfg.target_peers + self.cfg.target_peers.div_ceil(2)
+    }
+
     /// Keeps the view (the peers this node is connected to) near the target: dials random
     /// members while it is short, closes random connections (never young ones) while it
     /// is more than half as large again, and every [`REFRESH_TICKS`] ticks dials one more
     /// member so the overlay keeps mixing. Members come from the addresses announced in
     /// heartbeats: live ones first when filling, ones silent lately (perhaps the other
     /// side of a partition) first when refreshing.
-    /// Connections past this many are trimmed: one and a half times the target.
-    fn view_high(&self) -> usize {
-        self.cfg.target_peers + self.cfg.target_peers.div_ceil(2)
-    }
-
     fn maintain_view(&mut self, now: Instant, refresh: bool, out: &mut Vec<Output>) {
         let target = self.cfg.target_peers;
         let high = self.view_high();

@@ -29,11 +29,21 @@ fn heartbeats() -> ProtoConfig {
     ProtoConfig::default().with_liveness(Liveness::Heartbeats)
 }
 
-fn engine() -> (Engine, Instant) {
-    let mut e = Engine::new(dev(0), 1, heartbeats(), 1, Vec::new());
+/// A started engine of `dev(0)` under `cfg`, and its start time.
+fn engine_with(cfg: ProtoConfig) -> (Engine, Instant) {
+    let mut e = Engine::new(dev(0), 1, cfg, 1, Vec::new());
     let now = Instant::now();
     e.start(now, &mut Vec::new());
     (e, now)
+}
+
+fn engine() -> (Engine, Instant) {
+    engine_with(heartbeats())
+}
+
+/// An engine with the default (watch) liveness.
+fn watch_engine() -> (Engine, Instant) {
+    engine_with(ProtoConfig::default())
 }
 
 /// `device`'s first heartbeat, relayed by `via`, announcing version 5.3 of its slice in
@@ -482,13 +492,7 @@ fn asks_digest_of(out: &[Output], peer: DeviceId) -> usize {
 
 #[test]
 fn a_digest_that_differs_is_compared_back_once_per_period() {
-    let cfg = ProtoConfig {
-        liveness: Liveness::Watch,
-        ..ProtoConfig::default()
-    };
-    let mut e = Engine::new(dev(0), 1, cfg, 1, Vec::new());
-    let t0 = Instant::now();
-    e.start(t0, &mut Vec::new());
+    let (mut e, t0) = watch_engine();
     let peer = dev(1);
     // A new neighbour is compared with at once.
     let out = step(&mut e, Input::Connected { peer }, t0);
@@ -525,13 +529,6 @@ fn a_digest_that_differs_is_compared_back_once_per_period() {
         later + ProtoConfig::default().anti_entropy_every * 4,
     );
     assert_eq!(asks_digest_of(&out, peer), 0);
-}
-
-fn watch_engine() -> (Engine, Instant) {
-    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
-    let now = Instant::now();
-    e.start(now, &mut Vec::new());
-    (e, now)
 }
 
 fn accused_asks(out: &[Output], peer: DeviceId) -> usize {
@@ -588,9 +585,8 @@ fn a_suspect_this_node_is_connected_to_is_told_not_removed() {
 fn a_failed_dial_to_a_peer_connected_the_other_way_accuses_no_one() {
     let (mut e, t0) = watch_engine();
     announce(&mut e, 1, 1, t0);
-    step(&mut e, Input::Connected { peer: dev(3) }, t0);
-    // Probing dev(1): the dial fails, but dev(1) connected to this node meanwhile.
-    e.watch.probes.insert(dev(1), t0 + Duration::from_secs(2));
+    // dev(1) connected to this node while this node's probe dial to it was under way;
+    // then the dial fails.
     step(&mut e, Input::Connected { peer: dev(1) }, t0);
     e.watch.probes.insert(dev(1), t0 + Duration::from_secs(2));
     let out = step(&mut e, Input::DialFailed { peer: dev(1) }, t0);

@@ -491,7 +491,7 @@ impl Engine {
             return;
         }
         if s.device == self.me {
-            self.refute(&s, now, out);
+            self.refute(&s, false, now, out);
             return;
         }
         // Only members count as accusers: an unknown identity cannot open suspicions.
@@ -520,8 +520,13 @@ impl Engine {
     }
 
     /// Refutes an accusation of this run: a heartbeat newer than the one the accuser knew.
-    fn refute(&mut self, s: &Suspicion, now: Instant, out: &mut Vec<Output>) {
-        if s.device == self.me && s.incarnation == self.incarnation && s.seq >= self.seq {
+    /// One heard over gossip naming an older heartbeat than this run's latest is refuted
+    /// already (by that latest one). One a neighbour tells this node `directly` is refuted
+    /// whatever heartbeat it names: the neighbour holds that one, so the newer ones did
+    /// not reach it, and the nodes that hold it would remove this device at the timeout.
+    fn refute(&mut self, s: &Suspicion, directly: bool, now: Instant, out: &mut Vec<Output>) {
+        let current = s.device == self.me && s.incarnation == self.incarnation;
+        if current && (directly || s.seq >= self.seq) {
             self.watch.announce = true;
             self.announce_if_due(now, out);
         }
@@ -646,13 +651,7 @@ impl Engine {
     ) {
         let reply = match ask {
             Ask::Accused(s) => {
-                // Told directly by a neighbour: it holds the heartbeat it names, perhaps an
-                // older one than this run's latest (which did not reach it), so any
-                // accusation of this run is answered with a new heartbeat.
-                if s.device == self.me && s.incarnation == self.incarnation {
-                    self.watch.announce = true;
-                    self.announce_if_due(now, out);
-                }
+                self.refute(&s, true, now, out);
                 Reply::Done
             }
             Ask::Trim => {
