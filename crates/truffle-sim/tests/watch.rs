@@ -141,6 +141,38 @@ fn each_side_of_a_partition_removes_the_other_and_all_converge_within_3_s_of_the
 }
 
 #[test]
+fn a_partition_of_a_mesh_idle_for_longer_than_the_forget_window_heals() {
+    // Watch liveness announces only on change, so after a minute of quiet every member's
+    // last heartbeat is over a minute old. A member removed by the partition must still be
+    // remembered (its address with it) long enough for the two sides to dial each other
+    // after the heal.
+    let mut sim = Sim::new(SimConfig {
+        topology: Topology::Halves,
+        ..cfg(64, 27)
+    });
+    sim.start_all(10_000);
+    let t = sim.now();
+    assert!(sim.converge_by(t + 5 * S).is_some());
+    let t = sim.now() + 90 * S;
+    sim.run_until(t);
+    let groups = sim.halves();
+    sim.partition(&groups);
+    let t = sim.now() + 20 * S;
+    sim.run_until(t);
+    sim.heal();
+    let healed = sim.now();
+    let done = sim
+        .converge_by(healed + 30 * S)
+        .expect("converges after the heal");
+    assert!(done - healed < 5 * S, "{} µs", done - healed);
+    assert!(
+        sim.false_removals().is_empty(),
+        "{:?}",
+        sim.false_removals()
+    );
+}
+
+#[test]
 fn with_30_percent_loss_at_default_settings_nothing_is_falsely_removed() {
     let mut sim = Sim::new(SimConfig {
         loss: 0.3,

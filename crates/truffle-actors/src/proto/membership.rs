@@ -457,6 +457,10 @@ impl Membership {
                 continue;
             };
             if d.online {
+                // The forget window counts from the removal: with watch liveness an idle
+                // member's last heartbeat can be minutes old, and forgetting it (its
+                // address with it) at once left nothing to redial after a partition heals.
+                d.last_seen = now;
                 out.push(go_offline(id, d, &mut self.hash, &mut self.online));
             }
         }
