@@ -117,3 +117,33 @@ pub fn decode_everything(bytes: &[u8]) {
         });
     }
 }
+
+/// The signed presence message of `h`, as a node publishes it (a node adds its name when
+/// it has one). For the wire chapter's test vectors.
+pub fn signed_heartbeat(key: &Keypair, h: &crate::proto::Heartbeat) -> Vec<u8> {
+    crate::wire::encode_presence(key, &crate::wire::presence_of(h)).expect("a heartbeat encodes")
+}
+
+/// The sync request watch liveness sends for `ask`. For the wire chapter's test vectors.
+pub fn watch_request(ask: crate::proto::Ask) -> crate::wire::SyncRequest {
+    crate::gossip::watch_wire::request_of(ask).0
+}
+
+/// The answer watch liveness sends for `reply`, keeping the presence messages `kept` (each
+/// with the heartbeat it signs) to answer a `members` request. For the wire chapter's
+/// test vectors.
+pub fn watch_response(
+    reply: crate::proto::Reply,
+    kept: &[(&crate::proto::Heartbeat, &[u8])],
+) -> crate::wire::SyncResponse {
+    use crate::gossip::watch_wire::{response_of, Presences};
+    let mut presences = Presences::for_liveness(crate::proto::Liveness::Watch);
+    for (h, raw) in kept {
+        presences.keep(
+            h.device.peer_id(),
+            (h.incarnation, h.seq),
+            std::sync::Arc::from(*raw),
+        );
+    }
+    response_of(reply, &presences)
+}
