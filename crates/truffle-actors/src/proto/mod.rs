@@ -74,7 +74,8 @@ pub const MAX_WANTS: usize = 4096;
 /// The default of [`ProtoConfig::forget_after`]; also how long watch liveness keeps
 /// dialling a member it lost.
 const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
-/// A fetch for the same device and store is not repeated sooner than this.
+/// A slice asked for is not asked for again, at the same or an older version, until it is
+/// answered or this long has passed.
 const REFETCH_AFTER: Duration = Duration::from_secs(1);
 /// Most peers asked, one after the other, for a slice that the first one asked lacked.
 const FETCH_TRIES: usize = 4;
@@ -651,7 +652,8 @@ pub struct Engine {
     membership: Membership,
     seq: u64,
     digest_cursor: usize,
-    fetched: DetMap<(DeviceId, StoreId), Instant>,
+    /// Slices asked for and not yet answered: the version wanted, and when.
+    fetched: DetMap<(DeviceId, StoreId), (Version, Instant)>,
     fetches: DetMap<RequestId, PendingFetch>,
     next_request: RequestId,
     /// Open connections per peer.
@@ -904,6 +906,11 @@ impl Engine {
                 if let Some(fetch) = self.fetches.remove(&id) {
                     let answered: Vec<(StoreId, DeviceId)> =
                         slices.iter().map(|s| (s.store.clone(), s.device)).collect();
+                    // Answered: no longer under way (what is still missing after this
+                    // answer, a newer digest entry asks for again).
+                    for key in &answered {
+                        self.fetched.remove(&(key.1, key.0.clone()));
+                    }
                     self.fetch_elsewhere(fetch, &answered, out);
                 }
                 for s in slices.into_iter().take(MAX_WANTS) {
@@ -975,6 +982,26 @@ impl Engine {
                 device: None,
             }],
         });
+    }
+
+    /// Whether to ask for `device`'s slice in `store` at `version`: not while a request
+    /// for that version or a newer one is under way (see [`REFETCH_AFTER`]). Notes the
+    /// request when it is to be made.
+    fn asking(
+        &mut self,
+        device: DeviceId,
+        store: &StoreId,
+        version: Version,
+        now: Instant,
+    ) -> bool {
+        let key = (device, store.clone());
+        let pending = self.fetched.get(&key).is_some_and(|(v, t)| {
+            *v >= version && now.saturating_duration_since(*t) < REFETCH_AFTER
+        });
+        if !pending {
+            self.fetched.insert(key, (version, now));
+        }
+        !pending
     }
 
     fn request_id(&mut self) -> RequestId {
@@ -1108,19 +1135,12 @@ impl Engine {
             if !self.joined.contains(&store) || !self.membership.wants(&device, &store, version) {
                 continue;
             }
-            let key = (device, store);
-            if self
-                .fetched
-                .get(&key)
-                .is_some_and(|t| now.saturating_duration_since(*t) < REFETCH_AFTER)
-            {
-                continue;
+            if self.asking(device, &store, version, now) {
+                want.push(Want {
+                    store,
+                    device: Some(device),
+                });
             }
-            want.push(Want {
-                store: key.1.clone(),
-                device: Some(device),
-            });
-            self.fetched.insert(key, now);
         }
         if !want.is_empty() {
             self.fetch(via, want, Vec::new(), out);
@@ -1329,7 +1349,7 @@ impl Engine {
                     }
                 }
                 self.fetched
-                    .retain(|_, t| now.saturating_duration_since(*t) < REFETCH_AFTER);
+                    .retain(|_, (_, t)| now.saturating_duration_since(*t) < REFETCH_AFTER);
             }
             Timer::Redial => {
                 out.push(Output::Schedule {
@@ -1461,8 +1481,18 @@ impl Engine {
         let high = self.view_high();
         let have = self.conns.len();
         let short = have < target;
+        // Dials still under way count: a dial can take longer than a tick when the machine
+        // is busy, and dialling again every tick overshot the view (to 20 connections per
+        // node in a 128-node join wave).
+        let pending = self
+            .dialled
+            .iter()
+            .filter(|(d, t)| {
+                !self.conns.contains_key(*d) && now.saturating_duration_since(**t) < DIAL_BACKOFF
+            })
+            .count();
         let want = match (short, refresh) {
-            (true, _) => target - have,
+            (true, _) => target.saturating_sub(have + pending),
             (false, true) => 1,
             (false, false) => 0,
         };

@@ -130,6 +130,31 @@ fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
 }
 
 #[test]
+fn a_newer_version_is_fetched_while_an_older_one_is_still_asked_for() {
+    let (mut e, t0, s) = joined_with_subscribers(&[1]);
+    let hb = |seq, counter| Input::Heartbeat {
+        via: dev(1),
+        heartbeat: Arc::new(Heartbeat {
+            device: dev(2),
+            incarnation: 5,
+            seq,
+            addrs: vec![],
+            partial: false,
+            digest: vec![(s.clone(), Version::new(5, counter))],
+        }),
+    };
+    let fetches = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::Fetch { want, .. } if want[0].device == Some(dev(2))))
+            .count()
+    };
+    assert_eq!(fetches(&step(&mut e, hb(1, 3), t0)), 1);
+    let t1 = t0 + Duration::from_millis(100);
+    assert_eq!(fetches(&step(&mut e, hb(2, 3), t1)), 0, "5.3 is asked for");
+    assert_eq!(fetches(&step(&mut e, hb(3, 4), t1)), 1, "5.4 is not");
+}
+
+#[test]
 fn a_fetch_the_relay_cannot_answer_goes_to_another_subscriber() {
     let (mut e, t0, s) = joined_with_subscribers(&[1, 3]);
     let out = step(&mut e, announces_slice(dev(1), dev(2), &s), t0);
@@ -344,16 +369,20 @@ fn a_short_view_dials_announced_members_up_to_the_target_and_backs_off() {
     let target = ProtoConfig::default().target_peers;
     assert_eq!(first.len(), target - 1, "fills the view: {first:?}");
     assert!(!first.contains(&dev(1)), "not the peer already connected");
-    // Dials in flight are not repeated within the backoff...
+    // Dials in flight count toward the view: a slow dial is not doubled by another...
     let t1 = t0 + Duration::from_millis(500);
     let again = dials(&step(&mut e, Input::Timer(Timer::Redial), t1));
-    assert!(again.iter().all(|d| !first.contains(d)), "{again:?}");
-    // ...and once the view is full, nothing more is dialled.
-    for d in first.iter().chain(&again) {
-        step(&mut e, Input::Connected { peer: *d }, t1);
+    assert!(again.is_empty(), "{again:?}");
+    // ...until the backoff has passed without a connection: then it dials again.
+    let t2 = t0 + DIAL_BACKOFF;
+    let retry = dials(&step(&mut e, Input::Timer(Timer::Redial), t2));
+    assert_eq!(retry.len(), target - 1, "{retry:?}");
+    // Once the view is full, nothing more is dialled.
+    for d in &retry {
+        step(&mut e, Input::Connected { peer: *d }, t2);
     }
-    let t2 = t1 + Duration::from_secs(3);
-    assert!(dials(&step(&mut e, Input::Timer(Timer::Redial), t2)).is_empty());
+    let t3 = t2 + Duration::from_secs(3);
+    assert!(dials(&step(&mut e, Input::Timer(Timer::Redial), t3)).is_empty());
 }
 
 #[test]

@@ -783,15 +783,9 @@ impl Engine {
                 if device == self.me || !self.membership.wants(&device, &store, version) {
                     continue;
                 }
-                let key = (device, store.clone());
-                if self
-                    .fetched
-                    .get(&key)
-                    .is_some_and(|t| now.saturating_duration_since(*t) < REFETCH_AFTER)
-                {
+                if !self.asking(device, &store, version, now) {
                     continue;
                 }
-                self.fetched.insert(key, now);
                 want.push(Want {
                     store: store.clone(),
                     device: Some(device),
