@@ -1,5 +1,7 @@
 //! Identifiers: devices, stores, and the `(incarnation, counter)` version order.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -100,27 +102,70 @@ impl From<PeerId> for DeviceId {
     }
 }
 
+/// Most device ids whose base58 text each thread remembers, each way.
+const TEXT_CACHE: usize = 4096;
+
+/// Device ids to their text, and text to device ids.
+type TextCache = (HashMap<DeviceId, Arc<str>>, HashMap<Arc<str>, DeviceId>);
+
+thread_local! {
+    /// Base58 text of device ids lately written or read on this thread. A device id is
+    /// text on the wire (sync requests and answers, envelopes), and one node writes and
+    /// reads the same few hundred ids over and over: converting each time (quadratic in
+    /// the id's length) took about a twelfth of the CPU of a 128-node join wave. Both maps
+    /// are emptied when full, so a flood of new ids costs them no more than their bound.
+    static TEXT: RefCell<TextCache> = RefCell::new((HashMap::new(), HashMap::new()));
+}
+
+impl DeviceId {
+    /// The id's base58 text, converted once per thread (see [`TEXT`]).
+    fn text(&self) -> Arc<str> {
+        TEXT.with_borrow_mut(|(texts, _)| {
+            if let Some(t) = texts.get(self) {
+                return t.clone();
+            }
+            if texts.len() >= TEXT_CACHE {
+                texts.clear();
+            }
+            let t: Arc<str> = self.peer_id().to_base58().into();
+            texts.insert(*self, t.clone());
+            t
+        })
+    }
+}
+
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.peer_id(), f)
+        f.write_str(&self.text())
     }
 }
 
 impl fmt::Debug for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceId({})", self.peer_id())
+        write!(f, "DeviceId({self})")
     }
 }
 
 impl FromStr for DeviceId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        s.parse::<PeerId>()
-            .map(Self::from_peer_id)
-            .map_err(|e| Error::InvalidDeviceId {
-                id: s.to_owned(),
-                reason: e.to_string(),
-            })
+        if let Some(d) = TEXT.with_borrow(|(_, ids)| ids.get(s).copied()) {
+            return Ok(d);
+        }
+        let d =
+            s.parse::<PeerId>()
+                .map(Self::from_peer_id)
+                .map_err(|e| Error::InvalidDeviceId {
+                    id: s.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        TEXT.with_borrow_mut(|(_, ids)| {
+            if ids.len() >= TEXT_CACHE {
+                ids.clear();
+            }
+            ids.insert(s.into(), d);
+        });
+        Ok(d)
     }
 }
 
@@ -303,5 +348,24 @@ mod tests {
         let parsed: DeviceId = id.to_string().parse().unwrap();
         assert_eq!(parsed, id);
         assert!("not-a-peer".parse::<DeviceId>().is_err());
+    }
+
+    #[test]
+    fn text_is_the_peer_ids_however_full_the_cache() {
+        // More ids than the per-thread cache holds, each way, twice over: every one still
+        // reads and writes as its peer id does.
+        let ids: Vec<PeerId> = (0..TEXT_CACHE + 100).map(|_| PeerId::random()).collect();
+        for _ in 0..2 {
+            for p in &ids {
+                let id = DeviceId::from(*p);
+                assert_eq!(id.to_string(), p.to_base58());
+                assert_eq!(p.to_base58().parse::<DeviceId>().unwrap(), id);
+            }
+        }
+        assert!("not-a-peer".parse::<DeviceId>().is_err());
+        assert!(
+            "not-a-peer".parse::<DeviceId>().is_err(),
+            "errors are not cached"
+        );
     }
 }

@@ -625,7 +625,10 @@ pub(crate) fn decode_presence_msg_if(
         let d = l.device.clone();
         (PresenceMsg::Leave(l), d)
     };
-    let device: PeerId = device.parse().map_err(|_| RejectReason::BadField)?;
+    let device: PeerId = device
+        .parse::<DeviceId>()
+        .map_err(|_| RejectReason::BadField)?
+        .peer_id();
     if !check(&device) {
         return Ok(None);
     }

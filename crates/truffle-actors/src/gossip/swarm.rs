@@ -1167,6 +1167,10 @@ impl SwarmTask {
             match checked {
                 Ok(Some(v)) => {
                     self.admission.admitted(v.device, &via, now);
+                    // Verified here: a gossiped copy of this version, or of an older one,
+                    // is declined before its check (in a 128-node join wave a thousand a
+                    // second arrived after their fetched copy, each verified in vain).
+                    self.gate.passed(v.device, &v.store, v.version, false, now);
                     slices.push(v);
                 }
                 Ok(None) => self.refused_device(peer, admit),
