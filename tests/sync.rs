@@ -361,24 +361,23 @@ async fn an_older_version_never_overwrites_a_newer_one() {
     shutdown_all(vec![writer, reader]).await;
 }
 
-/// Publishes `bytes` from `from` until `at` has counted `n` rejections for `reason`. The
-/// attempts are re-encoded copies sharing one message id: once one reached `at`, the
-/// others are duplicates there (and `from` refuses to publish them), so `at` must be
-/// subscribed and known to `from` by then.
+/// Publishes `make(attempt)` from `from`, attempt 1, 2, …, every 500 ms until `at` has
+/// counted `n` rejections for `reason`. Each attempt must differ in its signed body: the
+/// message id covers the body, so a copy that differs only in its envelope is a duplicate
+/// that `from` refuses to publish, and a first publish that missed `at` (its mesh not yet
+/// formed) would never be followed by another.
 async fn publish_until(
     from: &MeshNode,
     store: &StoreId,
-    bytes: &[u8],
+    mut make: impl FnMut(u64) -> Vec<u8>,
     at: &MeshNode,
     reason: RejectReason,
     n: u64,
 ) {
     let mut attempt = 0;
     send_until_rejected(at, reason, n, || {
-        // A first publish that reached nobody is not remembered; a re-encoded copy goes
-        // out then, as the same bytes would.
         attempt += 1;
-        from.test_publish_raw(store, varied(bytes, attempt))
+        from.test_publish_raw(store, make(attempt))
     })
     .await;
 }
@@ -426,13 +425,16 @@ async fn a_slice_published_under_another_devices_id_is_rejected() {
     let fake = Todos {
         items: vec!["forged".into()],
     };
-    let high = Version::new(u64::MAX / 2, 1);
     // 1. Claims the victim's id, signed with another key.
-    let rogue_key_forgery = signed_slice(&Keypair::generate_ed25519(), &store, vid, high, &fake);
+    let forger = Keypair::generate_ed25519();
+    let forgery = |counter| {
+        let high = Version::new(u64::MAX / 2, counter);
+        signed_slice(&forger, &store, vid, high, &fake)
+    };
     publish_until(
         &rogue,
         &store,
-        &rogue_key_forgery,
+        forgery,
         &honest,
         RejectReason::BadSignature,
         1,
@@ -442,7 +444,8 @@ async fn a_slice_published_under_another_devices_id_is_rejected() {
     //    (as if captured earlier): relaying is allowed, replaying changes nothing. It is
     //    declined unverified when the honest node verified a newer version of the
     //    victim's from gossip (`gossip_over_rate`), and counted `stale` otherwise.
-    let old = signed_slice(&victim_key, &store, vid, Version::new(1, 5), &fake);
+    //    Each attempt is another old version (see `publish_until`).
+    let old = |counter| signed_slice(&victim_key, &store, vid, Version::new(1, counter), &fake);
     let before = honest.metrics();
     let mut attempt = 0;
     send_until(
@@ -451,12 +454,12 @@ async fn a_slice_published_under_another_devices_id_is_rejected() {
         |m| m.stale() > before.stale() || m.gossip_over_rate > before.gossip_over_rate,
         || {
             attempt += 1;
-            rogue.test_publish_raw(&store, varied(&old, attempt))
+            rogue.test_publish_raw(&store, old(attempt))
         },
     )
     .await;
     // 3. The same forgery relayed in a direct answer fails the signature check.
-    honest.test_inject_response(rid, vec![rogue_key_forgery]);
+    honest.test_inject_response(rid, vec![forgery(1)]);
     eventually_metrics("forged relay counted", &honest, |m| {
         m.rejected(RejectReason::BadSignature) >= 2
     })
