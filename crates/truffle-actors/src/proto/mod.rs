@@ -665,7 +665,8 @@ pub struct Engine {
     known: DetMap<DeviceId, Known>,
     /// When each member was last dialled to fill the view.
     dialled: DetMap<DeviceId, Instant>,
-    /// Redial ticks so far (every [`REFRESH_TICKS`]th refreshes the view).
+    /// Redial ticks so far, from a per-node phase (every [`REFRESH_TICKS`]th refreshes the
+    /// view).
     ticks: u64,
     /// The store topics each connected peer joined.
     subs: DetMap<DeviceId, DetSet<StoreId>>,
@@ -713,7 +714,10 @@ impl Engine {
             connected_at: DetMap::with_hasher(h.clone()),
             known: DetMap::with_hasher(h.clone()),
             dialled: DetMap::with_hasher(h.clone()),
-            ticks: 0,
+            // Each node starts at its own phase, so the view refreshes and random probes
+            // of nodes started together do not all fall in the same second (128 nodes
+            // started at once opened about 100 connections a second in bursts every 30 s).
+            ticks: seed % REFRESH_TICKS,
             subs: DetMap::with_hasher(h.clone()),
             reconnect: DetSet::with_hasher(h.clone()),
             leaving: false,
@@ -1493,7 +1497,8 @@ impl Engine {
             .count();
         let want = match (short, refresh) {
             (true, _) => target.saturating_sub(have + pending),
-            (false, true) => 1,
+            // A refresh adds one connection: not past the trim bound.
+            (false, true) => usize::from(have + pending < high),
             (false, false) => 0,
         };
         if want > 0 {

@@ -466,6 +466,29 @@ fn a_refresh_of_a_full_view_dials_a_silent_member_first() {
     );
 }
 
+#[test]
+fn nodes_started_together_refresh_their_views_on_different_ticks() {
+    let refresh_tick = |seed: u64| {
+        let mut e = Engine::new(dev(0), 1, heartbeats(), seed, Vec::new());
+        let t0 = Instant::now();
+        e.start(t0, &mut Vec::new());
+        for n in 1..=9 {
+            announce(&mut e, n, 1, t0);
+        }
+        for n in 1..=8 {
+            step(&mut e, Input::Connected { peer: dev(n) }, t0);
+        }
+        (1..=REFRESH_TICKS)
+            .find(|_| {
+                let out = step(&mut e, Input::Timer(Timer::Redial), t0);
+                !dials(&out).is_empty()
+            })
+            .expect("one refresh in every REFRESH_TICKS ticks")
+    };
+    let ticks: std::collections::BTreeSet<u64> = (0..REFRESH_TICKS).map(refresh_tick).collect();
+    assert_eq!(ticks.len() as u64, REFRESH_TICKS, "{ticks:?}");
+}
+
 /// A request naming one slice many times, or a device's slice besides its whole store,
 /// gets each held slice once, shared with what the engine holds (the fetch-amplification
 /// attack asked for one 1 MB slice 64 times and got 64 copies).
