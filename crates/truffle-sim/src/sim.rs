@@ -716,6 +716,22 @@ impl Sim {
             .collect()
     }
 
+    /// Pairs `(i, j)` of live nodes where `i`'s view of `j` disagrees with `groups` (a
+    /// partition as given to [`Sim::partition`]): `i` counts `j` live across the split, or
+    /// not live on its own side. Empty once each side has removed the other, and only it.
+    pub fn views_across(&self, groups: &[u32]) -> Vec<(usize, usize)> {
+        let mut wrong = Vec::new();
+        for i in (0..self.nodes.len()).filter(|&i| self.is_up(i)) {
+            let Some(e) = self.engine(i) else { continue };
+            for j in (0..self.nodes.len()).filter(|&j| j != i && self.is_up(j)) {
+                if e.is_online(&self.id(j)) != (groups[i] == groups[j]) {
+                    wrong.push((i, j));
+                }
+            }
+        }
+        wrong
+    }
+
     /// Whether every live node holds every other live device's current slice of the
     /// first store.
     pub fn converged(&self) -> bool {

@@ -31,7 +31,13 @@ fn heartbeats() -> ProtoConfig {
 
 /// A started engine of `dev(0)` under `cfg`, and its start time.
 fn engine_with(cfg: ProtoConfig) -> (Engine, Instant) {
-    let mut e = Engine::new(dev(0), 1, cfg, 1, Vec::new());
+    seeded_engine(cfg, 1)
+}
+
+/// A started engine of `dev(0)` under `cfg` whose random choices (and tick phase) come
+/// from `seed`, and its start time.
+fn seeded_engine(cfg: ProtoConfig, seed: u64) -> (Engine, Instant) {
+    let mut e = Engine::new(dev(0), 1, cfg, seed, Vec::new());
     let now = Instant::now();
     e.start(now, &mut Vec::new());
     (e, now)
@@ -49,15 +55,27 @@ fn watch_engine() -> (Engine, Instant) {
 /// `device`'s first heartbeat, relayed by `via`, announcing version 5.3 of its slice in
 /// `store`.
 fn announces_slice(via: DeviceId, device: DeviceId, store: &StoreId) -> Input {
+    announces_version(via, device, store, 1, 3)
+}
+
+/// `device`'s heartbeat `seq` of run 5, relayed by `via`, announcing version
+/// `5.counter` of its slice in `store`.
+fn announces_version(
+    via: DeviceId,
+    device: DeviceId,
+    store: &StoreId,
+    seq: u64,
+    counter: u64,
+) -> Input {
     Input::Heartbeat {
         via,
         heartbeat: Arc::new(Heartbeat {
             device,
             incarnation: 5,
-            seq: 1,
+            seq,
             addrs: vec![],
             partial: false,
-            digest: vec![(store.clone(), Version::new(5, 3))],
+            digest: vec![(store.clone(), Version::new(5, counter))],
         }),
     }
 }
@@ -88,25 +106,8 @@ fn step(e: &mut Engine, input: Input, now: Instant) -> Vec<Output> {
 
 #[test]
 fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
-    let (mut e, t0) = engine();
-    let s = st("a");
-    step(&mut e, Input::Join(s.clone()), t0);
-    let hb = |seq| Heartbeat {
-        device: dev(2),
-        incarnation: 5,
-        seq,
-        addrs: vec![],
-        partial: false,
-        digest: vec![(s.clone(), Version::new(5, 3))],
-    };
-    let out = step(
-        &mut e,
-        Input::Heartbeat {
-            via: dev(1),
-            heartbeat: Arc::new(hb(1)),
-        },
-        t0,
-    );
+    let (mut e, t0, s) = joined_with_subscribers(&[]);
+    let out = step(&mut e, announces_slice(dev(1), dev(2), &s), t0);
     let fetches: Vec<_> = out
         .iter()
         .filter_map(|o| match o {
@@ -120,10 +121,7 @@ fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
     // The next heartbeat within the refetch window does not ask again.
     let out = step(
         &mut e,
-        Input::Heartbeat {
-            via: dev(1),
-            heartbeat: Arc::new(hb(2)),
-        },
+        announces_version(dev(1), dev(2), &s, 2, 3),
         t0 + Duration::from_millis(100),
     );
     assert!(!out.iter().any(|o| matches!(o, Output::Fetch { .. })));
@@ -132,17 +130,7 @@ fn a_digest_with_a_newer_version_fetches_it_from_the_relay_once() {
 #[test]
 fn a_newer_version_is_fetched_while_an_older_one_is_still_asked_for() {
     let (mut e, t0, s) = joined_with_subscribers(&[1]);
-    let hb = |seq, counter| Input::Heartbeat {
-        via: dev(1),
-        heartbeat: Arc::new(Heartbeat {
-            device: dev(2),
-            incarnation: 5,
-            seq,
-            addrs: vec![],
-            partial: false,
-            digest: vec![(s.clone(), Version::new(5, counter))],
-        }),
-    };
+    let hb = |seq, counter| announces_version(dev(1), dev(2), &s, seq, counter);
     let fetches = |out: &[Output]| {
         out.iter()
             .filter(|o| matches!(o, Output::Fetch { want, .. } if want[0].device == Some(dev(2))))
@@ -469,9 +457,7 @@ fn a_refresh_of_a_full_view_dials_a_silent_member_first() {
 #[test]
 fn nodes_started_together_refresh_their_views_on_different_ticks() {
     let refresh_tick = |seed: u64| {
-        let mut e = Engine::new(dev(0), 1, heartbeats(), seed, Vec::new());
-        let t0 = Instant::now();
-        e.start(t0, &mut Vec::new());
+        let (mut e, t0) = seeded_engine(heartbeats(), seed);
         for n in 1..=9 {
             announce(&mut e, n, 1, t0);
         }
