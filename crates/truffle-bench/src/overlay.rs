@@ -24,8 +24,9 @@ use crate::{sys, Cfg};
 
 /// How long CPU is measured over.
 const WINDOW: Duration = Duration::from_secs(10);
-/// Idle time before measuring, after convergence (views settle, joins finish).
-const SETTLE: Duration = Duration::from_secs(5);
+/// Idle time before measuring, after convergence (views settle, joins finish, and an idle
+/// node's anti-entropy backs off to its longest period: 1 + 2 + 4 + 8 s).
+const SETTLE: Duration = Duration::from_secs(20);
 
 /// `n` nodes, each bootstrapped from node 0, each joined to the store with one write;
 /// and when the last one joined.

@@ -426,12 +426,18 @@ impl Sim {
         (us(self.cfg.latency) as f64 * f) as Micros
     }
 
-    /// When a node notices by its pings that a connection's link was cut now: within a
-    /// ping period (the next ping is somewhere in it) plus the ping timeout, as the
-    /// runtime's libp2p ping is set up ([`ProtoConfig::ping_every`]).
+    /// When a node notices that a connection's link was cut now: the kernel closes it
+    /// once TCP keepalive goes unanswered ([`ProtoConfig::link_timeout`]: the first probe
+    /// 2 s after the last traffic, which is somewhere in the last 2 s of an idle
+    /// connection), or its pings do (within a ping period plus the ping timeout),
+    /// whichever comes first, as the runtime sets them up.
     fn ping_failure_at(&mut self) -> Micros {
+        let link = us(self.cfg.proto.link_timeout);
+        let idle = (link * 2 / 5).max(1);
+        let by_link = link - self.rng.random_range(0..idle);
         let every = us(self.cfg.proto.ping_every).max(1);
-        self.now + self.rng.random_range(0..every) + us(self.cfg.proto.ping_timeout)
+        let by_ping = self.rng.random_range(0..every) + us(self.cfg.proto.ping_timeout);
+        self.now + by_link.min(by_ping)
     }
 
     fn lost(&mut self) -> bool {

@@ -111,6 +111,24 @@ fn score_params() -> PeerScoreParams {
 /// peer at −100, under the graylist threshold.
 const APP_SCORE_WEIGHT: f64 = 10.0;
 
+/// Turns on TCP keepalive and a TCP user timeout for a new connection (see
+/// [`crate::proto::ProtoConfig::link_timeout`]): the kernel closes a connection whose link
+/// went dead, and the protocol sees it as lost contact. Where the OS refuses, the pings
+/// still notice, later.
+fn watch_link(stream: &tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(2))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot turn on TCP keepalive");
+    }
+    if let Err(e) = socket.set_tcp_user_timeout(Some(crate::proto::LINK_TIMEOUT)) {
+        tracing::debug!(error = %e, "cannot set the TCP user timeout");
+    }
+}
+
 /// How often the swarm task hands gossipsub the peers' application scores and looks at
 /// every connected peer's score.
 const CONDUCT_TICK: Duration = Duration::from_millis(500);
@@ -179,6 +197,7 @@ pub(crate) fn build_swarm(
                     )
                 });
                 let private = tcp.and_then(move |socket, _| async move {
+                    watch_link(&socket.0);
                     match psk {
                         Some(psk) => PnetConfig::new(psk)
                             .handshake(socket)

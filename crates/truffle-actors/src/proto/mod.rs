@@ -89,6 +89,10 @@ const TRIM_MIN_AGE: Duration = Duration::from_secs(10);
 /// sides of a healed partition find each other.
 const REFRESH_TICKS: u64 = 30;
 
+/// [`ProtoConfig::link_timeout`]: TCP keepalive's first probe after 2 s of silence, then
+/// one a second, the user timeout closing the connection 5 s after the last answer.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The protocol's timings and limits (the subset of the node's settings it decides with).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -119,14 +123,28 @@ pub struct ProtoConfig {
     /// before it accuses it.
     pub probe_timeout: Duration,
     /// Watch liveness: how often a node compares its view (members and slice versions) with
-    /// one random connected peer.
+    /// one random connected peer while anything changes (see `anti_entropy_idle`).
     pub anti_entropy_every: Duration,
-    /// Watch liveness: how often each end of a connection pings the other (libp2p ping).
-    /// A process that dies closes its connections at once; the pings are for what closes
-    /// nothing (a host that loses power, a cut cable, a partition), noticed within
-    /// `ping_every + ping_timeout`. Each ping wakes both ends: in an idle 64-node mesh,
-    /// pings every 2 s took about 1.6 times the CPU of pings every 5 s (the Faults
-    /// chapter has the runs).
+    /// Watch liveness: the longest a node waits between comparisons while nothing changes.
+    /// Each comparison that finds nothing to repair doubles the wait, from
+    /// `anti_entropy_every` up to this; anything new (a slice, a member, a neighbour, a
+    /// comparison either way that finds a difference) brings it back. Each comparison
+    /// costs a request on both ends, about a quarter of an idle mesh's CPU at one a
+    /// second.
+    pub anti_entropy_idle: Duration,
+    /// How long a connection's link may stay silent before the kernel closes it. A
+    /// process that dies closes its connections at once; for what closes nothing (a host
+    /// that loses power, a cut cable, a partition) every connection has TCP keepalive
+    /// (probes after 2 s without traffic, one a second) and a TCP user timeout of this
+    /// long, so a dead link is noticed within about this long without waking the
+    /// process while the link is fine. Set by the runtime for its own connections; the
+    /// simulator models it.
+    pub link_timeout: Duration,
+    /// Watch liveness: how often each end of a connection pings the other (libp2p ping),
+    /// for a peer whose host still answers for it but whose process hangs (stopped, out
+    /// of CPU for good); a dead link is [`link_timeout`](Self::link_timeout)'s. Each ping
+    /// wakes both ends: at every 5 s pings were about a fifth of an idle 64-node mesh's
+    /// CPU (the Performance chapter has the runs).
     pub ping_every: Duration,
     /// Watch liveness: how long a ping may take before its peer counts as unresponsive.
     pub ping_timeout: Duration,
@@ -209,7 +227,9 @@ impl Default for ProtoConfig {
             suspect_timeout: Duration::from_secs(2),
             probe_timeout: Duration::from_secs(2),
             anti_entropy_every: Duration::from_secs(1),
-            ping_every: Duration::from_secs(5),
+            anti_entropy_idle: Duration::from_secs(8),
+            link_timeout: LINK_TIMEOUT,
+            ping_every: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(3),
             forget_after: FORGET_AFTER_MIN,
         }
@@ -824,6 +844,7 @@ impl Engine {
                 if self.own.get(&store).is_some_and(|held| *held > version) {
                     return;
                 }
+                self.stirred();
                 self.own.insert(store.clone(), version);
                 self.held.insert(&store, self.me, version, raw.clone());
                 if reached_nobody {
@@ -1063,6 +1084,7 @@ impl Engine {
         }
         match self.membership.admit(v.device, &v.store, v.version, now) {
             Admit::Apply => {
+                self.stirred();
                 self.held
                     .insert(&v.store, v.device, v.version, v.raw.clone());
                 self.fetched.remove(&(v.device, v.store.clone()));
@@ -1082,6 +1104,7 @@ impl Engine {
     }
 
     fn remove(&mut self, r: Removal, out: &mut Vec<Output>) {
+        self.stirred();
         out.push(Output::Report(Report::DeviceRemoved {
             device: r.device,
             reason: r.reason,
@@ -1128,6 +1151,7 @@ impl Engine {
             return;
         }
         self.learn(device, &p);
+        self.stirred();
         if outcome.came_online {
             out.push(Output::Report(Report::DeviceOnline { device }));
         }
@@ -1381,7 +1405,7 @@ impl Engine {
                     timer: Timer::AntiEntropy,
                 });
                 if !self.leaving {
-                    self.compare_with_random_peer(now, out);
+                    self.compare_if_due(now, out);
                 }
             }
             Timer::LeaveDeadline => {

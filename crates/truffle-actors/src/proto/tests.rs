@@ -688,3 +688,56 @@ fn fetches_retried_elsewhere_spread_over_the_subscribers() {
     assert!(!next.contains(&dev(1)));
     assert!(next.len() >= 4, "retries went to {} peers", next.len());
 }
+
+/// The times of the digests `e` sends at its anti-entropy ticks (one a second) from `from`
+/// for `secs` seconds.
+fn digests_at_ticks(e: &mut Engine, peer: DeviceId, from: Instant, secs: u64) -> Vec<u64> {
+    let mut sent = Vec::new();
+    for s in 1..=secs {
+        let out = step(
+            e,
+            Input::Timer(Timer::AntiEntropy),
+            from + Duration::from_secs(s),
+        );
+        if asks_digest_of(&out, peer) > 0 {
+            sent.push(s);
+        }
+    }
+    sent
+}
+
+#[test]
+fn an_idle_node_compares_less_and_less_often_until_something_changes() {
+    let (mut e, t0) = watch_engine();
+    let peer = dev(1);
+    let out = step(&mut e, Input::Connected { peer }, t0);
+    assert_eq!(
+        asks_digest_of(&out, peer),
+        1,
+        "a new neighbour is compared with at once"
+    );
+    // Nothing changes: each comparison doubles the wait, up to `anti_entropy_idle` (8 s).
+    let sent = digests_at_ticks(&mut e, peer, t0, 40);
+    assert_eq!(sent, vec![1, 2, 4, 8, 16, 24, 32, 40]);
+    // A comparison that finds a difference brings the short period back.
+    let t1 = t0 + Duration::from_secs(40);
+    let reply = Input::Replied {
+        peer,
+        id: 999,
+        reply: Reply::Digest(DigestReply {
+            members: Some(vec![]),
+            stores: vec![],
+        }),
+    };
+    step(&mut e, reply, t1 + Duration::from_millis(10));
+    let sent = digests_at_ticks(&mut e, peer, t1, 4);
+    assert_eq!(
+        sent,
+        vec![1, 2, 4],
+        "compared again at once, then backing off"
+    );
+    // So does a new member.
+    let t2 = t1 + Duration::from_secs(4);
+    step(&mut e, announces_slice(peer, dev(2), &st("s")), t2);
+    assert_eq!(digests_at_ticks(&mut e, peer, t2, 2), vec![1, 2]);
+}

@@ -21,8 +21,11 @@
 //!   every new connection, a node sends one random peer a [`Digest`]: one hash of its
 //!   member view and one per store of the slice versions it holds, each an XOR of entry
 //!   hashes kept up to date in O(1) per change. The peer answers only what differs
-//!   ([`DigestReply`]); the asker fetches the newer heartbeats and slices. An idle,
-//!   converged mesh exchanges a few dozen bytes per node per period whatever its size.
+//!   ([`DigestReply`]); the asker fetches the newer heartbeats and slices. While nothing
+//!   changes, each comparison that finds nothing doubles the wait before the next, up to
+//!   [`ProtoConfig::anti_entropy_idle`]; anything new brings it back to the short period.
+//!   An idle, converged mesh exchanges a few dozen bytes per node every few seconds
+//!   whatever its size.
 //! * **Healing.** A node keeps dialling one member it lost (accused or timed out, not
 //!   left) per redial tick, so after a partition heals the two sides reconnect within
 //!   about a second, compare digests, and every device missing on the other side
@@ -50,7 +53,7 @@ const ALERT_PROBES: usize = 2;
 /// A failure that cuts connections is noticed by the neighbours that lose them, which
 /// turns every node alert; the slow steady probing is for a group that no connection
 /// crosses.
-const PROBE_EVERY_TICKS: u64 = 10;
+const PROBE_EVERY_TICKS: u64 = 30;
 /// A redial tick this late means this node is short of CPU (Lifeguard's local health):
 /// its own slowness would look like its peers' (pings and redials time out), so for
 /// [`UNHEALTHY_FOR`] it accuses no one, probes no one at random, and gives a lost peer
@@ -154,6 +157,10 @@ pub(super) struct WatchState {
     compared: DetMap<DeviceId, Instant>,
     /// Whether this run announced itself again once its view had formed.
     view_announced: bool,
+    /// Random comparisons in a row since anything changed (the wait doubles with each).
+    quiet: u32,
+    /// No random comparison before this (while nothing changes).
+    compare_after: Option<Instant>,
 }
 
 impl WatchState {
@@ -173,6 +180,8 @@ impl WatchState {
             alert_until: None,
             compared: DetMap::with_hasher(h.clone()),
             view_announced: false,
+            quiet: 0,
+            compare_after: None,
         }
     }
 }
@@ -243,7 +252,9 @@ impl Engine {
             // It answered; the view is full: close the probe's connection again.
             self.trim(peer, now, out);
         } else {
-            // A new neighbour: compare views now (a join, a heal, a view change).
+            // A new neighbour: compare views now (a join, a heal, a view change). Only a
+            // difference found stirs anti-entropy (view refreshes and probes bring new
+            // neighbours to an idle mesh too).
             self.ask_digest(peer, now, out);
         }
     }
@@ -419,6 +430,30 @@ impl Engine {
             id,
             ask: Ask::Digest(self.digest()),
         });
+    }
+
+    /// Something changed (a slice, a member, a neighbour, a difference found): compare
+    /// views at the short period again.
+    pub(super) fn stirred(&mut self) {
+        self.watch.quiet = 0;
+        self.watch.compare_after = None;
+    }
+
+    /// The anti-entropy tick: compare with a random peer unless backed off. Each
+    /// comparison doubles the wait before the next (up to
+    /// [`ProtoConfig::anti_entropy_idle`]) until something changes.
+    pub(super) fn compare_if_due(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.watch.compare_after.is_some_and(|t| now < t) {
+            return;
+        }
+        self.compare_with_random_peer(now, out);
+        let every = self.cfg.anti_entropy_every;
+        let wait = every
+            .saturating_mul(1 << self.watch.quiet.min(16))
+            .min(self.cfg.anti_entropy_idle.max(every));
+        self.watch.quiet = self.watch.quiet.saturating_add(1);
+        // The ticks are jittered: a tick a little early still counts as due.
+        self.watch.compare_after = Some(now + wait.saturating_sub(every / 2));
     }
 
     pub(super) fn compare_with_random_peer(&mut self, now: Instant, out: &mut Vec<Output>) {
@@ -680,6 +715,7 @@ impl Engine {
                 // most once per period and peer, so two nodes do not ask each other in
                 // turn forever).
                 if diff.members.is_some() || !diff.stores.is_empty() {
+                    self.stirred();
                     let recent = self.watch.compared.get(&peer).is_some_and(|t| {
                         now.saturating_duration_since(*t) < self.cfg.anti_entropy_every
                     });
@@ -743,6 +779,9 @@ impl Engine {
     }
 
     fn on_diff(&mut self, peer: DeviceId, r: DigestReply, now: Instant, out: &mut Vec<Output>) {
+        if r.members.is_some() || !r.stores.is_empty() {
+            self.stirred();
+        }
         if let Some(members) = r.members {
             // A peer that lists this run at an older heartbeat only lags behind (it fetches
             // the newer one itself). One that does not list this run at all either has not
