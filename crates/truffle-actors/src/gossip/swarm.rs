@@ -1375,3 +1375,29 @@ fn record_libp2p_metrics(counters: &Counters, event: &SwarmEvent<BehaviourEvent>
 fn store_of_topic(topic: &str) -> Option<StoreId> {
     StoreId::new(topic.strip_prefix(STORE_TOPIC_PREFIX)?).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_gets_tcp_keepalive_and_the_link_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        watch_link(&stream);
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(crate::proto::LINK_TIMEOUT)
+        );
+    }
+}
