@@ -427,13 +427,14 @@ impl Sim {
     }
 
     /// When a node notices that a connection's link was cut now: the kernel closes it
-    /// once TCP keepalive goes unanswered ([`ProtoConfig::link_timeout`]: the first probe
-    /// 2 s after the last traffic, which is somewhere in the last 2 s of an idle
-    /// connection), or its pings do (within a ping period plus the ping timeout),
-    /// whichever comes first, as the runtime sets them up.
+    /// once TCP keepalive goes unanswered ([`ProtoConfig::link_timeout`] after the last
+    /// traffic, which on an idle connection is somewhere in the last
+    /// [`KEEPALIVE_IDLE`](truffle_actors::proto::KEEPALIVE_IDLE)), or its pings do
+    /// (within a ping period plus the ping timeout), whichever comes first, as the
+    /// runtime sets them up.
     fn ping_failure_at(&mut self) -> Micros {
         let link = us(self.cfg.proto.link_timeout);
-        let idle = (link * 2 / 5).max(1);
+        let idle = us(truffle_actors::proto::KEEPALIVE_IDLE).clamp(1, link.max(1));
         let by_link = link - self.rng.random_range(0..idle);
         let every = us(self.cfg.proto.ping_every).max(1);
         let by_ping = self.rng.random_range(0..every) + us(self.cfg.proto.ping_timeout);

@@ -234,3 +234,28 @@ fn the_same_seed_gives_the_same_output_byte_for_byte() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+#[test]
+fn a_small_mesh_split_at_random_heals_while_anti_entropy_is_backed_off() {
+    // 16 nodes idle long enough for anti-entropy to back off, split at random (some nodes
+    // keep no connection to their own side), healed 10 s later. With the back-off also
+    // during the partition, 7 nodes still lacked slices 10 s after the heal (seed 1).
+    // Seeds 3, 7 and 11 are left out: they do not converge within 10 s of the heal with
+    // or without the back-off, nor on the code before it (3a7720e); an open problem.
+    for seed in [1, 2, 4, 5, 6] {
+        let o: Outcome = run(
+            Scenario::PartitionHeal,
+            SimConfig {
+                topology: Topology::Random3,
+                ..cfg(16, seed)
+            },
+            30.0,
+        );
+        assert!(
+            o.converge_after_heal_ms.is_some_and(|ms| ms <= 5_000.0),
+            "seed {seed}: converged {:?} ms after the heal, {} lagging",
+            o.converge_after_heal_ms,
+            o.lagging_at_end
+        );
+    }
+}

@@ -89,9 +89,18 @@ const TRIM_MIN_AGE: Duration = Duration::from_secs(10);
 /// sides of a healed partition find each other.
 const REFRESH_TICKS: u64 = 30;
 
-/// [`ProtoConfig::link_timeout`]: TCP keepalive's first probe after 2 s of silence, then
-/// one a second, the user timeout closing the connection 5 s after the last answer.
-pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive on every connection: the first probe after this long without traffic.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(4);
+/// TCP keepalive: then one probe this often.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// TCP keepalive: the connection closes after this many unanswered probes.
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// [`ProtoConfig::link_timeout`]: the first keepalive probe after 4 s of silence, then one
+/// a second, three unanswered closing the connection (and a TCP user timeout as long for
+/// data not acknowledged), so a dead link is noticed 3 to 7 s after it died. Close to
+/// what pings every 5 s with a 3 s timeout gave (3 to 8 s), which the partition tests
+/// and the simulator's false-removal counts were tuned with.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// The protocol's timings and limits (the subset of the node's settings it decides with).
 #[derive(Clone, Debug)]
@@ -128,16 +137,19 @@ pub struct ProtoConfig {
     /// Watch liveness: the longest a node waits between comparisons while nothing changes.
     /// Each comparison that finds nothing to repair doubles the wait, from
     /// `anti_entropy_every` up to this; anything new (a slice, a member, a neighbour, a
-    /// comparison either way that finds a difference) brings it back. Each comparison
+    /// comparison either way that finds a difference) brings it back, and there is no
+    /// back-off while the node is alert or lately removed members by suspicion (a
+    /// partition may be healing; the simulator's `partition-heal` at 16 nodes did not
+    /// converge within 10 s of the heal with it). Each comparison
     /// costs a request on both ends, about a quarter of an idle mesh's CPU at one a
     /// second.
     pub anti_entropy_idle: Duration,
     /// How long a connection's link may stay silent before the kernel closes it. A
     /// process that dies closes its connections at once; for what closes nothing (a host
     /// that loses power, a cut cable, a partition) every connection has TCP keepalive
-    /// (probes after 2 s without traffic, one a second) and a TCP user timeout of this
-    /// long, so a dead link is noticed within about this long without waking the
-    /// process while the link is fine. Set by the runtime for its own connections; the
+    /// ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_PROBES`]) and a TCP user
+    /// timeout of this long, so a dead link is noticed within about this long without
+    /// waking the process while the link is fine. Set by the runtime for its own connections; the
     /// simulator models it.
     pub link_timeout: Duration,
     /// Watch liveness: how often each end of a connection pings the other (libp2p ping),

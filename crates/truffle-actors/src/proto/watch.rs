@@ -249,6 +249,12 @@ impl Engine {
         if !first || self.leaving {
             return;
         }
+        if !self.membership.is_online(&peer) {
+            // A member this node had lost (a heal) or not heard of yet (a newcomer): the
+            // views have likely drifted apart, so compare often again. A live member's
+            // new connection (a probe, a view refresh) says nothing of the sort.
+            self.stirred();
+        }
         if probed && self.conns.len() > self.cfg.target_peers {
             // It answered; the view is full: close the probe's connection again.
             self.trim(peer, now, out);
@@ -444,6 +450,12 @@ impl Engine {
     /// comparison doubles the wait before the next (up to
     /// [`ProtoConfig::anti_entropy_idle`]) until something changes.
     pub(super) fn compare_if_due(&mut self, now: Instant, out: &mut Vec<Output>) {
+        // No back-off while this node is alert (an accusation lately) or lately removed
+        // members by suspicion (a partition may be healing): views drift apart then.
+        let alert = self.watch.alert_until.is_some_and(|t| now < t);
+        if alert || !self.watch.lost.is_empty() {
+            self.stirred();
+        }
         if self.watch.compare_after.is_some_and(|t| now < t) {
             return;
         }
