@@ -49,12 +49,14 @@ const ALERT_FOR: Duration = Duration::from_secs(10);
 const ALERT_PROBES: usize = 2;
 /// Otherwise one probe every this many redial ticks. A probe of a live member costs a
 /// connection (handshake, then a trim): at one every 2 s, an idle 64-node mesh used
-/// about 1.6 times the CPU it uses at one every 10 s (the Faults chapter has the runs);
-/// one every 30 s since 2026-12-01, with the other idle costs cut (Performance chapter).
+/// about 1.6 times the CPU it uses at one every 10 s (the Faults chapter has the runs).
+/// One every 30 s cost little less CPU once the other idle costs were cut, and the
+/// simulator's `partition-heal` at 1,024 nodes then removed 39 reachable devices instead
+/// of 7 (2026-12-01).
 /// A failure that cuts connections is noticed by the neighbours that lose them, which
 /// turns every node alert; the slow steady probing is for a group that no connection
 /// crosses.
-const PROBE_EVERY_TICKS: u64 = 30;
+const PROBE_EVERY_TICKS: u64 = 10;
 /// A redial tick this late means this node is short of CPU (Lifeguard's local health):
 /// its own slowness would look like its peers' (pings and redials time out), so for
 /// [`UNHEALTHY_FOR`] it accuses no one, probes no one at random, and gives a lost peer
