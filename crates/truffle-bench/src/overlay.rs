@@ -85,7 +85,10 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
     let converge_ms = last_join.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(SETTLE).await;
     let before: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
+    // On stderr, so a profiler can be attached for exactly this window.
+    eprintln!("idle-cost: measuring {n} idle Truffle nodes for {WINDOW:?}");
     let cpu = sys::cpu_share_over(WINDOW).await;
+    eprintln!("idle-cost: window over");
     let rss = sys::rss_kb().unwrap_or(0);
     let after: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
     let conns: Vec<u64> = after.iter().map(|m| m.connected_peers).collect();

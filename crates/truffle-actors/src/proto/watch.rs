@@ -146,6 +146,8 @@ pub(super) struct WatchState {
     /// Members removed by suspicion, and when: dialled now and then for a while, in case
     /// they were only cut off.
     lost: DetMap<DeviceId, Instant>,
+    /// When this node last removed a member by suspicion.
+    lost_at: Option<Instant>,
     /// Members still to probe this round, in random order (see [`Engine::probe_random`]).
     probe_order: Vec<DeviceId>,
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
@@ -176,6 +178,7 @@ impl WatchState {
             expect_close: DetSet::with_hasher(h.clone()),
             trims: DetMap::with_hasher(h.clone()),
             lost: DetMap::with_hasher(h.clone()),
+            lost_at: None,
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
             next_tick: None,
@@ -633,12 +636,26 @@ impl Engine {
         }
         for r in removed {
             self.watch.lost.insert(r.device, now);
+            self.watch.lost_at = Some(now);
             self.remove(r, out);
         }
         let m = &self.membership;
         self.watch
             .lost
             .retain(|d, t| !m.is_online(d) && now.saturating_duration_since(*t) < FORGET_AFTER_MIN);
+    }
+
+    /// Whether this node removed a member by suspicion in the last [`FORGET_AFTER_MIN`]:
+    /// it was likely cut off, and peers that do not count it live likely removed it.
+    /// Not only while those members are still missing: a node that has them all back
+    /// (their own announcements reached it) before it compares with one of them would
+    /// otherwise never announce itself to the ones that removed it.
+    fn lost_lately(&self, now: Instant) -> bool {
+        !self.watch.lost.is_empty()
+            || self
+                .watch
+                .lost_at
+                .is_some_and(|t| now.saturating_duration_since(t) < FORGET_AFTER_MIN)
     }
 
     /// Dials one member this node lost (not one that left), in case it was only cut off:
@@ -808,7 +825,7 @@ impl Engine {
             let counted = members
                 .iter()
                 .any(|(d, i, _)| *d == self.me && *i == self.incarnation);
-            if !counted && !self.watch.lost.is_empty() {
+            if !counted && self.lost_lately(now) {
                 self.watch.announce = true;
             }
             self.probe_one_missing(&members, now, out);
