@@ -418,6 +418,11 @@ impl Membership {
         self.suspects.contains_key(device)
     }
 
+    /// Whether any device is under suspicion (watch liveness).
+    pub fn has_suspects(&self) -> bool {
+        !self.suspects.is_empty()
+    }
+
     /// Suspicions that ran out: one accuser waits `max`, and each further independent
     /// accuser shortens the wait, down to `min` at [`MAX_ACCUSERS`] (Lifeguard's rule: the
     /// more members agree, the less likely all of them are wrong). A device `spare` holds

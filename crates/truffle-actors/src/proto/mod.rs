@@ -761,29 +761,29 @@ impl Engine {
     }
 
     /// Arms the timers. Call once, before the first [`handle`](Self::handle).
-    pub fn start(&mut self, _now: Instant, out: &mut Vec<Output>) {
+    pub fn start(&mut self, now: Instant, out: &mut Vec<Output>) {
         // Jittered, so that nodes started together do not all announce in the same
         // instant, every interval, forever.
-        let first = self.jitter(self.cfg.presence_interval);
-        out.push(Output::Schedule {
-            after: first,
-            timer: Timer::Presence,
-        });
-        out.push(Output::Schedule {
-            after: self.cfg.expire_every(),
-            timer: Timer::Expire,
-        });
+        // With watch liveness the other timers are one-shots armed when they have work
+        // (`arm_watch_timers`).
+        if !self.watching() {
+            let first = self.jitter(self.cfg.presence_interval);
+            out.push(Output::Schedule {
+                after: first,
+                timer: Timer::Presence,
+            });
+            out.push(Output::Schedule {
+                after: self.cfg.expire_every(),
+                timer: Timer::Expire,
+            });
+        }
         out.push(Output::Schedule {
             after: self.cfg.redial_every,
             timer: Timer::Redial,
         });
         if self.watching() {
             self.watch.announce = true;
-            let first = self.jitter(self.cfg.anti_entropy_every);
-            out.push(Output::Schedule {
-                after: first,
-                timer: Timer::AntiEntropy,
-            });
+            self.arm_watch_timers(now, out);
         }
     }
 
@@ -842,6 +842,13 @@ impl Engine {
 
     /// Handles one input at time `now`, appending what to do to `out`.
     pub fn handle(&mut self, input: Input, now: Instant, out: &mut Vec<Output>) {
+        self.dispatch(input, now, out);
+        if self.watching() {
+            self.arm_watch_timers(now, out);
+        }
+    }
+
+    fn dispatch(&mut self, input: Input, now: Instant, out: &mut Vec<Output>) {
         match input {
             Input::Join(store) => self.join(store, out),
             Input::Published {
@@ -1352,6 +1359,9 @@ impl Engine {
     }
 
     fn on_timer(&mut self, t: Timer, now: Instant, out: &mut Vec<Output>) {
+        if self.watching() {
+            return self.on_watch_timer(t, now, out);
+        }
         match t {
             Timer::Presence => {
                 let next = self.jitter(self.cfg.presence_interval);
@@ -1359,9 +1369,7 @@ impl Engine {
                     after: next,
                     timer: Timer::Presence,
                 });
-                if self.watching() {
-                    self.announce_if_due(now, out);
-                } else if !self.leaving {
+                if !self.leaving {
                     let hb = self.heartbeat();
                     out.push(Output::PublishHeartbeat(hb));
                 }
@@ -1371,62 +1379,95 @@ impl Engine {
                     after: self.cfg.expire_every(),
                     timer: Timer::Expire,
                 });
-                // Housekeeping that walks every member: every tick with heartbeats, every
-                // 32nd with watch liveness (whose other per-tick work does not grow with N).
-                self.expire_ticks += 1;
-                if !self.watching() || self.expire_ticks.is_multiple_of(32) {
-                    let forget_after = (self.cfg.presence_timeout * 10).max(self.cfg.forget_after);
-                    self.membership.forget_silent(now, forget_after);
-                    let m = &self.membership;
-                    self.known.retain(|d, _| m.knows(d));
+                self.housekeeping(now);
+                for r in self.membership.expire(now) {
+                    self.remove(r, out);
                 }
-                self.dialled
-                    .retain(|_, t| now.saturating_duration_since(*t) < DIAL_BACKOFF);
-                if self.watching() {
-                    self.watch_expire(now, out);
-                } else {
-                    for r in self.membership.expire(now) {
-                        self.remove(r, out);
-                    }
-                }
-                self.fetched
-                    .retain(|_, (_, t)| now.saturating_duration_since(*t) < REFETCH_AFTER);
             }
             Timer::Redial => {
                 out.push(Output::Schedule {
                     after: self.cfg.redial_every,
                     timer: Timer::Redial,
                 });
-                if self.watching() {
-                    self.check_health(now);
-                }
                 if !self.leaving {
                     self.ticks += 1;
                     let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
                     self.redial(refresh, out);
                     self.maintain_view(now, refresh, out);
-                    if self.watching() {
-                        self.watch_tick(now, out);
-                    }
+                }
+            }
+            // Armed with watch liveness only.
+            Timer::AntiEntropy => {}
+            Timer::LeaveDeadline => self.leave_deadline(out),
+        }
+    }
+
+    /// Timers with watch liveness: the redial tick is periodic, the others are one-shots
+    /// armed by [`Engine::arm_watch_timers`] when they have work.
+    fn on_watch_timer(&mut self, t: Timer, now: Instant, out: &mut Vec<Output>) {
+        if !self.watch_timer_fired(t, now) {
+            return;
+        }
+        match t {
+            Timer::Presence => self.announce_if_due(now, out),
+            Timer::Expire => {
+                self.prune_recent(now);
+                self.watch_expire(now, out);
+            }
+            Timer::Redial => {
+                out.push(Output::Schedule {
+                    after: self.cfg.redial_every,
+                    timer: Timer::Redial,
+                });
+                self.check_health(now);
+                // Housekeeping that walks every member, every eighth tick: its other
+                // per-tick work does not grow with N.
+                self.expire_ticks += 1;
+                if self.expire_ticks.is_multiple_of(8) {
+                    self.housekeeping(now);
+                } else {
+                    self.prune_recent(now);
+                }
+                self.watch_expire(now, out);
+                if !self.leaving {
+                    self.ticks += 1;
+                    let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
+                    self.redial(refresh, out);
+                    self.maintain_view(now, refresh, out);
+                    self.watch_tick(now, out);
                 }
             }
             Timer::AntiEntropy => {
-                let next = self.jitter(self.cfg.anti_entropy_every);
-                out.push(Output::Schedule {
-                    after: next,
-                    timer: Timer::AntiEntropy,
-                });
                 if !self.leaving {
                     self.compare_if_due(now, out);
                 }
             }
-            Timer::LeaveDeadline => {
-                if let Some(l) = self.leave.take() {
-                    out.push(Output::LeaveDone {
-                        unanswered: l.waiting.len(),
-                    });
-                }
-            }
+            Timer::LeaveDeadline => self.leave_deadline(out),
+        }
+    }
+
+    /// Forgets members silent past the forget window, and the short-lived records.
+    fn housekeeping(&mut self, now: Instant) {
+        let forget_after = (self.cfg.presence_timeout * 10).max(self.cfg.forget_after);
+        self.membership.forget_silent(now, forget_after);
+        let m = &self.membership;
+        self.known.retain(|d, _| m.knows(d));
+        self.prune_recent(now);
+    }
+
+    /// Drops dial and fetch records past their back-off.
+    fn prune_recent(&mut self, now: Instant) {
+        self.dialled
+            .retain(|_, t| now.saturating_duration_since(*t) < DIAL_BACKOFF);
+        self.fetched
+            .retain(|_, (_, t)| now.saturating_duration_since(*t) < REFETCH_AFTER);
+    }
+
+    fn leave_deadline(&mut self, out: &mut Vec<Output>) {
+        if let Some(l) = self.leave.take() {
+            out.push(Output::LeaveDone {
+                unanswered: l.waiting.len(),
+            });
         }
     }
 

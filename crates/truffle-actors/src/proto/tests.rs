@@ -689,38 +689,76 @@ fn fetches_retried_elsewhere_spread_over_the_subscribers() {
     assert!(next.len() >= 4, "retries went to {} peers", next.len());
 }
 
-/// The times of the digests `e` sends at its anti-entropy ticks (one a second) from `from`
-/// for `secs` seconds.
-fn digests_at_ticks(e: &mut Engine, peer: DeviceId, from: Instant, secs: u64) -> Vec<u64> {
-    let mut sent = Vec::new();
-    for s in 1..=secs {
-        let out = step(
-            e,
-            Input::Timer(Timer::AntiEntropy),
-            from + Duration::from_secs(s),
-        );
-        if asks_digest_of(&out, peer) > 0 {
-            sent.push(s);
+/// The engine's own timers, fired in order: tests of when the engine acts follow its
+/// schedule instead of a fixed tick (with watch liveness most timers are one-shots).
+#[derive(Default)]
+struct Timers(Vec<(Instant, Timer)>);
+
+impl Timers {
+    /// Notes the timers that `out`, produced at `now`, schedules.
+    fn note(&mut self, now: Instant, out: &[Output]) {
+        for o in out {
+            if let Output::Schedule { after, timer } = o {
+                self.0.push((now + *after, *timer));
+            }
         }
     }
-    sent
+
+    /// Fires every timer due up to `end`, in order; the times at which `e` sent `peer` its
+    /// digest.
+    fn digests_until(&mut self, e: &mut Engine, peer: DeviceId, end: Instant) -> Vec<Instant> {
+        let mut sent = Vec::new();
+        loop {
+            self.0.sort_by_key(|(t, _)| *t);
+            match self.0.first() {
+                Some(&(at, timer)) if at <= end => {
+                    self.0.remove(0);
+                    let out = step(e, Input::Timer(timer), at);
+                    if asks_digest_of(&out, peer) > 0 {
+                        sent.push(at);
+                    }
+                    self.note(at, &out);
+                }
+                _ => return sent,
+            }
+        }
+    }
+}
+
+/// Whole seconds between `from` and each of `times`, and between consecutive ones.
+fn gaps_s(from: Instant, times: &[Instant]) -> Vec<u64> {
+    let mut last = from;
+    times
+        .iter()
+        .map(|t| {
+            let gap = t.saturating_duration_since(last).as_secs_f64().round() as u64;
+            last = *t;
+            gap
+        })
+        .collect()
 }
 
 #[test]
 fn an_idle_node_compares_less_and_less_often_until_something_changes() {
-    let (mut e, t0) = watch_engine();
+    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
+    let t0 = Instant::now();
+    let mut timers = Timers::default();
+    let mut out = Vec::new();
+    e.start(t0, &mut out);
+    timers.note(t0, &out);
     let peer = dev(1);
     let out = step(&mut e, Input::Connected { peer }, t0);
+    timers.note(t0, &out);
     assert_eq!(
         asks_digest_of(&out, peer),
         1,
         "a new neighbour is compared with at once"
     );
     // Nothing changes: each comparison doubles the wait, up to `anti_entropy_idle` (8 s).
-    let sent = digests_at_ticks(&mut e, peer, t0, 40);
-    assert_eq!(sent, vec![1, 2, 4, 8, 16, 24, 32, 40]);
+    let sent = timers.digests_until(&mut e, peer, t0 + Duration::from_millis(33_500));
+    assert_eq!(gaps_s(t0, &sent), vec![1, 1, 2, 4, 8, 8, 8]);
     // A comparison that finds a difference brings the short period back.
-    let t1 = t0 + Duration::from_secs(40);
+    let t1 = *sent.last().unwrap() + Duration::from_millis(10);
     let reply = Input::Replied {
         peer,
         id: 999,
@@ -729,15 +767,51 @@ fn an_idle_node_compares_less_and_less_often_until_something_changes() {
             stores: vec![],
         }),
     };
-    step(&mut e, reply, t1 + Duration::from_millis(10));
-    let sent = digests_at_ticks(&mut e, peer, t1, 4);
+    let out = step(&mut e, reply, t1);
+    timers.note(t1, &out);
+    let sent = timers.digests_until(&mut e, peer, t1 + Duration::from_millis(4_500));
     assert_eq!(
-        sent,
-        vec![1, 2, 4],
+        gaps_s(t1, &sent),
+        vec![1, 1, 2],
         "compared again at once, then backing off"
     );
     // So does a new member.
-    let t2 = t1 + Duration::from_secs(4);
-    step(&mut e, announces_slice(peer, dev(2), &st("s")), t2);
-    assert_eq!(digests_at_ticks(&mut e, peer, t2, 2), vec![1, 2]);
+    let t2 = *sent.last().unwrap() + Duration::from_millis(10);
+    let out = step(&mut e, announces_slice(peer, dev(2), &st("s")), t2);
+    timers.note(t2, &out);
+    let sent = timers.digests_until(&mut e, peer, t2 + Duration::from_millis(2_500));
+    assert_eq!(gaps_s(t2, &sent), vec![1, 1]);
+}
+
+#[test]
+fn an_idle_watch_node_wakes_only_for_its_redial_tick_and_backed_off_comparisons() {
+    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
+    let t0 = Instant::now();
+    let mut timers = Timers::default();
+    let mut out = Vec::new();
+    e.start(t0, &mut out);
+    timers.note(t0, &out);
+    let out = step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    timers.note(t0, &out);
+    // Settle (the first announcement, the comparisons backing off), then count.
+    timers.digests_until(&mut e, dev(1), t0 + Duration::from_secs(30));
+    let fired_before = timers.0.len();
+    let mut fired = 0;
+    let end = t0 + Duration::from_secs(60);
+    loop {
+        timers.0.sort_by_key(|(t, _)| *t);
+        match timers.0.first() {
+            Some(&(at, timer)) if at <= end => {
+                timers.0.remove(0);
+                fired += 1;
+                let out = step(&mut e, Input::Timer(timer), at);
+                timers.note(at, &out);
+            }
+            _ => break,
+        }
+    }
+    // 30 redial ticks and about 4 comparisons; before one-shot timers, 8 wake-ups a second
+    // (240).
+    assert!(fired_before <= 3, "{fired_before} timers pending");
+    assert!((30..=36).contains(&fired), "{fired} timers fired in 30 s");
 }

@@ -72,6 +72,10 @@ const BLIND_ACCUSE_AFTER: Duration = Duration::from_secs(5);
 /// heartbeat, so a flood of accusations costs the accused one heartbeat per this period.
 const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
 
+/// How much earlier than armed a one-shot timer may fire and still count as the armed
+/// one (see [`Engine::watch_timer_fired`]).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
 /// "`device` stopped answering me": an accusation, signed by the accuser.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Suspicion {
@@ -166,6 +170,11 @@ pub(super) struct WatchState {
     quiet: u32,
     /// No random comparison before this (while nothing changes).
     compare_after: Option<Instant>,
+    /// When the armed one-shot timers fire (see [`Engine::arm_watch_timers`]); a timer
+    /// that fires before its entry is one replaced by an earlier one, and does nothing.
+    announce_timer: Option<Instant>,
+    expire_timer: Option<Instant>,
+    compare_timer: Option<Instant>,
 }
 
 impl WatchState {
@@ -188,6 +197,9 @@ impl WatchState {
             view_announced: false,
             quiet: 0,
             compare_after: None,
+            announce_timer: None,
+            expire_timer: None,
+            compare_timer: None,
         }
     }
 }
@@ -221,6 +233,82 @@ impl Engine {
             members: self.membership.members_hash() ^ member_hash(&self.me, self.own_presence()),
             stores,
         }
+    }
+
+    /// Arms the watch timers that have work, after every input. With watch liveness an
+    /// idle node has nothing to announce, nothing to expire and (backed off) no comparison
+    /// due for seconds, so instead of ticking at fixed rates (four expiry checks, two
+    /// announcement checks and one comparison check a second, each a wake-up of the
+    /// runtime) each timer is a one-shot armed only for its next piece of work: an
+    /// announcement while one is pending and a neighbour can hear it, expiry checks while
+    /// a probe or a suspicion runs, a comparison when the next one is due. The redial tick
+    /// (once a second) does the housekeeping.
+    pub(super) fn arm_watch_timers(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.watch.announce
+            && !self.leaving
+            && !self.conns.is_empty()
+            && self.watch.announce_timer.is_none()
+        {
+            // Half the heartbeat period on average, as the periodic check gave.
+            let after = self.jitter(self.cfg.presence_interval / 2);
+            self.watch.announce_timer = Some(now + after);
+            out.push(Output::Schedule {
+                after,
+                timer: Timer::Presence,
+            });
+        }
+        if (!self.watch.probes.is_empty() || self.membership.has_suspects())
+            && self.watch.expire_timer.is_none()
+        {
+            let after = self.cfg.expire_every();
+            self.watch.expire_timer = Some(now + after);
+            out.push(Output::Schedule {
+                after,
+                timer: Timer::Expire,
+            });
+        }
+        if !self.leaving {
+            let every = self.cfg.anti_entropy_every;
+            // No back-off while alert or lately removed members (see `compare_if_due`).
+            let alert = self.watch.alert_until.is_some_and(|t| now < t);
+            let after = match alert || !self.watch.lost.is_empty() {
+                true => None,
+                false => self.watch.compare_after,
+            };
+            let needed_by = match after {
+                None => now + every + every / 5,
+                Some(t) => t.max(now) + every,
+            };
+            if self.watch.compare_timer.is_none_or(|t| t > needed_by) {
+                let at = match after {
+                    None => now + self.jitter(every),
+                    Some(t) => t.max(now) + self.jitter(every / 2),
+                };
+                self.watch.compare_timer = Some(at);
+                out.push(Output::Schedule {
+                    after: at - now,
+                    timer: Timer::AntiEntropy,
+                });
+            }
+        }
+    }
+
+    /// A watch timer fired: whether it is the armed one (and disarm it), not one that an
+    /// earlier timer replaced.
+    pub(super) fn watch_timer_fired(&mut self, t: Timer, now: Instant) -> bool {
+        let slot = match t {
+            Timer::Presence => &mut self.watch.announce_timer,
+            Timer::Expire => &mut self.watch.expire_timer,
+            Timer::AntiEntropy => &mut self.watch.compare_timer,
+            _ => return true,
+        };
+        // A runtime or simulator may round the delay down a little (to whole
+        // microseconds, say): a timer this close to its entry is the armed one.
+        if slot.is_some_and(|at| now + TIMER_SLACK < at) {
+            return false;
+        }
+        *slot = None;
+        true
     }
 
     /// Publishes a heartbeat if one is due and someone can hear it.
