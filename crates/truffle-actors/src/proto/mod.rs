@@ -708,6 +708,10 @@ pub struct Engine {
     leave: Option<PendingLeave>,
     /// Expiry ticks so far (housekeeping that walks every member runs on some of them).
     expire_ticks: u64,
+    /// Whether [`Engine::start`] ran: one-shot timers are armed only from then on (an
+    /// input handled before it, such as the listen addresses at node start, may have its
+    /// outputs dropped).
+    started: bool,
     /// Watch liveness state.
     watch: watch::WatchState,
 }
@@ -756,6 +760,7 @@ impl Engine {
             leaving: false,
             leave: None,
             expire_ticks: 0,
+            started: false,
             watch: watch::WatchState::new(&h),
         }
     }
@@ -781,6 +786,7 @@ impl Engine {
             after: self.cfg.redial_every,
             timer: Timer::Redial,
         });
+        self.started = true;
         if self.watching() {
             self.watch.announce = true;
             self.arm_watch_timers(now, out);
@@ -843,7 +849,7 @@ impl Engine {
     /// Handles one input at time `now`, appending what to do to `out`.
     pub fn handle(&mut self, input: Input, now: Instant, out: &mut Vec<Output>) {
         self.dispatch(input, now, out);
-        if self.watching() {
+        if self.watching() && self.started {
             self.arm_watch_timers(now, out);
         }
     }

@@ -815,3 +815,24 @@ fn an_idle_watch_node_wakes_only_for_its_redial_tick_and_backed_off_comparisons(
     assert!(fired_before <= 3, "{fired_before} timers pending");
     assert!((30..=36).contains(&fired), "{fired} timers fired in 30 s");
 }
+
+#[test]
+fn an_input_handled_before_start_does_not_stop_the_comparisons() {
+    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
+    let t0 = Instant::now();
+    // A node hands its engine the listen addresses before `start`, and drops what that
+    // outputs: a timer armed then would never fire.
+    e.handle(
+        Input::ListenAddrs(vec!["/ip4/127.0.0.1/tcp/1".into()]),
+        t0,
+        &mut Vec::new(),
+    );
+    let mut timers = Timers::default();
+    let mut out = Vec::new();
+    e.start(t0, &mut out);
+    timers.note(t0, &out);
+    let out = step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    timers.note(t0, &out);
+    let sent = timers.digests_until(&mut e, dev(1), t0 + Duration::from_millis(4_500));
+    assert_eq!(gaps_s(t0, &sent), vec![1, 1, 2]);
+}

@@ -75,6 +75,8 @@ const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
 /// How much earlier than armed a one-shot timer may fire and still count as the armed
 /// one (see [`Engine::watch_timer_fired`]).
 const TIMER_SLACK: Duration = Duration::from_millis(1);
+/// A one-shot timer this long past its time without firing counts as lost.
+const LOST_TIMER: Duration = Duration::from_secs(5);
 
 /// "`device` stopped answering me": an accusation, signed by the accuser.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,6 +246,16 @@ impl Engine {
     /// a probe or a suspicion runs, a comparison when the next one is due. The redial tick
     /// (once a second) does the housekeeping.
     pub(super) fn arm_watch_timers(&mut self, now: Instant, out: &mut Vec<Output>) {
+        // A timer this far past its time was lost (its output dropped, say): arm anew. A
+        // merely late one that still fires later finds a newer entry and does nothing.
+        let lost = |slot: &mut Option<Instant>| {
+            if slot.is_some_and(|at| now.saturating_duration_since(at) > LOST_TIMER) {
+                *slot = None;
+            }
+        };
+        lost(&mut self.watch.announce_timer);
+        lost(&mut self.watch.expire_timer);
+        lost(&mut self.watch.compare_timer);
         if self.watch.announce
             && !self.leaving
             && !self.conns.is_empty()
