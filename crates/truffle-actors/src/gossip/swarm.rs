@@ -118,9 +118,9 @@ const APP_SCORE_WEIGHT: f64 = 10.0;
 fn watch_link(stream: &tokio::net::TcpStream) {
     let socket = socket2::SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(2))
-        .with_interval(Duration::from_secs(1))
-        .with_retries(3);
+        .with_time(crate::proto::KEEPALIVE_IDLE)
+        .with_interval(crate::proto::KEEPALIVE_INTERVAL)
+        .with_retries(crate::proto::KEEPALIVE_PROBES);
     if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "cannot turn on TCP keepalive");
     }
@@ -1389,12 +1389,18 @@ mod tests {
         watch_link(&stream);
         let socket = socket2::SockRef::from(&stream);
         assert!(socket.keepalive().unwrap());
-        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            crate::proto::KEEPALIVE_IDLE
+        );
         assert_eq!(
             socket.tcp_keepalive_interval().unwrap(),
-            Duration::from_secs(1)
+            crate::proto::KEEPALIVE_INTERVAL
         );
-        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_keepalive_retries().unwrap(),
+            crate::proto::KEEPALIVE_PROBES
+        );
         assert_eq!(
             socket.tcp_user_timeout().unwrap(),
             Some(crate::proto::LINK_TIMEOUT)

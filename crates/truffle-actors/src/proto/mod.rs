@@ -706,7 +706,8 @@ pub struct Engine {
     reconnect: DetSet<DeviceId>,
     leaving: bool,
     leave: Option<PendingLeave>,
-    /// Expiry ticks so far (housekeeping that walks every member runs on some of them).
+    /// Redial ticks so far with watch liveness (housekeeping that walks every member runs
+    /// on every eighth of them; with heartbeats it runs at every expiry check).
     expire_ticks: u64,
     /// Whether [`Engine::start`] ran: one-shot timers are armed only from then on (an
     /// input handled before it, such as the listen addresses at node start, may have its

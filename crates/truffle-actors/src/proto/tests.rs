@@ -704,25 +704,64 @@ impl Timers {
         }
     }
 
-    /// Fires every timer due up to `end`, in order; the times at which `e` sent `peer` its
-    /// digest.
-    fn digests_until(&mut self, e: &mut Engine, peer: DeviceId, end: Instant) -> Vec<Instant> {
-        let mut sent = Vec::new();
+    /// Fires every timer due up to `end`, in order, handing `seen` each one's time and
+    /// outputs; how many fired.
+    fn run_until(
+        &mut self,
+        e: &mut Engine,
+        end: Instant,
+        mut seen: impl FnMut(Instant, &[Output]),
+    ) -> usize {
+        let mut fired = 0;
         loop {
             self.0.sort_by_key(|(t, _)| *t);
             match self.0.first() {
                 Some(&(at, timer)) if at <= end => {
                     self.0.remove(0);
+                    fired += 1;
                     let out = step(e, Input::Timer(timer), at);
-                    if asks_digest_of(&out, peer) > 0 {
-                        sent.push(at);
-                    }
+                    seen(at, &out);
                     self.note(at, &out);
                 }
-                _ => return sent,
+                _ => return fired,
             }
         }
     }
+
+    /// Fires every timer due up to `end`, in order; the times at which `e` sent `peer` its
+    /// digest.
+    fn digests_until(&mut self, e: &mut Engine, peer: DeviceId, end: Instant) -> Vec<Instant> {
+        let mut sent = Vec::new();
+        self.run_until(e, end, |at, out| {
+            if asks_digest_of(out, peer) > 0 {
+                sent.push(at);
+            }
+        });
+        sent
+    }
+}
+
+/// A started watch engine of `dev(0)` with `dev(1)` connected at the start time, its
+/// pending timers noted; `before_start` is handled first, its outputs dropped (as a node
+/// does with its listen addresses).
+fn watch_engine_with_neighbour(before_start: Option<Input>) -> (Engine, Instant, Timers) {
+    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
+    let t0 = Instant::now();
+    if let Some(input) = before_start {
+        e.handle(input, t0, &mut Vec::new());
+    }
+    let mut timers = Timers::default();
+    let mut out = Vec::new();
+    e.start(t0, &mut out);
+    timers.note(t0, &out);
+    let out = step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    assert_eq!(
+        asks_digest_of(&out, dev(1)),
+        1,
+        "a new neighbour is compared with at once"
+    );
+    timers.note(t0, &out);
+    (e, t0, timers)
 }
 
 /// Whole seconds between `from` and each of `times`, and between consecutive ones.
@@ -740,20 +779,8 @@ fn gaps_s(from: Instant, times: &[Instant]) -> Vec<u64> {
 
 #[test]
 fn an_idle_node_compares_less_and_less_often_until_something_changes() {
-    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
-    let t0 = Instant::now();
-    let mut timers = Timers::default();
-    let mut out = Vec::new();
-    e.start(t0, &mut out);
-    timers.note(t0, &out);
+    let (mut e, t0, mut timers) = watch_engine_with_neighbour(None);
     let peer = dev(1);
-    let out = step(&mut e, Input::Connected { peer }, t0);
-    timers.note(t0, &out);
-    assert_eq!(
-        asks_digest_of(&out, peer),
-        1,
-        "a new neighbour is compared with at once"
-    );
     // Nothing changes: each comparison doubles the wait, up to `anti_entropy_idle` (8 s).
     let sent = timers.digests_until(&mut e, peer, t0 + Duration::from_millis(33_500));
     assert_eq!(gaps_s(t0, &sent), vec![1, 1, 2, 4, 8, 8, 8]);
@@ -785,31 +812,11 @@ fn an_idle_node_compares_less_and_less_often_until_something_changes() {
 
 #[test]
 fn an_idle_watch_node_wakes_only_for_its_redial_tick_and_backed_off_comparisons() {
-    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
-    let t0 = Instant::now();
-    let mut timers = Timers::default();
-    let mut out = Vec::new();
-    e.start(t0, &mut out);
-    timers.note(t0, &out);
-    let out = step(&mut e, Input::Connected { peer: dev(1) }, t0);
-    timers.note(t0, &out);
+    let (mut e, t0, mut timers) = watch_engine_with_neighbour(None);
     // Settle (the first announcement, the comparisons backing off), then count.
-    timers.digests_until(&mut e, dev(1), t0 + Duration::from_secs(30));
+    timers.run_until(&mut e, t0 + Duration::from_secs(30), |_, _| {});
     let fired_before = timers.0.len();
-    let mut fired = 0;
-    let end = t0 + Duration::from_secs(60);
-    loop {
-        timers.0.sort_by_key(|(t, _)| *t);
-        match timers.0.first() {
-            Some(&(at, timer)) if at <= end => {
-                timers.0.remove(0);
-                fired += 1;
-                let out = step(&mut e, Input::Timer(timer), at);
-                timers.note(at, &out);
-            }
-            _ => break,
-        }
-    }
+    let fired = timers.run_until(&mut e, t0 + Duration::from_secs(60), |_, _| {});
     // 30 redial ticks and about 4 comparisons; before one-shot timers, 8 wake-ups a second
     // (240).
     assert!(fired_before <= 3, "{fired_before} timers pending");
@@ -818,21 +825,12 @@ fn an_idle_watch_node_wakes_only_for_its_redial_tick_and_backed_off_comparisons(
 
 #[test]
 fn an_input_handled_before_start_does_not_stop_the_comparisons() {
-    let mut e = Engine::new(dev(0), 1, ProtoConfig::default(), 1, Vec::new());
-    let t0 = Instant::now();
     // A node hands its engine the listen addresses before `start`, and drops what that
     // outputs: a timer armed then would never fire.
-    e.handle(
-        Input::ListenAddrs(vec!["/ip4/127.0.0.1/tcp/1".into()]),
-        t0,
-        &mut Vec::new(),
-    );
-    let mut timers = Timers::default();
-    let mut out = Vec::new();
-    e.start(t0, &mut out);
-    timers.note(t0, &out);
-    let out = step(&mut e, Input::Connected { peer: dev(1) }, t0);
-    timers.note(t0, &out);
+    let (mut e, t0, mut timers) =
+        watch_engine_with_neighbour(Some(Input::ListenAddrs(
+            vec!["/ip4/127.0.0.1/tcp/1".into()],
+        )));
     let sent = timers.digests_until(&mut e, dev(1), t0 + Duration::from_millis(4_500));
     assert_eq!(gaps_s(t0, &sent), vec![1, 1, 2]);
 }

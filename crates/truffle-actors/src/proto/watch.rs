@@ -281,9 +281,7 @@ impl Engine {
         }
         if !self.leaving {
             let every = self.cfg.anti_entropy_every;
-            // No back-off while alert or lately removed members (see `compare_if_due`).
-            let alert = self.watch.alert_until.is_some_and(|t| now < t);
-            let after = match alert || !self.watch.lost.is_empty() {
+            let after = match self.views_drifting(now) {
                 true => None,
                 false => self.watch.compare_after,
             };
@@ -551,14 +549,18 @@ impl Engine {
         self.watch.compare_after = None;
     }
 
+    /// Whether views are likely drifting apart, so anti-entropy does not back off: this
+    /// node is alert (an accusation lately) or lately removed members by suspicion (a
+    /// partition may be healing).
+    fn views_drifting(&self, now: Instant) -> bool {
+        self.watch.alert_until.is_some_and(|t| now < t) || !self.watch.lost.is_empty()
+    }
+
     /// The anti-entropy tick: compare with a random peer unless backed off. Each
     /// comparison doubles the wait before the next (up to
     /// [`ProtoConfig::anti_entropy_idle`]) until something changes.
     pub(super) fn compare_if_due(&mut self, now: Instant, out: &mut Vec<Output>) {
-        // No back-off while this node is alert (an accusation lately) or lately removed
-        // members by suspicion (a partition may be healing): views drift apart then.
-        let alert = self.watch.alert_until.is_some_and(|t| now < t);
-        if alert || !self.watch.lost.is_empty() {
+        if self.views_drifting(now) {
             self.stirred();
         }
         if self.watch.compare_after.is_some_and(|t| now < t) {
