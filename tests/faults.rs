@@ -93,6 +93,62 @@ async fn more_than_100_stores_sync() {
     }
 }
 
+/// A node joins at most `MAX_STORES_PER_NODE` stores (peers ignore, whole, an announcement
+/// of more topics, so a node past it would go unheard): one more fails with an error that
+/// says so, and a node at the limit still syncs with a peer that connects to it then (its
+/// first gossipsub message announces all 1,001 topics at once, exactly the cap; a cap one
+/// lower makes the peer ignore it, which this test does not see, as sync answers and
+/// anti-entropy carry the values all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_at_most_the_store_limit_and_is_heard_at_it() {
+    use truffle_actors::wire::MAX_STORES_PER_NODE;
+    init_tracing();
+    let a = builder("a").start().await.unwrap();
+    let id = |s: usize| StoreId::new(format!("cap-{s}")).unwrap();
+    let mut mine = Vec::new();
+    for s in 0..MAX_STORES_PER_NODE {
+        mine.push(
+            a.join(SliceStore::<u64>::with_id(id(s)).unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    let err = a
+        .join(SliceStore::<u64>::with_id(id(MAX_STORES_PER_NODE)).unwrap())
+        .await
+        .expect_err("one store past the limit is refused");
+    assert!(
+        matches!(err, Error::TooManyStores { max, .. } if max == MAX_STORES_PER_NODE),
+        "{err}"
+    );
+    assert!(err.to_string().contains("1000 stores"), "{err}");
+    let last = &mine[MAX_STORES_PER_NODE - 1];
+    last.set(7).await.unwrap();
+    let b = builder("b")
+        .bootstrap(a.listen_addrs()[0].clone())
+        .start()
+        .await
+        .unwrap();
+    let theirs = b
+        .join(SliceStore::<u64>::with_id(id(MAX_STORES_PER_NODE - 1)).unwrap())
+        .await
+        .unwrap();
+    let aid = a.device_id();
+    eventually("b holds a's value", &theirs, |s| {
+        s.get(&aid).is_some_and(|x| x.data == 7)
+    })
+    .await;
+    last.set(8).await.unwrap();
+    eventually("b holds a's next value", &theirs, |s| {
+        s.get(&aid).is_some_and(|x| x.data == 8)
+    })
+    .await;
+    drop(mine);
+    for n in [a, b] {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// A seeded generator, so a failing schedule can be replayed from its seed.
 struct Rng(Xoshiro256PlusPlus);
 

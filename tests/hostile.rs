@@ -848,8 +848,9 @@ impl Figures {
     /// what to compare, these only catch a collapse): more than a tenth of W's updates
     /// applied at both nodes (a store applies the newest version it has when it gets to
     /// it: slower, it skips more), its last one included (the latency tasks end at it), a
-    /// p99 within 10 times the one before the attack or `slack` more, and less than `rss_mb` more memory for the
-    /// whole process (three honest nodes and the attacker's own state).
+    /// p99 within 5 times the one before the attack or `slack` more, and less than
+    /// `rss_mb` more memory for the whole process (three honest nodes and the attacker's
+    /// own state).
     fn check(&self, slack: Duration, rss_mb: u64) {
         for (lat, at, base) in [
             (&self.lat[0], "o1", self.base_p99.0),
@@ -863,7 +864,7 @@ impl Figures {
             );
             let p99 = quantile(lat, 0.99);
             assert!(
-                p99 <= (base * 10).max(base + slack),
+                p99 <= (base * 5).max(base + slack),
                 "W's p99 at {at}: {p99:?} (before the attack {base:?})"
             );
         }
@@ -1068,9 +1069,12 @@ async fn minted_identities_are_admitted_at_a_bounded_rate_and_honest_updates_kee
 /// 50 identities, each subscribing to 10,000 topics and unsubscribing again, round after
 /// round (issue 12). Before, gossipsub recorded every subscription and reported each to
 /// the protocol core, which kept them all: O1 grew by 270 MB and used 75 % of a core, and
-/// half of W's updates were missed. Now O1's subscription filter keeps only the presence
-/// topic, joined stores' topics, and 256 others per peer (for a store joined later), and
-/// closes the connection of a peer once 10,240 of its subscriptions were refused.
+/// half of W's updates were missed. Now gossipsub ignores, whole, a message with more
+/// subscriptions than a node may have topics (1,001), and O1's subscription filter keeps
+/// only the presence topic, joined stores' topics, and 256 others per peer (for a store
+/// joined later), and closes the connection of a peer once 2,002 of its subscriptions
+/// were refused. Half the attackers send their 10,000 in one message each time, half in
+/// messages of 1,000 (under the cap, so each is judged).
 ///
 /// `TRUFFLE_CHURN_ROUNDS` sets the rounds (default 4, one every second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1101,6 +1105,7 @@ async fn subscription_churn_of_many_identities_is_kept_bounded_and_honest_update
             let churn = rogue::Churn {
                 prefix: format!("truffle/v1/store/r{i}-"),
                 count: TOPICS,
+                per_frame: if i % 2 == 0 { TOPICS } else { 1_000 },
                 rounds,
                 pause: Duration::from_secs(1),
             };
@@ -1108,16 +1113,21 @@ async fn subscription_churn_of_many_identities_is_kept_bounded_and_honest_update
         }
     })
     .await;
-    // Past the 256 kept per peer, each subscription is refused, and a connection is closed
-    // once 10,240 of its subscriptions were (in its first round's unsubscriptions): every
-    // attacker is cut off, and these do not come back.
-    let m = eventually_metrics("every attacker was disconnected", o1, |m| {
-        m.connected_peers == 2
-    })
+    // Those sending messages of 1,000: past the 256 kept per peer, each subscription is
+    // refused, and a connection is closed once 2,002 of its subscriptions were (in its
+    // first round): every such attacker is cut off, and these do not come back. The
+    // others' messages are ignored whole; they stay connected, at no cost per topic.
+    let cut = IDENTITIES / 2;
+    let m = eventually_metrics(
+        "every attacker judged per topic was disconnected",
+        o1,
+        |m| m.connected_peers as usize <= 2 + IDENTITIES - cut,
+    )
     .await;
     let refused = m.subscriptions_refused - before.subscriptions_refused;
+    let per_connection = 2 * truffle_actors::wire::MAX_TOPICS_PER_PEER;
     assert!(
-        refused > (IDENTITIES * 10_240) as u64,
+        refused > (cut * per_connection) as u64,
         "o1 refused only {refused} subscriptions"
     );
     figures.print(&format!(
@@ -1128,13 +1138,14 @@ async fn subscription_churn_of_many_identities_is_kept_bounded_and_honest_update
         m.subscriptions_refused - before.subscriptions_refused,
         m.connected_peers
     );
-    // The first frames of 50 attackers, 10,000 subscriptions each, take O1's swarm task
-    // about a second on an idle machine and several on a loaded one: W's updates to O1
-    // wait behind them once (before the filter: a p99 of 24 s, most of them never
-    // applied, and no end to it while the churn lasts).
+    // The issue's bound: W's p99 within 5 times the one before the attack, or 100 ms
+    // more. Judged one by one, the first messages of 50 attackers with 10,000
+    // subscriptions each took O1's swarm task about 4 ms each (330 ms in all), and W's
+    // updates to O1 waited behind them (p99 260 to 400 ms; before the filter: a p99 of
+    // 24 s, most of them never applied, and no end to it while the churn lasted).
     // 50 attackers' swarms live in this process too; run after the file's other tests,
     // the process grew by 64 MB once (+16 to +30 MB alone).
-    figures.check(Duration::from_secs(8), 128);
+    figures.check(Duration::from_millis(100), 128);
     drop(rogues);
     for n in nodes {
         n.shutdown().await.unwrap();

@@ -61,12 +61,13 @@ pub enum Frames {
     Churn(Churn),
 }
 
-/// `rounds` times: one frame subscribing to `count` topics (`{prefix}0`, `{prefix}1`, ...),
-/// then one unsubscribing from them, then a pause of `pause`.
+/// `rounds` times: frames subscribing to `count` topics (`{prefix}0`, `{prefix}1`, ...),
+/// `per_frame` in each, then frames unsubscribing from them, then a pause of `pause`.
 #[derive(Clone, Debug)]
 pub struct Churn {
     pub prefix: String,
     pub count: usize,
+    pub per_frame: usize,
     pub rounds: usize,
     pub pause: Duration,
 }
@@ -80,28 +81,56 @@ fn varint_len(mut n: usize) -> usize {
     len
 }
 
-/// Writes one gossipsub RPC frame that subscribes to (or unsubscribes from) every topic of
-/// `churn`: a protobuf `RPC` of `SubOpts { subscribe, topic_id }`, varint-length-prefixed.
-/// Built and written piece by piece, so the attacker holds 64 KiB, not the frame.
+/// Writes gossipsub RPC frames that subscribe to (or unsubscribe from) every topic of
+/// `churn`, `churn.per_frame` in each: a protobuf `RPC` of `SubOpts { subscribe, topic_id
+/// }`, varint-length-prefixed. Built and written piece by piece, so the attacker holds
+/// 64 KiB, not the frame.
 async fn write_subscriptions<T>(io: &mut T, churn: &Churn, subscribe: bool) -> std::io::Result<()>
 where
     T: futures::AsyncWrite + Unpin + Send,
 {
+    let per = churn.per_frame.max(1);
+    let mut start = 0;
+    while start < churn.count {
+        let end = (start + per).min(churn.count);
+        write_frame(io, churn, start..end, subscribe).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+async fn write_frame<T>(
+    io: &mut T,
+    churn: &Churn,
+    topics: std::ops::Range<usize>,
+    subscribe: bool,
+) -> std::io::Result<()>
+where
+    T: futures::AsyncWrite + Unpin + Send,
+{
     use futures::AsyncWriteExt;
-    let topic = |j: usize| format!("{}{j}", churn.prefix);
+    use std::fmt::Write as _;
+    // The topics are written into one reused buffer, and their lengths counted without
+    // writing them: the attacker shares this process's two cores with the nodes it
+    // attacks, so it should spend them on sending, not on formatting.
+    let digits = |j: usize| j.checked_ilog10().unwrap_or(0) as usize + 1;
     // SubOpts: subscribe (tag 0x08, one byte), topic_id (tag 0x12, length, bytes).
-    let opts_len = |t: &str| 2 + 1 + varint_len(t.len()) + t.len();
-    let rpc_len: usize = (0..churn.count)
+    let opts_len = |t_len: usize| 2 + 1 + varint_len(t_len) + t_len;
+    let rpc_len: usize = topics
+        .clone()
         .map(|j| {
-            let n = opts_len(&topic(j));
+            let n = opts_len(churn.prefix.len() + digits(j));
             1 + varint_len(n) + n
         })
         .sum();
     let mut buf = Vec::with_capacity(64 * 1024);
     varint(rpc_len, &mut buf);
     let mut opts = Vec::with_capacity(128);
-    for j in 0..churn.count {
-        let t = topic(j);
+    let mut t = String::with_capacity(churn.prefix.len() + 20);
+    for j in topics {
+        t.clear();
+        t.push_str(&churn.prefix);
+        let _ = write!(t, "{j}");
         opts.clear();
         opts.extend_from_slice(&[0x08, u8::from(subscribe)]);
         field(0x12, t.as_bytes(), &mut opts);

@@ -50,6 +50,16 @@ pub enum Error {
         "store `{0}` is already joined on this node; clone the existing `Store` handle instead"
     )]
     StoreAlreadyJoined(StoreId),
+    /// This node already joined as many stores as a node may
+    /// ([`MAX_STORES_PER_NODE`](crate::wire::MAX_STORES_PER_NODE)); peers would ignore the
+    /// announcement of more.
+    #[error("cannot join store `{store}`: this node already joined {max} stores, the most a node may (peers ignore a node that announces more topics); leave one, or spread the stores over several nodes")]
+    TooManyStores {
+        /// The store that was not joined.
+        store: StoreId,
+        /// The limit, [`MAX_STORES_PER_NODE`](crate::wire::MAX_STORES_PER_NODE).
+        max: usize,
+    },
     /// [`MeshNode::store`](crate::MeshNode::store) was asked for a data type whose store id
     /// is already joined on this node with another data type (two instances of a generic
     /// type, say, which share the id of their derive).

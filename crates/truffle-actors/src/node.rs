@@ -1003,6 +1003,12 @@ impl MeshNode {
         if stores.contains_key(&id) {
             return Err(Error::StoreAlreadyJoined(id));
         }
+        if stores.len() >= crate::wire::MAX_STORES_PER_NODE {
+            return Err(Error::TooManyStores {
+                store: id,
+                max: crate::wire::MAX_STORES_PER_NODE,
+            });
+        }
         let outbox = Outbox::default();
         // The store's port: a wake-up for the swarm task, which signs and publishes what
         // the outbox holds, and a word to the engine when a slice does not decode.

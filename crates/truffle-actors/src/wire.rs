@@ -40,6 +40,15 @@ pub const MAX_PRESENCE_BYTES: usize = 64 * 1024;
 pub const SLICE_OVERHEAD: usize = 4 * 1024;
 /// Most listen addresses one presence message carries.
 pub const MAX_PRESENCE_ADDRS: usize = 8;
+/// Most stores one node joins (observed stores included). A node announces the topics it
+/// takes part in (these stores and the presence topic) in one gossipsub message when it
+/// connects, and its peers ignore, whole and before any work per topic, a message with more
+/// subscriptions than that: a peer churning 10,000 subscriptions a message cost each
+/// receiver milliseconds of its one swarm task per message.
+pub const MAX_STORES_PER_NODE: usize = 1_000;
+/// Most (un)subscriptions in one gossipsub message, and most topics of one peer that
+/// gossipsub records: the stores a node may join, and the presence topic.
+pub const MAX_TOPICS_PER_PEER: usize = MAX_STORES_PER_NODE + 1;
 
 /// The gossipsub topic of a store.
 pub fn store_topic(store: &StoreId) -> String {

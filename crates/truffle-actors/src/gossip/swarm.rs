@@ -52,16 +52,11 @@ use crate::store::Outbox;
 use crate::wire::{
     decode_presence_msg_if, decode_slice_if, encode_slice_as, is_canonical, store_topic, KeyCache,
     PresenceMsg, RejectReason, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
-    PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
+    MAX_TOPICS_PER_PEER, PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
 };
 
 type Gossipsub = PeerAware<MaxCountSubscriptionFilter<SubscriptionFilter>>;
 
-/// Most topics of a remote peer that gossipsub records, and most subscriptions in one of
-/// its messages, before gossipsub ignores the message's subscriptions. (gossipsub's
-/// default filter caps both at 100.) What is recorded is bounded further by
-/// [`SubscriptionFilter`]: joined topics, and a few others per peer.
-const MAX_REMOTE_TOPICS: usize = 10_000;
 /// Extra room in the transmit limit for the envelope around a maximal slice.
 const ENVELOPE_OVERHEAD: usize = 64 * 1024;
 
@@ -236,8 +231,13 @@ pub(crate) fn build_swarm(
                     topics: topics.clone(),
                     counters: counters.clone(),
                 },
-                max_subscribed_topics: MAX_REMOTE_TOPICS,
-                max_subscriptions_per_request: MAX_REMOTE_TOPICS,
+                // Most topics of a peer that gossipsub records, and most subscriptions in
+                // one of its messages: past that, gossipsub ignores the message's
+                // subscriptions whole, at no cost per topic (its default filter caps both
+                // at 100). What is recorded is bounded further by `SubscriptionFilter`:
+                // joined topics, and a few others per peer.
+                max_subscribed_topics: MAX_TOPICS_PER_PEER,
+                max_subscriptions_per_request: MAX_TOPICS_PER_PEER,
             };
             let transform = JoinedTopicsOnly {
                 topics: topics.clone(),

@@ -43,10 +43,12 @@ pub(crate) const MAX_UNJOINED_TOPICS_PER_PEER: usize = 256;
 
 /// Most subscriptions (and unsubscriptions) of one peer's connection that the filter may
 /// refuse before the connection is closed. An honest peer announces each of its topics
-/// once per connection, and gossipsub caps those at `MAX_REMOTE_TOPICS` (10,000), so an
-/// honest peer stays under this even when this node shares none of its stores; a peer
-/// past it is churning subscriptions, and each one costs this node's swarm task work.
-pub(crate) const MAX_REFUSED_PER_CONNECTION: usize = 10_240;
+/// once per connection, and a node takes part in at most
+/// [`MAX_TOPICS_PER_PEER`](crate::wire::MAX_TOPICS_PER_PEER) (1,001) topics, so an honest
+/// peer stays under this even when this node shares none of its stores; a peer past it is
+/// churning subscriptions, and each one costs this node's swarm task work. (A message with
+/// more subscriptions than that is ignored whole by gossipsub, before this filter.)
+pub(crate) const MAX_REFUSED_PER_CONNECTION: usize = 2 * crate::wire::MAX_TOPICS_PER_PEER;
 
 /// What the filter knows of one peer.
 #[derive(Debug, Default)]
