@@ -525,6 +525,67 @@ pub fn rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// A node started on a thread of its own, with a single-threaded tokio runtime of its
+/// own: every task it spawns (its swarm, its actors, the store joined here) runs on that
+/// thread, so the thread's CPU time is the node's. The runtime runs until this is dropped.
+pub struct OwnThread {
+    /// The thread's `/proc/self/task/<tid>/schedstat`.
+    schedstat: std::path::PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl OwnThread {
+    /// Starts `builder` on a thread of its own and joins `T`'s store there.
+    pub async fn start<T>(
+        builder: truffle_actors::MeshNodeBuilder,
+    ) -> (
+        truffle_actors::MeshNode,
+        truffle_actors::Store<T>,
+        OwnThread,
+    )
+    where
+        T: truffle_actors::Syncable,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("own-node".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let tid = std::fs::read_link("/proc/thread-self").unwrap();
+                    let tid = tid.file_name().unwrap().to_owned();
+                    let node = builder.start().await.unwrap();
+                    let store = node.store::<T>().await.unwrap();
+                    let schedstat = std::path::Path::new("/proc/self/task")
+                        .join(tid)
+                        .join("schedstat");
+                    let _ = tx.send((node, store, schedstat));
+                    let _ = stopped.await;
+                });
+            })
+            .unwrap();
+        let (node, store, schedstat) = rx.await.unwrap();
+        (
+            node,
+            store,
+            OwnThread {
+                schedstat,
+                _stop: stop,
+            },
+        )
+    }
+
+    /// CPU time the node's thread has used so far.
+    pub fn cpu(&self) -> Duration {
+        let s = std::fs::read_to_string(&self.schedstat).unwrap();
+        Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
+    }
+}
+
 /// CPU time this process has used, user and system (`/proc/self/stat`, in clock ticks of
 /// 10 ms, the usual `CLK_TCK` of 100; Linux only).
 pub fn cpu() -> Option<Duration> {
