@@ -100,7 +100,7 @@ async fn more_than_100_stores_sync() {
 /// lower makes the peer ignore it, which this test does not see, as sync answers and
 /// anti-entropy carry the values all the same).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_joins_at_most_the_store_limit_and_is_heard_at_it() {
+async fn a_node_joins_at_most_the_store_limit_and_still_syncs_at_it() {
     use truffle_actors::wire::MAX_STORES_PER_NODE;
     init_tracing();
     let a = builder("a").start().await.unwrap();

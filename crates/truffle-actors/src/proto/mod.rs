@@ -1397,10 +1397,7 @@ impl Engine {
                     timer: Timer::Redial,
                 });
                 if !self.leaving {
-                    self.ticks += 1;
-                    let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
-                    self.redial(refresh, out);
-                    self.maintain_view(now, refresh, out);
+                    self.dial_tick(now, out);
                 }
             }
             // Armed with watch liveness only.
@@ -1437,10 +1434,7 @@ impl Engine {
                 }
                 self.watch_expire(now, out);
                 if !self.leaving {
-                    self.ticks += 1;
-                    let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
-                    self.redial(refresh, out);
-                    self.maintain_view(now, refresh, out);
+                    self.dial_tick(now, out);
                     self.watch_tick(now, out);
                 }
             }
@@ -1451,6 +1445,15 @@ impl Engine {
             }
             Timer::LeaveDeadline => self.leave_deadline(out),
         }
+    }
+
+    /// The redial tick's dialling: redials and the view, with a refresh of the view every
+    /// [`REFRESH_TICKS`] ticks.
+    fn dial_tick(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.ticks += 1;
+        let refresh = self.ticks.is_multiple_of(REFRESH_TICKS);
+        self.redial(refresh, out);
+        self.maintain_view(now, refresh, out);
     }
 
     /// Forgets members silent past the forget window, and the short-lived records.
