@@ -79,6 +79,14 @@ const FORGET_AFTER_MIN: Duration = Duration::from_secs(60);
 const REFETCH_AFTER: Duration = Duration::from_secs(1);
 /// Most peers asked, one after the other, for a slice that the first one asked lacked.
 const FETCH_TRIES: usize = 4;
+/// Slices a heartbeat shows missing are asked of the peer that relayed it at once, and
+/// then at most once per this period per relay: what further heartbeats show missing
+/// meanwhile is asked for together at the end of the period, if gossip has not brought it
+/// by then. A slice usually travels right behind the heartbeat that announces it, so a
+/// burst of new devices (a join wave, or an attacker's minted identities) costs one
+/// request per relay and period instead of one per device, and most of those wants are
+/// met before they are sent.
+const FETCH_WINDOW: Duration = Duration::from_millis(200);
 /// A member dialled to fill the view is not dialled again sooner than this.
 const DIAL_BACKOFF: Duration = Duration::from_secs(2);
 /// A connection younger than this is never closed to trim the view: the peer at the other
@@ -331,6 +339,8 @@ pub type Token = u64;
 pub enum Timer {
     /// Announce presence.
     Presence,
+    /// Ask relays for the slices that heartbeats showed missing (see [`FETCH_WINDOW`]).
+    Fetch,
     /// Look for silent devices.
     Expire,
     /// Re-dial bootstrap peers and peers disconnected on purpose.
@@ -661,6 +671,12 @@ struct PendingFetch {
     tried: Vec<DeviceId>,
 }
 
+/// The wants heartbeats relayed by one peer raised while its [`FETCH_WINDOW`] is open.
+struct FetchWindow {
+    until: Instant,
+    want: Vec<(Want, Version)>,
+}
+
 struct PendingLeave {
     waiting: DetSet<RequestId>,
 }
@@ -687,6 +703,8 @@ pub struct Engine {
     /// Slices asked for and not yet answered: the version wanted, and when.
     fetched: DetMap<(DeviceId, StoreId), (Version, Instant)>,
     fetches: DetMap<RequestId, PendingFetch>,
+    /// Per relay, the wants held back until its fetch window closes.
+    fetch_windows: DetMap<DeviceId, FetchWindow>,
     next_request: RequestId,
     /// Open connections per peer.
     conns: DetMap<DeviceId, u32>,
@@ -746,6 +764,7 @@ impl Engine {
             digest_cursor: 0,
             fetched: DetMap::with_hasher(h.clone()),
             fetches: DetMap::with_hasher(h.clone()),
+            fetch_windows: DetMap::with_hasher(h.clone()),
             next_request: 0,
             conns: DetMap::with_hasher(h.clone()),
             connected_at: DetMap::with_hasher(h.clone()),
@@ -1191,14 +1210,93 @@ impl Engine {
                 continue;
             }
             if self.asking(device, &store, version, now) {
-                want.push(Want {
+                let w = Want {
                     store,
                     device: Some(device),
-                });
+                };
+                want.push((w, version));
             }
         }
         if !want.is_empty() {
-            self.fetch(via, want, Vec::new(), out);
+            self.fetch_from_relay(via, want, now, out);
+        }
+    }
+
+    /// Asks `via` for `want` now if its fetch window is closed (and opens it), else holds
+    /// the wants until it closes (see [`FETCH_WINDOW`]).
+    fn fetch_from_relay(
+        &mut self,
+        via: DeviceId,
+        mut want: Vec<(Want, Version)>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some(w) = self.fetch_windows.get_mut(&via) {
+            if now < w.until {
+                let room = MAX_WANTS.saturating_sub(w.want.len());
+                // Past the room a want is dropped; it was noted in `fetched`, so it is
+                // asked again by the next heartbeat that shows it after REFETCH_AFTER.
+                w.want.extend(want.into_iter().take(room));
+                return;
+            }
+            // Closed, but its timer has not fired (or was lost): send what it held too.
+            let held = self.fetch_windows.remove(&via).map(|w| w.want);
+            want.extend(held.into_iter().flatten());
+            want.retain(|(w, v)| self.still_wanted(w, *v));
+        }
+        self.fetch_windows.insert(
+            via,
+            FetchWindow {
+                until: now + FETCH_WINDOW,
+                want: Vec::new(),
+            },
+        );
+        out.push(Output::Schedule {
+            after: FETCH_WINDOW,
+            timer: Timer::Fetch,
+        });
+        if !want.is_empty() {
+            self.fetch(
+                via,
+                want.into_iter().map(|(w, _)| w).collect(),
+                Vec::new(),
+                out,
+            );
+        }
+    }
+
+    /// Whether a want held back in a fetch window is still unmet.
+    fn still_wanted(&self, w: &Want, version: Version) -> bool {
+        match w.device {
+            Some(d) => {
+                self.joined.contains(&w.store) && self.membership.wants(&d, &w.store, version)
+            }
+            None => self.joined.contains(&w.store),
+        }
+    }
+
+    /// The fetch timer: closes every window whose period is over, asking each relay for
+    /// what it held that gossip has not brought meanwhile (which opens its window again).
+    fn close_fetch_windows(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let mut due: Vec<DeviceId> = self
+            .fetch_windows
+            .iter()
+            .filter(|(_, w)| w.until <= now + watch::TIMER_SLACK)
+            .map(|(via, _)| *via)
+            .collect();
+        due.sort();
+        for via in due {
+            let Some(w) = self.fetch_windows.remove(&via) else {
+                continue;
+            };
+            let want: Vec<(Want, Version)> = w
+                .want
+                .into_iter()
+                .filter(|(w, v)| self.still_wanted(w, *v))
+                .collect();
+            if !want.is_empty() {
+                self.fetch_from_relay(via, want, now, out);
+            }
         }
     }
 
@@ -1403,6 +1501,7 @@ impl Engine {
             // Armed with watch liveness only.
             Timer::AntiEntropy => {}
             Timer::LeaveDeadline => self.leave_deadline(out),
+            Timer::Fetch => self.close_fetch_windows(now, out),
         }
     }
 
@@ -1444,6 +1543,7 @@ impl Engine {
                 }
             }
             Timer::LeaveDeadline => self.leave_deadline(out),
+            Timer::Fetch => self.close_fetch_windows(now, out),
         }
     }
 

@@ -139,7 +139,59 @@ fn a_newer_version_is_fetched_while_an_older_one_is_still_asked_for() {
     assert_eq!(fetches(&step(&mut e, hb(1, 3), t0)), 1);
     let t1 = t0 + Duration::from_millis(100);
     assert_eq!(fetches(&step(&mut e, hb(2, 3), t1)), 0, "5.3 is asked for");
-    assert_eq!(fetches(&step(&mut e, hb(3, 4), t1)), 1, "5.4 is not");
+    // 5.4 is not, but the relay was asked something less than a fetch window ago: 5.4
+    // waits for the window to close.
+    assert_eq!(fetches(&step(&mut e, hb(3, 4), t1)), 0);
+    let out = step(&mut e, Input::Timer(Timer::Fetch), t0 + FETCH_WINDOW);
+    assert_eq!(fetches(&out), 1, "5.4 is asked for when the window closes");
+}
+
+#[test]
+fn a_burst_of_heartbeats_costs_one_request_per_fetch_window_for_what_gossip_did_not_bring() {
+    let (mut e, t0, s) = joined_with_subscribers(&[1]);
+    let fetches = |out: &[Output]| -> Vec<Vec<Want>> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Fetch { peer, want, .. } if *peer == dev(1) => Some(want.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // 40 new devices announce a slice through dev(1) within a few milliseconds: the first
+    // is asked for at once, the others wait.
+    let mut asked = Vec::new();
+    for d in 20..60u8 {
+        let at = t0 + Duration::from_micros(100 * u64::from(d - 20));
+        asked.extend(fetches(&step(
+            &mut e,
+            announces_slice(dev(1), dev(d), &s),
+            at,
+        )));
+    }
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].len(), 1);
+    assert_eq!(asked[0][0].device, Some(dev(20)));
+    // Gossip brings the slices of the even ones meanwhile.
+    for d in (22..60u8).step_by(2) {
+        let slice = slice(&s, dev(d), Version::new(5, 3));
+        step(
+            &mut e,
+            Input::Slice { via: dev(1), slice },
+            t0 + Duration::from_millis(50),
+        );
+    }
+    // When the window closes, one request asks for the 19 odd ones, and nothing else.
+    let out = step(&mut e, Input::Timer(Timer::Fetch), t0 + FETCH_WINDOW);
+    let asked = fetches(&out);
+    assert_eq!(asked.len(), 1);
+    let mut devices: Vec<DeviceId> = asked[0].iter().filter_map(|w| w.device).collect();
+    devices.sort();
+    let mut odd: Vec<DeviceId> = (21..60u8).step_by(2).map(dev).collect();
+    odd.sort();
+    assert_eq!(devices, odd);
+    // That opened the window again; with nothing held, closing it asks for nothing.
+    let out = step(&mut e, Input::Timer(Timer::Fetch), t0 + 2 * FETCH_WINDOW);
+    assert!(fetches(&out).is_empty());
 }
 
 #[test]
@@ -672,6 +724,8 @@ fn fetches_retried_elsewhere_spread_over_the_subscribers() {
     // fetch goes on to another subscriber. Not always to the same one.
     let mut next = std::collections::HashSet::new();
     for d in 20..60 {
+        // One fetch window apart, so each is asked for at once.
+        let t0 = t0 + FETCH_WINDOW * u32::from(d - 20);
         let out = step(&mut e, announces_slice(dev(1), dev(d), &s), t0);
         let Some(id) = out.iter().find_map(|o| match o {
             Output::Fetch { id, peer, .. } if *peer == dev(1) => Some(*id),

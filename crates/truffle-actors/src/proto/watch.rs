@@ -74,7 +74,7 @@ const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
 
 /// How much earlier than armed a one-shot timer may fire and still count as the armed
 /// one (see [`Engine::watch_timer_fired`]).
-const TIMER_SLACK: Duration = Duration::from_millis(1);
+pub(super) const TIMER_SLACK: Duration = Duration::from_millis(1);
 /// A one-shot timer this long past its time without firing counts as lost.
 const LOST_TIMER: Duration = Duration::from_secs(5);
 
