@@ -17,6 +17,9 @@ pub(crate) struct Faults {
     pub blocked: HashSet<PeerId>,
     /// Messages dropped so far, so a test can check that the fault really happened.
     pub dropped: u64,
+    /// How long the gossip actor waits per input it takes from its inbox: a slow
+    /// protocol core, as on a loaded machine.
+    pub engine_delay: std::time::Duration,
     /// Picks the messages to lose; seeded by the test (the same generator as the
     /// protocol core's, so a seed replays the same losses).
     rng: Option<Xoshiro256PlusPlus>,

@@ -71,6 +71,11 @@ pub struct Metrics {
     /// per device, so a slow store, or a device writing very fast, cannot build a
     /// backlog.
     pub store_coalesced: u64,
+    /// Heartbeats, slices and accusations that the protocol core never saw because a
+    /// newer one of the same device (and store, or accused) reached the node while the
+    /// gossip actor was still busy: its inbox keeps one slot per device, so on a loaded
+    /// machine or under a flood its backlog stays bounded and drains.
+    pub inputs_coalesced: u64,
     /// Departed devices remembered only by a compact tombstone (the versions last seen of
     /// them), so that a replay of their old messages cannot bring them back.
     pub tombstones: u64,
@@ -126,6 +131,7 @@ pub(crate) struct Counters {
     pub sync_over_budget: AtomicU64,
     pub gossip_over_rate: AtomicU64,
     pub store_coalesced: AtomicU64,
+    pub inputs_coalesced: AtomicU64,
     pub tombstones: AtomicU64,
     pub devices_refused: AtomicU64,
     pub subscriptions_refused: AtomicU64,
@@ -196,6 +202,7 @@ impl Counters {
             connections_opened: self.prom.connections_opened.get(),
             gossip_over_rate: self.gossip_over_rate.load(Relaxed),
             store_coalesced: self.store_coalesced.load(Relaxed),
+            inputs_coalesced: self.inputs_coalesced.load(Relaxed),
             tombstones: self.tombstones.load(Relaxed),
             devices_refused: self.devices_refused.load(Relaxed),
             subscriptions_refused: self.subscriptions_refused.load(Relaxed),
@@ -402,7 +409,7 @@ impl std::fmt::Debug for LiveValues {
 impl Collector for LiveValues {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.0;
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "slices_delivered",
                 "Slices received from the network (gossip or sync answers), before any check.",
@@ -437,6 +444,11 @@ impl Collector for LiveValues {
                 "store_coalesced",
                 "Remote slices a store never saw: a newer one of the same device (or its removal) replaced it in the store's inbox first.",
                 &c.store_coalesced,
+            ),
+            (
+                "inputs_coalesced",
+                "Heartbeats, slices and accusations the protocol core never saw: a newer one of the same device replaced it in the gossip actor's inbox first.",
+                &c.inputs_coalesced,
             ),
             (
                 "devices_refused",

@@ -625,6 +625,7 @@ impl MeshNodeBuilder {
             .intro
             .configure(device, announced_name, cfg.presence_timeout, cfg.liveness);
         let faults = FaultHandle::default();
+        let inbox = Arc::new(crate::gossip::inbox::Inbox::new(counters.clone()));
         let listen_addrs = Arc::new(Mutex::new(bound));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         // Every log line of this node's gossip actor and swarm task carries its name, so
@@ -659,6 +660,8 @@ impl MeshNodeBuilder {
                 key: key.clone(),
                 counters: counters.clone(),
                 cmds: cmd_tx.clone(),
+                inbox: inbox.clone(),
+                faults: faults.clone(),
                 span: span.clone(),
             },
         )
@@ -668,6 +671,7 @@ impl MeshNodeBuilder {
             swarm,
             cmds: cmd_rx,
             actor: gossip.clone(),
+            inbox,
             counters: counters.clone(),
             bootstrap: bootstrap.clone(),
             listen_addrs: listen_addrs.clone(),
@@ -1133,6 +1137,17 @@ impl MeshNode {
     pub fn test_block(&self, devices: &[DeviceId]) {
         let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         f.blocked = devices.iter().map(|d| d.peer_id()).collect();
+    }
+
+    /// Test hook: the gossip actor waits this long per network event it takes from its
+    /// inbox, as a slow protocol core would (zero: no wait).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn test_slow_engine(&self, per_input: Duration) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .engine_delay = per_input;
     }
 
     /// Test hook: handles `slices` as if `from` had sent them in answer to a sync request.

@@ -272,6 +272,7 @@ async fn node(State(st): State<Arc<AppState>>) -> Json<Value> {
             "sync_over_budget": m.sync_over_budget,
             "gossip_over_rate": m.gossip_over_rate,
             "store_coalesced": m.store_coalesced,
+            "inputs_coalesced": m.inputs_coalesced,
             "tombstones": m.tombstones,
             "devices_refused": m.devices_refused,
             "subscriptions_refused": m.subscriptions_refused,

@@ -9,6 +9,7 @@
 
 mod budget;
 pub(crate) mod conduct;
+pub(crate) mod inbox;
 pub(crate) mod swarm;
 pub(crate) mod topics;
 pub(crate) mod watch_wire;
@@ -36,8 +37,10 @@ pub(crate) enum GossipMsg {
         outbox: Outbox,
         reply: RpcReplyPort<Result<(), Error>>,
     },
-    /// Something for the engine: a network event from the swarm task, or a local one.
+    /// Something for the engine: a local event.
     Input(Input),
+    /// Network events from the swarm task wait in the inbox.
+    Inbox,
     Timer(Timer),
     Leave {
         done: oneshot::Sender<()>,
@@ -56,6 +59,10 @@ pub(crate) struct GossipArgs {
     pub key: libp2p::identity::Keypair,
     pub counters: Arc<Counters>,
     pub cmds: mpsc::UnboundedSender<SwarmCmd>,
+    /// Network events from the swarm task.
+    pub inbox: Arc<inbox::Inbox>,
+    /// Test hooks (a slow engine).
+    pub faults: crate::faults::FaultHandle,
     /// The node's log span.
     pub span: tracing::Span,
 }
@@ -254,10 +261,27 @@ impl Actor for GossipActor {
         msg: GossipMsg,
         state: &mut GossipState,
     ) -> Result<(), ActorProcessingErr> {
+        let taken = match msg {
+            GossipMsg::Inbox => {
+                let (inputs, more) = state.args.inbox.take();
+                if more {
+                    // Timers and local commands queued meanwhile go first.
+                    let _ = myself.cast(GossipMsg::Inbox);
+                }
+                engine_delay(&state.args.faults, inputs.len()).await;
+                Some(inputs)
+            }
+            _ => None,
+        };
         // No await below: the guard never crosses a suspension point.
         let _span = state.args.span.clone().entered();
         let now = Instant::now();
         match msg {
+            GossipMsg::Inbox => {
+                for input in taken.into_iter().flatten() {
+                    state.run(&myself, input, now);
+                }
+            }
             GossipMsg::Join {
                 store,
                 sink,
@@ -305,6 +329,21 @@ impl Actor for GossipActor {
         Ok(())
     }
 }
+
+/// Test hook: waits as long as a slow protocol core would take for `inputs`.
+#[cfg(feature = "test-hooks")]
+async fn engine_delay(faults: &crate::faults::FaultHandle, inputs: usize) {
+    let per_input = faults
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .engine_delay;
+    if !per_input.is_zero() {
+        tokio::time::sleep(per_input * inputs as u32).await;
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+async fn engine_delay(_: &crate::faults::FaultHandle, _: usize) {}
 
 /// The engine input for a verified leave.
 pub(crate) fn goodbye(device: DeviceId, incarnation: Incarnation) -> Input {

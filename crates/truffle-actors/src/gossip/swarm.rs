@@ -377,6 +377,8 @@ pub(crate) struct SwarmTask {
     pub swarm: Swarm<Behaviour>,
     pub cmds: mpsc::UnboundedReceiver<SwarmCmd>,
     pub actor: ActorRef<GossipMsg>,
+    /// Where network events wait for the gossip actor (coalesced per device).
+    pub inbox: Arc<super::inbox::Inbox>,
     pub counters: Arc<Counters>,
     pub listen_addrs: Arc<Mutex<Vec<Multiaddr>>>,
     /// Largest slice data accepted.
@@ -801,7 +803,7 @@ impl SwarmTask {
     }
 
     fn forward(&self, input: Input) {
-        if self.actor.cast(GossipMsg::Input(input)).is_err() {
+        if self.inbox.put(input) && self.actor.cast(GossipMsg::Inbox).is_err() {
             tracing::debug!("gossip actor gone; dropping network event");
         }
     }
