@@ -464,13 +464,7 @@ async fn flood_own_slice(liveness: Liveness) {
         ))
         .unwrap();
     let writes = write_every_50ms(&w, Duration::from_secs(SECS), &sent).await;
-    let published = loop {
-        match tokio::time::timeout(DEADLINE, rogue.seen.recv()).await {
-            Ok(Some(rogue::Seen::Flooded(k))) => break k,
-            Ok(Some(_)) => {}
-            _ => panic!("the rogue's flood did not finish"),
-        }
-    };
+    let published = rogue.flooded().await;
     // From now on its heartbeats announce its last version, and it hands that out when
     // asked, as a real member does.
     rogue.cmds.send(rogue::Cmd::AnswerWith(vec![last])).unwrap();
@@ -697,13 +691,7 @@ async fn a_slow_store_under_a_flood_keeps_a_bounded_backlog_that_drains() {
     };
     let writes = write_every_50ms(&w, Duration::from_secs(SECS), &sent).await;
     status_writer.await.unwrap();
-    let published = loop {
-        match tokio::time::timeout(DEADLINE, rogue.seen.recv()).await {
-            Ok(Some(rogue::Seen::Flooded(k))) => break k,
-            Ok(Some(_)) => {}
-            _ => panic!("the rogue's flood did not finish"),
-        }
-    };
+    let published = rogue.flooded().await;
     let flood_end = Instant::now();
     // Its heartbeats announce its last version from now on, and it hands that out when
     // asked: a message of the flood may be lost on the way, as any gossip may.
@@ -819,13 +807,7 @@ async fn a_slow_protocol_core_under_a_flood_keeps_a_bounded_backlog_that_drains(
         ))
         .unwrap();
     let writes = write_every_50ms(&w, Duration::from_secs(SECS), &sent).await;
-    let published = loop {
-        match tokio::time::timeout(DEADLINE, rogue.seen.recv()).await {
-            Ok(Some(rogue::Seen::Flooded(k))) => break k,
-            Ok(Some(_)) => {}
-            _ => panic!("the rogue's flood did not finish"),
-        }
-    };
+    let published = rogue.flooded().await;
     let flood_end = Instant::now();
     rogue.cmds.send(rogue::Cmd::AnswerWith(vec![last])).unwrap();
     latest.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -1057,7 +1039,8 @@ async fn during<F: std::future::Future<Output = ()>>(
 /// 7.8 s with half of them missed, and every store event copied the whole map of remote
 /// slices. Now a node admits new devices at a bounded rate per neighbour (256, then 64 a
 /// second), ignores the messages of the others before their signature check (not
-/// forwarded: O2 hears only of those O1 admitted), and snapshots share structure.
+/// forwarded: O2 hears only of those O1 admitted), snapshots share structure, and the
+/// fetches that the admitted identities' heartbeats raise are batched per relay.
 ///
 /// `TRUFFLE_MINTED` sets the number of identities (default 10,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1125,13 +1108,7 @@ async fn minted_identities_are_admitted_at_a_bounded_rate_and_honest_updates_kee
                 .cmds
                 .send(rogue::Cmd::FloodPairs(round, over))
                 .unwrap();
-            published += loop {
-                match tokio::time::timeout(DEADLINE, rogue.seen.recv()).await {
-                    Ok(Some(rogue::Seen::Flooded(k))) => break k as usize,
-                    Ok(Some(_)) => {}
-                    _ => panic!("the attacker's flood did not finish"),
-                }
-            };
+            published += rogue.flooded().await as usize;
         }
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     };
@@ -1186,10 +1163,13 @@ async fn minted_identities_are_admitted_at_a_bounded_rate_and_honest_updates_kee
     // The process holds the attacker too: its 50,000 publishes, and the three nodes'
     // gossip caches of them, take about 60 to 80 MB here whatever O1 admits (the same
     // attack before admission: +82 MB with a sixth of the messages getting through).
-    // O2 is not held to the issue's 10 % of a core here: it used 14 to 16 % (debug build,
-    // idle machine) handling the few hundred identities admitted through O1 and W, whose
-    // heartbeats it verifies and relays like any member's; see the Security chapter.
-    figures.check(Duration::from_secs(2), 128, false);
+    // W's p99 may grow 5x or by 250 ms (the issue says 100 ms; idle runs stay within
+    // 25 ms, see the Security chapter for runs under load). O2 is not held to the issue's
+    // 10 % of a core here: it used 8.8 to 10.0 % (debug build, idle machine; 14 to 16 %
+    // before heartbeat fetches were batched) handling the few hundred identities admitted
+    // through O1 and W, whose heartbeats and slices it verifies and relays like any
+    // member's.
+    figures.check(Duration::from_millis(250), 128, false);
     // Besides W and the other honest node: at most the burst, then 64 a second (with a
     // second of slack), through the one neighbour that brings them in.
     let bound = 2 + 256 + 64 * (elapsed.as_secs() as usize + 1);
@@ -1524,13 +1504,7 @@ async fn peers_sending_junk_are_graylisted_within_seconds_and_honest_peers_keep_
     let writes = writing.await.unwrap();
     let lat1 = tokio::time::timeout(DEADLINE, lat1).await.unwrap().unwrap();
     let lat2 = tokio::time::timeout(DEADLINE, lat2).await.unwrap().unwrap();
-    let published = loop {
-        match tokio::time::timeout(DEADLINE, flooder.seen.recv()).await {
-            Ok(Some(rogue::Seen::Flooded(k))) => break k,
-            Ok(Some(_)) => {}
-            _ => panic!("the flood did not finish"),
-        }
-    };
+    let published = flooder.flooded().await;
     let m1 = o1.metrics();
     let (m2, mw) = (o2.metrics(), writer.metrics());
     let traffic = |d: DeviceId| {

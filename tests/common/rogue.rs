@@ -326,6 +326,20 @@ pub struct Rogue {
     pub seen: mpsc::UnboundedReceiver<Seen>,
 }
 
+impl Rogue {
+    /// Waits for the end of the flood under way; how many messages it published. Other
+    /// observations meanwhile are dropped.
+    pub async fn flooded(&mut self) -> u32 {
+        loop {
+            match tokio::time::timeout(super::DEADLINE, self.seen.recv()).await {
+                Ok(Some(Seen::Flooded(k))) => return k,
+                Ok(Some(_)) => {}
+                _ => panic!("the rogue's flood did not finish"),
+            }
+        }
+    }
+}
+
 pub async fn start(dial: &[Multiaddr], topics: &[&str]) -> Rogue {
     let key = Keypair::generate_ed25519();
     let stall = Arc::new(AtomicBool::new(false));
