@@ -351,6 +351,24 @@ fn own_slices(key: &truffle_actors::identity::Keypair, n: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A rogue member connected to `node`: the rogue, its device id, the version its
+/// heartbeats announce (settable), and the handle that keeps them going (see
+/// [`keep_alive`]).
+async fn member_rogue(
+    node: &MeshNode,
+) -> (
+    rogue::Rogue,
+    DeviceId,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let rogue = rogue::start(&[node.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
+    let rid = DeviceId::from(rogue.key.public().to_peer_id());
+    let latest = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let alive = keep_alive(rogue.cmds.clone(), rogue.key.clone(), latest.clone());
+    (rogue, rid, latest, alive)
+}
+
 /// Keeps the rogue a live member: a heartbeat every 300 ms announcing version `latest` of
 /// its slice, until the returned sender is dropped.
 fn keep_alive(
@@ -407,7 +425,7 @@ async fn with_watch_liveness_a_flooding_members_last_version_arrives_too() {
 }
 
 async fn flood_own_slice(liveness: Liveness) {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
     use std::sync::{Arc, Mutex};
 
     let _one = ONE_AT_A_TIME.lock().await;
@@ -422,11 +440,7 @@ async fn flood_own_slice(liveness: Liveness) {
     };
     let ([writer, o1, o2], [w, s1, s2], o2_thread) = three_nodes(each).await;
     let wid = writer.device_id();
-    let rogue = rogue::start(&[o1.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
-    let rid = DeviceId::from(rogue.key.public().to_peer_id());
-    let latest = Arc::new(AtomicU64::new(0));
-    let alive = keep_alive(rogue.cmds.clone(), rogue.key.clone(), latest.clone());
-    let mut rogue = rogue;
+    let (mut rogue, rid, latest, alive) = member_rogue(&o1).await;
     let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
     for s in [&s1, &s2] {
         eventually("the writer's first write arrives", s, |s| {
@@ -636,10 +650,7 @@ async fn a_slow_store_under_a_flood_keeps_a_bounded_backlog_that_drains() {
         .unwrap();
     let fast = slow_node.store::<Status>().await.unwrap();
     let wid = writer.device_id();
-    let mut rogue = rogue::start(&[slow_node.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
-    let rid = DeviceId::from(rogue.key.public().to_peer_id());
-    let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let alive = keep_alive(rogue.cmds.clone(), rogue.key.clone(), latest.clone());
+    let (mut rogue, rid, latest, alive) = member_rogue(&slow_node).await;
     let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
     eventually("the writer's first write arrives", &slow, |s| {
         s.get(&wid).is_some_and(|x| x.version == w0.version)
@@ -779,10 +790,7 @@ async fn a_slow_protocol_core_under_a_flood_keeps_a_bounded_backlog_that_drains(
     let w = writer.store::<Todos>().await.unwrap();
     let s = node.store::<Todos>().await.unwrap();
     let wid = writer.device_id();
-    let mut rogue = rogue::start(&[node.listen_addrs()[0].clone()], &[TOPIC, PRESENCE]).await;
-    let rid = DeviceId::from(rogue.key.public().to_peer_id());
-    let latest = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let alive = keep_alive(rogue.cmds.clone(), rogue.key.clone(), latest.clone());
+    let (mut rogue, rid, latest, alive) = member_rogue(&node).await;
     let w0 = w.update(|t| t.items = vec!["hello".into()]).await.unwrap();
     eventually("the writer's first write arrives", &s, |s| {
         s.get(&wid).is_some_and(|x| x.version == w0.version)

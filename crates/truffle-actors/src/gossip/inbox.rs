@@ -58,59 +58,39 @@ impl Inbox {
     pub fn put(&self, input: Input) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let was_empty = s.queue.is_empty();
+        let State {
+            queue,
+            heartbeats,
+            slices,
+            suspects,
+        } = &mut *s;
         let replaced = match input {
-            Input::Heartbeat { via, heartbeat } => {
-                let key = heartbeat.device;
-                match s.heartbeats.get_mut(&key) {
-                    Some(slot) => {
-                        let newer = (heartbeat.incarnation, heartbeat.seq)
-                            > (slot.1.incarnation, slot.1.seq);
-                        if newer {
-                            *slot = (via, heartbeat);
-                        }
-                        true
-                    }
-                    None => {
-                        s.heartbeats.insert(key, (via, heartbeat));
-                        s.queue.push_back(Entry::Heartbeat(key));
-                        false
-                    }
-                }
-            }
-            Input::Slice { via, slice } => {
-                let key = (slice.device, slice.store.clone());
-                match s.slices.get_mut(&key) {
-                    Some(slot) => {
-                        if slice.version > slot.1.version {
-                            *slot = (via, slice);
-                        }
-                        true
-                    }
-                    None => {
-                        s.slices.insert(key.clone(), (via, slice));
-                        s.queue.push_back(Entry::Slice(key.0, key.1));
-                        false
-                    }
-                }
-            }
-            Input::Suspect { accuser, suspicion } => {
-                let key = (accuser, suspicion.device);
-                match s.suspects.get_mut(&key) {
-                    Some(slot) => {
-                        if (suspicion.incarnation, suspicion.seq) > (slot.incarnation, slot.seq) {
-                            *slot = suspicion;
-                        }
-                        true
-                    }
-                    None => {
-                        s.suspects.insert(key, suspicion);
-                        s.queue.push_back(Entry::Suspect(key.0, key.1));
-                        false
-                    }
-                }
-            }
+            Input::Heartbeat { via, heartbeat } => slot(
+                heartbeats,
+                queue,
+                heartbeat.device,
+                (via, heartbeat),
+                |new, held| (new.1.incarnation, new.1.seq) > (held.1.incarnation, held.1.seq),
+                Entry::Heartbeat,
+            ),
+            Input::Slice { via, slice } => slot(
+                slices,
+                queue,
+                (slice.device, slice.store.clone()),
+                (via, slice),
+                |new, held| new.1.version > held.1.version,
+                |(device, store)| Entry::Slice(device, store),
+            ),
+            Input::Suspect { accuser, suspicion } => slot(
+                suspects,
+                queue,
+                (accuser, suspicion.device),
+                suspicion,
+                |new, held| (new.incarnation, new.seq) > (held.incarnation, held.seq),
+                |(accuser, device)| Entry::Suspect(accuser, device),
+            ),
             other => {
-                s.queue.push_back(Entry::Other(other));
+                queue.push_back(Entry::Other(other));
                 false
             }
         };
@@ -149,6 +129,31 @@ impl Inbox {
             out.extend(input);
         }
         (out, !s.queue.is_empty())
+    }
+}
+
+/// Puts `value` in `key`'s slot of `slots`, replacing what it holds if `newer` says so,
+/// or opens the slot at the end of `queue`. Returns whether the slot was already open.
+fn slot<K: std::hash::Hash + Eq + Clone, V>(
+    slots: &mut HashMap<K, V>,
+    queue: &mut VecDeque<Entry>,
+    key: K,
+    value: V,
+    newer: impl Fn(&V, &V) -> bool,
+    entry: impl FnOnce(K) -> Entry,
+) -> bool {
+    match slots.get_mut(&key) {
+        Some(held) => {
+            if newer(&value, held) {
+                *held = value;
+            }
+            true
+        }
+        None => {
+            slots.insert(key.clone(), value);
+            queue.push_back(entry(key));
+            false
+        }
     }
 }
 

@@ -261,24 +261,25 @@ impl Actor for GossipActor {
         msg: GossipMsg,
         state: &mut GossipState,
     ) -> Result<(), ActorProcessingErr> {
-        let taken = match msg {
-            GossipMsg::Inbox => {
-                let (inputs, more) = state.args.inbox.take();
-                if more {
-                    // Timers and local commands queued meanwhile go first.
-                    let _ = myself.cast(GossipMsg::Inbox);
-                }
-                engine_delay(&state.args.faults, inputs.len()).await;
-                Some(inputs)
+        // Network events are taken before the span is entered: the test hook's wait is
+        // the only await in this handler.
+        let inbox = if let GossipMsg::Inbox = msg {
+            let (inputs, more) = state.args.inbox.take();
+            if more {
+                // Timers and local commands queued meanwhile go first.
+                let _ = myself.cast(GossipMsg::Inbox);
             }
-            _ => None,
+            engine_delay(&state.args.faults, inputs.len()).await;
+            inputs
+        } else {
+            Vec::new()
         };
         // No await below: the guard never crosses a suspension point.
         let _span = state.args.span.clone().entered();
         let now = Instant::now();
         match msg {
             GossipMsg::Inbox => {
-                for input in taken.into_iter().flatten() {
+                for input in inbox {
                     state.run(&myself, input, now);
                 }
             }

@@ -671,10 +671,11 @@ struct PendingFetch {
     tried: Vec<DeviceId>,
 }
 
-/// The wants heartbeats relayed by one peer raised while its [`FETCH_WINDOW`] is open.
+/// The slices (device, store, version) that heartbeats relayed by one peer showed missing
+/// while its [`FETCH_WINDOW`] is open.
 struct FetchWindow {
     until: Instant,
-    want: Vec<(Want, Version)>,
+    want: Vec<(DeviceId, StoreId, Version)>,
 }
 
 struct PendingLeave {
@@ -1210,40 +1211,37 @@ impl Engine {
                 continue;
             }
             if self.asking(device, &store, version, now) {
-                let w = Want {
-                    store,
-                    device: Some(device),
-                };
-                want.push((w, version));
+                want.push((device, store, version));
             }
         }
-        if !want.is_empty() {
-            self.fetch_from_relay(via, want, now, out);
+        if want.is_empty() {
+            return;
+        }
+        match self.fetch_windows.get_mut(&via) {
+            Some(w) if now < w.until => {
+                // Past the room a want is dropped; it was noted in `fetched`, so it is
+                // asked again by the next heartbeat that shows it after REFETCH_AFTER.
+                let room = MAX_WANTS.saturating_sub(w.want.len());
+                w.want.extend(want.into_iter().take(room));
+            }
+            // Closed, but its timer has not fired (or was lost): what it held goes too.
+            Some(_) => {
+                let mut held = self.held_wants(via);
+                held.extend(want);
+                self.fetch_from_relay(via, held, now, out);
+            }
+            None => self.fetch_from_relay(via, want, now, out),
         }
     }
 
-    /// Asks `via` for `want` now if its fetch window is closed (and opens it), else holds
-    /// the wants until it closes (see [`FETCH_WINDOW`]).
+    /// Asks `via` for `want` and opens its fetch window (see [`FETCH_WINDOW`]).
     fn fetch_from_relay(
         &mut self,
         via: DeviceId,
-        mut want: Vec<(Want, Version)>,
+        want: Vec<(DeviceId, StoreId, Version)>,
         now: Instant,
         out: &mut Vec<Output>,
     ) {
-        if let Some(w) = self.fetch_windows.get_mut(&via) {
-            if now < w.until {
-                let room = MAX_WANTS.saturating_sub(w.want.len());
-                // Past the room a want is dropped; it was noted in `fetched`, so it is
-                // asked again by the next heartbeat that shows it after REFETCH_AFTER.
-                w.want.extend(want.into_iter().take(room));
-                return;
-            }
-            // Closed, but its timer has not fired (or was lost): send what it held too.
-            let held = self.fetch_windows.remove(&via).map(|w| w.want);
-            want.extend(held.into_iter().flatten());
-            want.retain(|(w, v)| self.still_wanted(w, *v));
-        }
         self.fetch_windows.insert(
             via,
             FetchWindow {
@@ -1255,24 +1253,28 @@ impl Engine {
             after: FETCH_WINDOW,
             timer: Timer::Fetch,
         });
-        if !want.is_empty() {
-            self.fetch(
-                via,
-                want.into_iter().map(|(w, _)| w).collect(),
-                Vec::new(),
-                out,
-            );
-        }
+        let want = want
+            .into_iter()
+            .map(|(device, store, _)| Want {
+                store,
+                device: Some(device),
+            })
+            .collect();
+        self.fetch(via, want, Vec::new(), out);
     }
 
-    /// Whether a want held back in a fetch window is still unmet.
-    fn still_wanted(&self, w: &Want, version: Version) -> bool {
-        match w.device {
-            Some(d) => {
-                self.joined.contains(&w.store) && self.membership.wants(&d, &w.store, version)
-            }
-            None => self.joined.contains(&w.store),
-        }
+    /// Closes `via`'s fetch window: what it held that is still unmet (gossip may have
+    /// brought it, or the store been left, meanwhile).
+    fn held_wants(&mut self, via: DeviceId) -> Vec<(DeviceId, StoreId, Version)> {
+        let mut held = self
+            .fetch_windows
+            .remove(&via)
+            .map(|w| w.want)
+            .unwrap_or_default();
+        held.retain(|(d, store, v)| {
+            self.joined.contains(store) && self.membership.wants(d, store, *v)
+        });
+        held
     }
 
     /// The fetch timer: closes every window whose period is over, asking each relay for
@@ -1286,14 +1288,7 @@ impl Engine {
             .collect();
         due.sort();
         for via in due {
-            let Some(w) = self.fetch_windows.remove(&via) else {
-                continue;
-            };
-            let want: Vec<(Want, Version)> = w
-                .want
-                .into_iter()
-                .filter(|(w, v)| self.still_wanted(w, *v))
-                .collect();
+            let want = self.held_wants(via);
             if !want.is_empty() {
                 self.fetch_from_relay(via, want, now, out);
             }
