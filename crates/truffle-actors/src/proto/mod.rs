@@ -339,7 +339,7 @@ pub type Token = u64;
 pub enum Timer {
     /// Announce presence.
     Presence,
-    /// Ask relays for the slices that heartbeats showed missing (see [`FETCH_WINDOW`]).
+    /// Ask relays for the slices that heartbeats showed missing (at most one request per relay per 200 ms).
     Fetch,
     /// Look for silent devices.
     Expire,
