@@ -974,9 +974,8 @@ impl Figures {
     /// it: slower, it skips more), its last one included (the latency tasks end at it), a
     /// p99 within 5 times the one before the attack or `slack` more, and less than
     /// `rss_mb` more memory for the whole process (three honest nodes and the attacker's
-    /// own state), and, with `o2_bound`, O2 (not connected to the attacker) under 10 % of
-    /// a core.
-    fn check(&self, slack: Duration, rss_mb: u64, o2_bound: bool) {
+    /// own state), and O2 (not connected to the attacker) under `o2_max` of a core.
+    fn check(&self, slack: Duration, rss_mb: u64, o2_max: f64) {
         for (lat, at, base) in [
             (&self.lat[0], "o1", self.base_p99.0),
             (&self.lat[1], "o2", self.base_p99.1),
@@ -999,9 +998,10 @@ impl Figures {
             (self.rss.1 - self.rss.0) >> 20
         );
         assert!(
-            !o2_bound || self.o2_core < 0.10,
-            "o2, not connected to the attacker, used {:.1} % of a core",
-            100.0 * self.o2_core
+            self.o2_core < o2_max,
+            "o2, not connected to the attacker, used {:.1} % of a core (bound {:.0} %)",
+            100.0 * self.o2_core,
+            100.0 * o2_max
         );
     }
 }
@@ -1172,12 +1172,14 @@ async fn minted_identities_are_admitted_at_a_bounded_rate_and_honest_updates_kee
     // gossip caches of them, take about 60 to 80 MB here whatever O1 admits (the same
     // attack before admission: +82 MB with a sixth of the messages getting through).
     // W's p99 may grow 5x or by 250 ms (the issue says 100 ms; idle runs stay within
-    // 25 ms, see the Security chapter for runs under load). O2 is not held to the issue's
-    // 10 % of a core here: it used 8.8 to 10.0 % (debug build, idle machine; 14 to 16 %
-    // before heartbeat fetches were batched) handling the few hundred identities admitted
-    // through O1 and W, whose heartbeats and slices it verifies and relays like any
-    // member's.
-    figures.check(Duration::from_millis(250), 128, false);
+    // 25 ms, see the Security chapter for runs under load). O2 verifies and relays the
+    // heartbeats and slices of the few hundred identities that O1 and W admitted, as it
+    // does for any member: 5.8 to 6.1 % of a core in an optimised build (`cargo test
+    // --release`, how nodes are deployed), held to the issue's 10 % there; 7.8 to 12.2 %
+    // in the debug build that `cargo test` makes (the same machine, idle), held to 20 %
+    // there so that a regression still fails.
+    let o2_max = if cfg!(debug_assertions) { 0.20 } else { 0.10 };
+    figures.check(Duration::from_millis(250), 128, o2_max);
     // Besides W and the other honest node: at most the burst, then 64 a second (with a
     // second of slack), through the one neighbour that brings them in.
     let bound = 2 + 256 + 64 * (elapsed.as_secs() as usize + 1);
@@ -1289,7 +1291,7 @@ async fn subscription_churn_of_many_identities_is_kept_bounded_and_honest_update
     // to it while the churn lasted).
     // 50 attackers' swarms live in this process too; run after the file's other tests,
     // the process grew by 64 MB once (+16 to +30 MB alone).
-    figures.check(Duration::from_millis(250), 128, true);
+    figures.check(Duration::from_millis(250), 128, 0.10);
     drop(rogues);
     for n in nodes {
         n.shutdown().await.unwrap();
