@@ -10,40 +10,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_outlives_the_node_everyone_bootstrapped_from() {
-    const N: usize = 24;
-    let mut nodes = star(N, |b| b).await;
-    let mut stores = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let s = node.store::<Status>().await.unwrap();
-        s.update(move |d| d.n = i as u64).await.unwrap();
-        stores.push(s);
-    }
-    until(
-        "every node sees every other",
-        Duration::from_secs(60),
-        || stores.iter().all(|s| s.snapshot().remote.len() == N - 1),
-    )
-    .await;
-    // The views form: each node holds connections beyond the hub, and the hub sheds the
-    // surplus of everyone having dialled it first.
-    let target = 8;
-    until(
-        "every view is filled, none far above target",
-        Duration::from_secs(60),
-        || {
-            nodes.iter().all(|n| {
-                let c = n.metrics().connected_peers as usize;
-                (target..=target + target / 2).contains(&c)
-            })
-        },
-    )
-    .await;
-
-    // From here on, a survivor must never lose another survivor.
-    crash_the_hub(&mut nodes, &mut stores).await;
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    star_outlives_its_hub(24, Duration::from_secs(60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

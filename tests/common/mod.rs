@@ -87,6 +87,70 @@ pub async fn until(what: &str, deadline: Duration, mut cond: impl FnMut() -> boo
     }
 }
 
+/// What [`star_outlives_its_hub`] measured.
+#[derive(Debug)]
+pub struct StarFigures {
+    /// From the last node's first write until every node held every other's slice.
+    pub converged: Duration,
+    /// Connections per node once every view was filled: least, mean, most.
+    pub connections: (usize, f64, usize),
+    /// From the hub's crash until the last survivor removed it.
+    pub hub_removed: Duration,
+}
+
+/// Starts `n` nodes all bootstrapped from the first (the README's recipe), each writing
+/// its own slice, and checks that every node comes to hold every other's slice within
+/// `deadline`, that every view fills to its target of 8 and stays under 12 connections,
+/// and that the mesh outlives the hub's crash ([`crash_the_hub`]).
+pub async fn star_outlives_its_hub(n: usize, deadline: Duration) -> StarFigures {
+    let mut nodes = star(n, |b| b).await;
+    let mut stores = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let s = node.store::<Status>().await.unwrap();
+        s.update(move |d| d.n = i as u64).await.unwrap();
+        stores.push(s);
+    }
+    let joined = std::time::Instant::now();
+    until("every node sees every other", deadline, || {
+        stores.iter().all(|s| s.snapshot().remote.len() == n - 1)
+    })
+    .await;
+    let converged = joined.elapsed();
+    // The views form: each node holds connections beyond the hub, and the hub sheds the
+    // surplus of everyone having dialled it first.
+    let target = 8;
+    until(
+        "every view is filled, none far above target",
+        deadline,
+        || {
+            nodes.iter().all(|n| {
+                let c = n.metrics().connected_peers as usize;
+                (target..=target + target / 2).contains(&c)
+            })
+        },
+    )
+    .await;
+    let conns: Vec<usize> = nodes
+        .iter()
+        .map(|n| n.metrics().connected_peers as usize)
+        .collect();
+    let connections = (
+        *conns.iter().min().unwrap(),
+        conns.iter().sum::<usize>() as f64 / n as f64,
+        *conns.iter().max().unwrap(),
+    );
+    // From here on, a survivor must never lose another survivor.
+    let hub_removed = crash_the_hub(&mut nodes, &mut stores).await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+    StarFigures {
+        converged,
+        connections,
+        hub_removed,
+    }
+}
+
 /// Crashes node 0 of a converged mesh (dropped without a leave: a crash, as far as the
 /// others can tell) and checks what users rely on: every survivor removes it, a write
 /// after the crash reaches every survivor, and no survivor ever loses another. Returns
