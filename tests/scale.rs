@@ -4,6 +4,12 @@
 //! idle under 10 % of a core) are measured by `truffle-bench --scenario idle-cost --nodes
 //! 128`, not here: this test checks that such a mesh forms, converges, keeps bounded
 //! views and outlives the node everyone bootstrapped from, within generous deadlines.
+//!
+//! What it does not assert: no removal of a live device *during* the join wave. With the
+//! process saturated, a member sometimes accuses a live device whose refutation does not
+//! get through in time, and some nodes remove it for a few seconds (3 debug runs on an
+//! idle machine, 2026-12-02: 39, 32 and 4 removals summed over all nodes). From the
+//! seed's crash on, no survivor may lose another (`crash_the_hub`).
 
 mod common;
 
