@@ -672,6 +672,22 @@ fn a_suspect_this_node_is_connected_to_is_told_not_removed() {
 }
 
 #[test]
+fn a_suspect_that_connects_is_told_it_is_accused() {
+    let (mut e, t0) = watch_engine();
+    announce(&mut e, 1, 1, t0);
+    announce(&mut e, 2, 1, t0);
+    announce(&mut e, 3, 1, t0);
+    step(&mut e, accusation(1, 2, 1), t0);
+    // dev(2) connects while suspected (say, this node's dial to it, slower than the
+    // probe timeout): it is told, so it refutes before the suspicion runs out.
+    let out = step(&mut e, Input::Connected { peer: dev(2) }, t0);
+    assert_eq!(accused_asks(&out, dev(2)), 1);
+    // A member nobody suspects is not told anything.
+    let out = step(&mut e, Input::Connected { peer: dev(3) }, t0);
+    assert_eq!(accused_asks(&out, dev(3)), 0);
+}
+
+#[test]
 fn a_failed_dial_to_a_peer_connected_the_other_way_accuses_no_one() {
     let (mut e, t0) = watch_engine();
     announce(&mut e, 1, 1, t0);

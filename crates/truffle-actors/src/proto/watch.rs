@@ -358,6 +358,23 @@ impl Engine {
             // new connection (a probe, a view refresh) says nothing of the sort.
             self.stirred();
         }
+        if self.membership.is_suspected(&peer) {
+            // A suspect just connected (often the accuser's own dial, slower than its
+            // probe timeout on a node short of CPU): it is alive, so tell it directly, and
+            // it refutes before the suspicion runs out elsewhere.
+            if let Some((of, true)) = self.membership.presence_of(&peer) {
+                let id = self.request_id();
+                out.push(Output::Ask {
+                    peer,
+                    id,
+                    ask: Ask::Accused(Suspicion {
+                        device: peer,
+                        incarnation: of.0,
+                        seq: of.1,
+                    }),
+                });
+            }
+        }
         if probed && self.conns.len() > self.cfg.target_peers {
             // It answered; the view is full: close the probe's connection again.
             self.trim(peer, now, out);
