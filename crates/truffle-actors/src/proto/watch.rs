@@ -362,18 +362,7 @@ impl Engine {
             // A suspect just connected (often the accuser's own dial, slower than its
             // probe timeout on a node short of CPU): it is alive, so tell it directly, and
             // it refutes before the suspicion runs out elsewhere.
-            if let Some((of, true)) = self.membership.presence_of(&peer) {
-                let id = self.request_id();
-                out.push(Output::Ask {
-                    peer,
-                    id,
-                    ask: Ask::Accused(Suspicion {
-                        device: peer,
-                        incarnation: of.0,
-                        seq: of.1,
-                    }),
-                });
-            }
+            self.tell_accused(peer, out);
         }
         if probed && self.conns.len() > self.cfg.target_peers {
             // It answered; the view is full: close the probe's connection again.
@@ -691,6 +680,23 @@ impl Engine {
         }
     }
 
+    /// Tells `device`, connected here, that it is accused, naming its latest heartbeat
+    /// this node holds, so that it refutes.
+    fn tell_accused(&mut self, device: DeviceId, out: &mut Vec<Output>) {
+        if let Some((of, true)) = self.membership.presence_of(&device) {
+            let id = self.request_id();
+            out.push(Output::Ask {
+                peer: device,
+                id,
+                ask: Ask::Accused(Suspicion {
+                    device,
+                    incarnation: of.0,
+                    seq: of.1,
+                }),
+            });
+        }
+    }
+
     /// Refutes an accusation of this run: a heartbeat newer than the one the accuser knew.
     /// One heard over gossip naming an older heartbeat than this run's latest is refuted
     /// already (by that latest one). One a neighbour tells this node `directly` is refuted
@@ -740,18 +746,7 @@ impl Engine {
             &mut spared,
         );
         for device in spared {
-            if let Some((of, true)) = self.membership.presence_of(&device) {
-                let id = self.request_id();
-                out.push(Output::Ask {
-                    peer: device,
-                    id,
-                    ask: Ask::Accused(Suspicion {
-                        device,
-                        incarnation: of.0,
-                        seq: of.1,
-                    }),
-                });
-            }
+            self.tell_accused(device, out);
         }
         for r in removed {
             self.watch.lost.insert(r.device, now);
