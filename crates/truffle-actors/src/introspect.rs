@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::gossip::conduct::Traffic;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+use crate::lazy_broadcast::LazySender;
 use crate::proto::{Input, Liveness, Output, Report, Timer};
 use crate::store::RemovalReason;
 
@@ -340,7 +341,7 @@ struct Inner {
 /// The node's observations (see the [module docs](self)).
 pub(crate) struct Observatory {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<NodeEvent>,
+    events: LazySender<NodeEvent>,
     stores: Mutex<BTreeMap<StoreId, Arc<dyn StoreView>>>,
     /// This node's name as it announces it (`None` when the builder set none).
     own_name: Mutex<Option<String>>,
@@ -360,7 +361,7 @@ impl Default for Observatory {
                 suspect_after: Some(Duration::from_millis(1250)),
                 me: None,
             }),
-            events: broadcast::channel(EVENT_BUFFER).0,
+            events: LazySender::new(EVENT_BUFFER),
             stores: Mutex::new(BTreeMap::new()),
             own_name: Mutex::new(None),
         }
@@ -381,7 +382,7 @@ impl Observatory {
     fn emit(&self, ev: NodeEvent) {
         // Costs nothing without subscribers; a full buffer makes the slowest lag.
         if self.events.receiver_count() > 0 {
-            let _ = self.events.send(ev);
+            self.events.send(ev);
         }
     }
 

@@ -65,6 +65,7 @@ mod gossip;
 mod ids;
 mod introspect;
 mod key_file;
+mod lazy_broadcast;
 mod metrics;
 mod node;
 mod observer;

@@ -4,13 +4,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::durable::Durable;
 use super::inbox::Inbox;
 use super::{RemoteSlices, RemovalReason, StoreEvent, StoreSnapshot, SyncableStore};
 use crate::error::Error;
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
+use crate::lazy_broadcast::LazySender;
 use crate::metrics::{inc, Counters};
 use crate::slice::{now_millis, DeviceSlice};
 use crate::storage::StorePersist;
@@ -158,7 +159,7 @@ pub(crate) struct StoreArgs<S: SyncableStore> {
     max_slice_size: usize,
     counters: Arc<Counters>,
     port: StorePort,
-    events: broadcast::Sender<StoreEvent<S::Data>>,
+    events: LazySender<StoreEvent<S::Data>>,
     view: watch::Sender<Arc<StoreSnapshot<S::Data>>>,
     durable: Durable<S::Data>,
     inbox: Arc<Inbox>,
@@ -202,7 +203,7 @@ pub(crate) async fn spawn_store<S: SyncableStore>(
     }
     let persisted = durable.persisted();
     let offline = durable.offline_rx();
-    let (events, _) = broadcast::channel(p.event_buffer.max(1));
+    let events = LazySender::new(p.event_buffer);
     let (view, view_rx) = watch::channel(Arc::new(StoreSnapshot {
         local: local.clone(),
         remote: Default::default(),
@@ -283,8 +284,7 @@ impl<S: SyncableStore> StoreState<S> {
                 remote: self.remote.clone(),
             }));
         }
-        // No receivers is fine: nobody is subscribed.
-        let _ = self.args.events.send(event);
+        self.args.events.send(event);
     }
 
     fn update(&mut self, f: Updater<S::Data>) -> Result<Arc<DeviceSlice<S::Data>>, Error> {

@@ -17,6 +17,7 @@ use super::durable::OfflineView;
 use super::{OfflineSlice, StoreEvent, StoreSnapshot};
 use crate::error::Error;
 use crate::ids::{DeviceId, StoreId, Version};
+use crate::lazy_broadcast::LazySender;
 use crate::slice::DeviceSlice;
 
 /// A handle to one joined store: typed, cheap to clone, usable from any task.
@@ -42,7 +43,7 @@ use crate::slice::DeviceSlice;
 pub struct Store<T> {
     pub(crate) id: StoreId,
     pub(crate) actor: ActorRef<StoreMsg<T>>,
-    pub(crate) events: broadcast::Sender<StoreEvent<T>>,
+    pub(crate) events: LazySender<StoreEvent<T>>,
     pub(crate) view: watch::Receiver<Arc<StoreSnapshot<T>>>,
     pub(crate) flushed: watch::Receiver<Version>,
     pub(crate) persisted: watch::Receiver<Version>,
