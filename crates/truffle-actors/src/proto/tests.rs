@@ -1,5 +1,6 @@
 //! Single-engine rules, driven by hand. Whole meshes of engines run in `truffle-sim`.
 
+use super::watch::VIEW_DIAL_GRACE;
 use super::*;
 
 fn dev(n: u8) -> DeviceId {
@@ -700,6 +701,44 @@ fn a_failed_dial_to_a_peer_connected_the_other_way_accuses_no_one() {
         !out.iter().any(|o| matches!(o, Output::PublishSuspect(_))),
         "accused a connected peer"
     );
+}
+
+fn suspects(out: &[Output]) -> Vec<DeviceId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::PublishSuspect(s) => Some(s.device),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_view_dial_still_connecting_at_the_probe_timeout_is_given_longer_and_a_failed_one_accuses() {
+    let (mut e, t0) = watch_engine();
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    for n in 1..=20 {
+        announce(&mut e, n, 1, t0);
+    }
+    let first = dials(&step(&mut e, Input::Timer(Timer::Redial), t0));
+    assert!(first.len() >= 2, "{first:?}");
+    let (failed, slow) = (first[0], first[1]);
+    // A dial that fails (the member's host refuses it): accused at once.
+    let t1 = t0 + Duration::from_millis(100);
+    assert_eq!(
+        suspects(&step(&mut e, Input::DialFailed { peer: failed }, t1)),
+        [failed]
+    );
+    // The others are still connecting at the probe timeout (a slow handshake on a node
+    // short of CPU): nobody is accused yet...
+    let t2 = t0 + ProtoConfig::default().probe_timeout + Duration::from_millis(10);
+    assert_eq!(suspects(&step(&mut e, Input::Timer(Timer::Expire), t2)), []);
+    // ...one that connects in the meantime never is...
+    step(&mut e, Input::Connected { peer: slow }, t2);
+    // ...and the rest are once the grace has passed as well.
+    let t3 = t2 + VIEW_DIAL_GRACE;
+    let late = suspects(&step(&mut e, Input::Timer(Timer::Expire), t3));
+    assert!(!late.contains(&slow) && !late.contains(&failed), "{late:?}");
+    assert_eq!(late.len(), first.len() - 2, "{late:?}");
 }
 
 #[test]

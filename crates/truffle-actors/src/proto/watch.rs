@@ -63,6 +63,14 @@ const PROBE_EVERY_TICKS: u64 = 10;
 /// three times as long to answer a redial.
 const LATE_TICK: Duration = Duration::from_millis(300);
 const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
+/// A dial to fill the view that is neither connected nor failed at the probe timeout is
+/// given this much longer before its member is accused. Such a dial is made to a member
+/// that no connection of this node has lost, and a member whose process is gone fails it
+/// at once (its host refuses the connection); one still connecting is most often only
+/// slow. In a 128-node join wave in one process the handshakes of these dials took up to
+/// 3.6 s on a starved CPU, and their accusations removed live members. The probe of a
+/// lost connection keeps the plain probe timeout.
+pub(super) const VIEW_DIAL_GRACE: Duration = Duration::from_secs(4);
 /// A trim whose notice is not acknowledged within this closes the connection anyway.
 const TRIM_ACK_WAIT: Duration = Duration::from_secs(1);
 /// A member known only from its slices (no heartbeat, so no address to probe), silent
@@ -158,6 +166,9 @@ pub(super) struct WatchState {
     probe_order: Vec<DeviceId>,
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
     random_probes: DetSet<DeviceId>,
+    /// Dials to fill the view whose probe timeout has not yet passed once (see
+    /// [`VIEW_DIAL_GRACE`]).
+    view_probes: DetSet<DeviceId>,
     /// When the next redial tick is due (to notice late ticks).
     next_tick: Option<Instant>,
     /// Until when this node counts itself short of CPU.
@@ -192,6 +203,7 @@ impl WatchState {
             lost_at: None,
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
+            view_probes: DetSet::with_hasher(h.clone()),
             next_tick: None,
             unhealthy_until: None,
             alert_until: None,
@@ -348,6 +360,7 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         self.watch.probes.remove(&peer);
+        self.watch.view_probes.remove(&peer);
         let probed = self.watch.random_probes.remove(&peer);
         if !first || self.leaving {
             return;
@@ -459,11 +472,13 @@ impl Engine {
         }
     }
 
-    /// A dial to fill the view, to a live member: if it does not connect within the probe
-    /// timeout, the member is accused (see `maintain_view`).
+    /// A dial to fill the view, to a live member: if it fails, or has not connected
+    /// within the probe timeout and [`VIEW_DIAL_GRACE`] after it, the member is accused
+    /// (see `maintain_view`).
     pub(super) fn probe_for_view(&mut self, peer: DeviceId, now: Instant) {
         if self.membership.is_online(&peer) && !self.watch.probes.contains_key(&peer) {
             self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+            self.watch.view_probes.insert(peer);
         }
     }
 
@@ -618,6 +633,7 @@ impl Engine {
     pub(super) fn accuse(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.probes.remove(&peer);
         self.watch.random_probes.remove(&peer);
+        self.watch.view_probes.remove(&peer);
         // A dial can fail while a connection the other side opened is up (both dialled at
         // once): the device answered, so it is not accused.
         if !self.healthy(now) || self.conns.contains_key(&peer) {
@@ -724,6 +740,11 @@ impl Engine {
             if self.conns.contains_key(&peer) {
                 self.watch.probes.remove(&peer);
                 self.watch.random_probes.remove(&peer);
+                self.watch.view_probes.remove(&peer);
+            } else if self.watch.view_probes.remove(&peer) {
+                // A dial to fill the view, still connecting: wait for its outcome a while
+                // longer (a failure accuses at once, see `Input::DialFailed`).
+                self.watch.probes.insert(peer, now + VIEW_DIAL_GRACE);
             } else {
                 self.accuse(peer, now, out);
             }
