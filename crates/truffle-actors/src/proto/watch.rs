@@ -359,9 +359,7 @@ impl Engine {
         now: Instant,
         out: &mut Vec<Output>,
     ) {
-        self.watch.probes.remove(&peer);
-        self.watch.view_probes.remove(&peer);
-        let probed = self.watch.random_probes.remove(&peer);
+        let probed = self.end_probe(&peer);
         if !first || self.leaving {
             return;
         }
@@ -630,10 +628,15 @@ impl Engine {
         out.push(self.dial(peer));
     }
 
+    /// Forgets any probe of `peer`; whether it was a random one.
+    fn end_probe(&mut self, peer: &DeviceId) -> bool {
+        self.watch.probes.remove(peer);
+        self.watch.view_probes.remove(peer);
+        self.watch.random_probes.remove(peer)
+    }
+
     pub(super) fn accuse(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
-        self.watch.probes.remove(&peer);
-        self.watch.random_probes.remove(&peer);
-        self.watch.view_probes.remove(&peer);
+        self.end_probe(&peer);
         // A dial can fail while a connection the other side opened is up (both dialled at
         // once): the device answered, so it is not accused.
         if !self.healthy(now) || self.conns.contains_key(&peer) {
@@ -738,9 +741,7 @@ impl Engine {
         due.sort();
         for peer in due {
             if self.conns.contains_key(&peer) {
-                self.watch.probes.remove(&peer);
-                self.watch.random_probes.remove(&peer);
-                self.watch.view_probes.remove(&peer);
+                self.end_probe(&peer);
             } else if self.watch.view_probes.remove(&peer) {
                 // A dial to fill the view, still connecting: wait for its outcome a while
                 // longer (a failure accuses at once, see `Input::DialFailed`).
