@@ -943,3 +943,49 @@ fn an_input_handled_before_start_does_not_stop_the_comparisons() {
     let sent = timers.digests_until(&mut e, dev(1), t0 + Duration::from_millis(4_500));
     assert_eq!(gaps_s(t0, &sent), vec![1, 1, 2]);
 }
+
+#[test]
+fn a_member_held_only_through_its_slices_and_silent_is_accused_even_if_peers_list_it() {
+    // A node holds the slice of dev(3) but never had its heartbeat (no address to probe
+    // it at), and its only peer holds it the same way, so their member lists agree and
+    // no digest answer shows it missing. Once silent long enough it is accused, and
+    // removed when nobody refutes.
+    let (mut e, t0) = watch_engine();
+    let s = st("a");
+    step(&mut e, Input::Join(s.clone()), t0);
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    announce(&mut e, 1, 1, t0);
+    let v = Version::new(5, 1);
+    step(
+        &mut e,
+        Input::Slice {
+            via: dev(1),
+            slice: slice(&s, dev(3), v),
+        },
+        t0,
+    );
+    assert_eq!(e.held_version(&s, &dev(3)), Some(v));
+    let mut accused_at = None;
+    for tick in 1..=20u64 {
+        let now = t0 + Duration::from_secs(tick);
+        let out = step(&mut e, Input::Timer(Timer::Redial), now);
+        if suspects(&out).contains(&dev(3)) {
+            accused_at = Some(now);
+            break;
+        }
+    }
+    let accused_at = accused_at.expect("the unheard member was never accused");
+    assert!(
+        accused_at.duration_since(t0) >= Duration::from_secs(5),
+        "accused after only {:?} of silence",
+        accused_at.duration_since(t0)
+    );
+    let after = accused_at + ProtoConfig::default().suspect_timeout;
+    let out = step(&mut e, Input::Timer(Timer::Expire), after);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Remove { device, .. } if *device == dev(3))),
+        "{out:?}"
+    );
+    assert_eq!(e.held_version(&s, &dev(3)), None);
+}

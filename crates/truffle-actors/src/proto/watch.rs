@@ -76,6 +76,11 @@ const TRIM_ACK_WAIT: Duration = Duration::from_secs(1);
 /// A member known only from its slices (no heartbeat, so no address to probe), silent
 /// this long and not listed by a peer, is accused outright (see `probe_one_missing`).
 const BLIND_ACCUSE_AFTER: Duration = Duration::from_secs(5);
+/// Every this many redial ticks a node looks for members it holds slices of but has never
+/// had a heartbeat of (see `accuse_unheard`), and accuses at most [`UNHEARD_ACCUSED`] of
+/// them.
+const UNHEARD_SCAN_TICKS: u64 = 4;
+const UNHEARD_ACCUSED: usize = 4;
 /// A refutation or re-announcement is not published sooner than this after the previous
 /// heartbeat, so a flood of accusations costs the accused one heartbeat per this period.
 const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
@@ -426,6 +431,9 @@ impl Engine {
             return;
         }
         self.dial_lost(now, out);
+        if self.expire_ticks.is_multiple_of(UNHEARD_SCAN_TICKS) {
+            self.accuse_unheard(now, out);
+        }
         let alert = self.watch.alert_until.is_some_and(|t| now < t);
         // Probes only while the view has room: a probe that answers is a connection.
         let high = self.view_high();
@@ -530,6 +538,39 @@ impl Engine {
             self.start_probe(peer, now, out);
         } else if let Some(peer) = self.pick_one(blind) {
             self.accuse(peer, now, out);
+        }
+    }
+
+    /// Accuses members this node holds slices of but has no heartbeat of (so no address
+    /// to probe them at), silent for [`BLIND_ACCUSE_AFTER`], whether or not its peers list
+    /// them. `probe_one_missing` catches such a member only when a peer's list lacks it;
+    /// when every node left holds it the same way, their member lists agree and nothing
+    /// else would ever remove it. Seen in the randomized fault suite: a partition kept a
+    /// device's heartbeats from one side, which still got its slice relayed; the device
+    /// died, the accusations of it did not cross the partition either, and a node that
+    /// restarted on that side fetched the slice again from a peer there. The two held the
+    /// dead device for good. A live member's heartbeat reaches a node within a few digest
+    /// rounds (its entry differs from the peers' that hold one, and is fetched); if it is
+    /// alive and its heartbeat reached nobody, the accusation lets it refute with one.
+    fn accuse_unheard(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let mut unheard: Vec<DeviceId> = self
+            .membership
+            .members()
+            .map(|(d, _)| d)
+            .filter(|d| {
+                !self.known.contains_key(d)
+                    && !self.conns.contains_key(d)
+                    && !self.membership.is_suspected(d)
+                    && self
+                        .membership
+                        .silent_for(d, now)
+                        .is_some_and(|s| s >= BLIND_ACCUSE_AFTER)
+            })
+            .collect();
+        unheard.sort();
+        shuffle(&mut self.rng, &mut unheard);
+        for d in unheard.into_iter().take(UNHEARD_ACCUSED) {
+            self.accuse(d, now, out);
         }
     }
 
