@@ -1518,8 +1518,9 @@ impl Engine {
                     timer: Timer::Redial,
                 });
                 self.check_health(now);
-                // Housekeeping that walks every member, every eighth tick: its other
-                // per-tick work does not grow with N.
+                // Housekeeping that walks every member, every eighth tick (and the scan
+                // for unheard members in `watch_tick`, every fourth): its other per-tick
+                // work does not grow with N.
                 self.expire_ticks += 1;
                 if self.expire_ticks.is_multiple_of(8) {
                     self.housekeeping(now);

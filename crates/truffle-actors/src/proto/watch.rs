@@ -80,6 +80,7 @@ const BLIND_ACCUSE_AFTER: Duration = Duration::from_secs(5);
 /// had a heartbeat of (see `accuse_unheard`), and accuses at most [`UNHEARD_ACCUSED`] of
 /// them.
 const UNHEARD_SCAN_TICKS: u64 = 4;
+/// Most members [`Engine::accuse_unheard`] accuses per scan.
 const UNHEARD_ACCUSED: usize = 4;
 /// A refutation or re-announcement is not published sooner than this after the previous
 /// heartbeat, so a flood of accusations costs the accused one heartbeat per this period.
@@ -526,11 +527,7 @@ impl Engine {
             }
             if self.dialable(&d) {
                 dialable.push(d);
-            } else if self
-                .membership
-                .silent_for(&d, now)
-                .is_some_and(|s| s >= BLIND_ACCUSE_AFTER)
-            {
+            } else if self.silent_past_blind_limit(&d, now) {
                 blind.push(d);
             }
         }
@@ -550,8 +547,10 @@ impl Engine {
     /// died, the accusations of it did not cross the partition either, and a node that
     /// restarted on that side fetched the slice again from a peer there. The two held the
     /// dead device for good. A live member's heartbeat reaches a node within a few digest
-    /// rounds (its entry differs from the peers' that hold one, and is fetched); if it is
-    /// alive and its heartbeat reached nobody, the accusation lets it refute with one.
+    /// rounds (its entry differs from the peers' that hold one, and is fetched). If one is
+    /// accused anyway, the accusation names no heartbeat of it: nodes that hold one ignore
+    /// it, the device does not refute it, and only nodes as blind as this one remove the
+    /// device, to get its heartbeat back from the next digest that differs.
     fn accuse_unheard(&mut self, now: Instant, out: &mut Vec<Output>) {
         let mut unheard: Vec<DeviceId> = self
             .membership
@@ -561,10 +560,7 @@ impl Engine {
                 !self.known.contains_key(d)
                     && !self.conns.contains_key(d)
                     && !self.membership.is_suspected(d)
-                    && self
-                        .membership
-                        .silent_for(d, now)
-                        .is_some_and(|s| s >= BLIND_ACCUSE_AFTER)
+                    && self.silent_past_blind_limit(d, now)
             })
             .collect();
         unheard.sort();
@@ -572,6 +568,14 @@ impl Engine {
         for d in unheard.into_iter().take(UNHEARD_ACCUSED) {
             self.accuse(d, now, out);
         }
+    }
+
+    /// Whether this node has had nothing from `device` for [`BLIND_ACCUSE_AFTER`]: long
+    /// enough to accuse a member it has no address to probe.
+    fn silent_past_blind_limit(&self, device: &DeviceId, now: Instant) -> bool {
+        self.membership
+            .silent_for(device, now)
+            .is_some_and(|s| s >= BLIND_ACCUSE_AFTER)
     }
 
     /// One of `devices` at random (seeded: sorted first), if any.
