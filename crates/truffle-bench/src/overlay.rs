@@ -70,9 +70,33 @@ async fn shutdown(nodes: Vec<MeshNode>) {
 /// One truffle measurement at `n` nodes.
 async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
     let rss0 = sys::rss_kb().unwrap_or(0);
+    let t0 = Instant::now();
     let (nodes, stores, last_join) = star(n, liveness).await?;
+    // Slices still missing across the mesh, once a second after the last join: where a
+    // slow convergence spends its time (a long tail of a few slices, or the whole wave).
+    let mut curve: Vec<Value> = Vec::new();
+    let mut last_second = None;
     let converged = poll_until(SETUP_DEADLINE, || {
-        stores.iter().all(|s| s.snapshot().len() == n)
+        let held: Vec<usize> = stores.iter().map(|s| s.snapshot().len()).collect();
+        let second = last_join.elapsed().as_secs();
+        if last_second.is_none_or(|s| s < second) {
+            last_second = Some(second);
+            let missing: usize = held.iter().map(|&h| n.saturating_sub(h)).sum();
+            let short = held.iter().filter(|&&h| h < n).count();
+            let m: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
+            let sum = |f: fn(&Metrics) -> u64| m.iter().map(f).sum::<u64>();
+            curve.push(json!({
+                "s": second,
+                "missing": missing,
+                "nodes_short": short,
+                "connections_opened": sum(|m| m.connections_opened),
+                "connected_mean": sum(|m| m.connected_peers) as f64 / n as f64,
+                "slices_delivered": sum(|m| m.delivered),
+                "presence_received": sum(|m| m.presence_received),
+                "cpu_ms": sys::cpu_time().map(|d| d.as_millis() as u64),
+            }));
+        }
+        held.iter().all(|&h| h == n)
     })
     .await;
     let Some(_) = converged else {
@@ -83,6 +107,18 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
         ));
     };
     let converge_ms = last_join.elapsed().as_secs_f64() * 1000.0;
+    // What the join wave cost, summed over the nodes: how much of it was repeated work.
+    let wave: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
+    let total = |f: fn(&Metrics) -> u64| wave.iter().map(f).sum::<u64>();
+    let wave_totals = json!({
+        "slices_delivered": total(|m| m.delivered),
+        "slices_applied": total(|m| m.applied),
+        "presence_received": total(|m| m.presence_received),
+        "connections_opened": total(|m| m.connections_opened),
+        "devices_removed": total(|m| m.devices_removed),
+        "gossip_over_rate": total(|m| m.gossip_over_rate),
+        "inputs_coalesced": total(|m| m.inputs_coalesced),
+    });
     tokio::time::sleep(SETTLE).await;
     let before: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
     // On stderr, so a profiler can be attached for exactly this window.
@@ -103,6 +139,9 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
     shutdown(nodes).await;
     Ok(json!({
         "converged_after_last_join_ms": converge_ms,
+        "wave_totals": wave_totals,
+        "join_wave_ms": last_join.duration_since(t0).as_secs_f64() * 1000.0,
+        "missing_slices_each_second": curve,
         "cpu_share": cpu,
         "rss_per_node_kb": rss.saturating_sub(rss0) as f64 / n as f64,
         "connections_mean": conns.iter().sum::<u64>() as f64 / n as f64,
