@@ -172,8 +172,8 @@ impl MeshNodeBuilder {
     /// How many peers this node keeps connections to (default 8, at least 1), whatever
     /// the size of the mesh. Bootstrap addresses only seed this view: the node dials
     /// random members (at the addresses they announce in their signed heartbeats) while
-    /// it has fewer connections, and closes random older ones while it has more than one
-    /// and a half times as many, so the mesh stays connected when any node, the bootstrap
+    /// it has fewer connections, and closes random older ones while it has more than a
+    /// quarter again as many, so the mesh stays connected when any node, the bootstrap
     /// node included, goes away. More peers: faster spreading and more redundancy, at more
     /// traffic per node.
     ///
