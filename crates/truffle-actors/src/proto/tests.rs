@@ -415,13 +415,21 @@ fn a_short_view_dials_announced_members_up_to_the_target_and_backs_off() {
     // only half of what is still missing is dialled...
     let t1 = t0 + Duration::from_millis(500);
     let again = dials(&step(&mut e, Input::Timer(Timer::Redial), t1));
-    assert_eq!(again.len(), (target - 1 - first.len()).div_ceil(2), "{again:?}");
+    assert_eq!(
+        again.len(),
+        (target - 1 - first.len()).div_ceil(2),
+        "{again:?}"
+    );
     assert!(again.iter().all(|d| !first.contains(d)), "{again:?}");
     // ...until the backoff has passed without a connection: then it dials again (the
     // second tick's dials are still under way).
     let t2 = t0 + DIAL_BACKOFF;
     let retry = dials(&step(&mut e, Input::Timer(Timer::Redial), t2));
-    assert_eq!(retry.len(), (target - 1 - again.len()).div_ceil(2), "{retry:?}");
+    assert_eq!(
+        retry.len(),
+        (target - 1 - again.len()).div_ceil(2),
+        "{retry:?}"
+    );
     // Once the view is full, nothing more is dialled.
     for d in 2..=target {
         step(&mut e, Input::Connected { peer: dev(d as u8) }, t2);
