@@ -102,7 +102,8 @@ pub struct StarFigures {
 /// its own slice, and checks that every node comes to hold every other's slice within
 /// `deadline`, that every view fills to its target of 8 and holds at most 12 connections
 /// (the trim bound is 10, but a member's probe or view refresh may take a view past it
-/// until the new connection is old enough to trim), and that the mesh outlives the hub's crash ([`crash_the_hub`]).
+/// until the new connection is old enough to trim), and that the mesh outlives the hub's
+/// crash ([`crash_the_hub`]).
 pub async fn star_outlives_its_hub(n: usize, deadline: Duration) -> StarFigures {
     let mut nodes = star(n, |b| b).await;
     let mut stores = Vec::new();

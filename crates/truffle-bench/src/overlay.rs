@@ -67,13 +67,23 @@ async fn shutdown(nodes: Vec<MeshNode>) {
     }
 }
 
+fn metrics_of(nodes: &[MeshNode]) -> Vec<Metrics> {
+    nodes.iter().map(MeshNode::metrics).collect()
+}
+
+/// One counter summed over the nodes.
+fn total(metrics: &[Metrics], f: fn(&Metrics) -> u64) -> u64 {
+    metrics.iter().map(f).sum()
+}
+
 /// One truffle measurement at `n` nodes.
 async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
     let rss0 = sys::rss_kb().unwrap_or(0);
     let t0 = Instant::now();
     let (nodes, stores, last_join) = star(n, liveness).await?;
-    // Slices still missing across the mesh, once a second after the last join: where a
-    // slow convergence spends its time (a long tail of a few slices, or the whole wave).
+    // Once a second after the last join: slices still missing across the mesh, and what
+    // the nodes did meanwhile (where a slow convergence spends its time: a long tail of a
+    // few slices, or the whole wave).
     let mut curve: Vec<Value> = Vec::new();
     let mut last_second = None;
     let converged = poll_until(SETUP_DEADLINE, || {
@@ -83,16 +93,15 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
             last_second = Some(second);
             let missing: usize = held.iter().map(|&h| n.saturating_sub(h)).sum();
             let short = held.iter().filter(|&&h| h < n).count();
-            let m: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
-            let sum = |f: fn(&Metrics) -> u64| m.iter().map(f).sum::<u64>();
+            let m = metrics_of(&nodes);
             curve.push(json!({
                 "s": second,
                 "missing": missing,
                 "nodes_short": short,
-                "connections_opened": sum(|m| m.connections_opened),
-                "connected_mean": sum(|m| m.connected_peers) as f64 / n as f64,
-                "slices_delivered": sum(|m| m.delivered),
-                "presence_received": sum(|m| m.presence_received),
+                "connections_opened": total(&m, |m| m.connections_opened),
+                "connected_mean": total(&m, |m| m.connected_peers) as f64 / n as f64,
+                "slices_delivered": total(&m, |m| m.delivered),
+                "presence_received": total(&m, |m| m.presence_received),
                 "cpu_ms": sys::cpu_time().map(|d| d.as_millis() as u64),
             }));
         }
@@ -108,25 +117,24 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
     };
     let converge_ms = last_join.elapsed().as_secs_f64() * 1000.0;
     // What the join wave cost, summed over the nodes: how much of it was repeated work.
-    let wave: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
-    let total = |f: fn(&Metrics) -> u64| wave.iter().map(f).sum::<u64>();
+    let w = metrics_of(&nodes);
     let wave_totals = json!({
-        "slices_delivered": total(|m| m.delivered),
-        "slices_applied": total(|m| m.applied),
-        "presence_received": total(|m| m.presence_received),
-        "connections_opened": total(|m| m.connections_opened),
-        "devices_removed": total(|m| m.devices_removed),
-        "gossip_over_rate": total(|m| m.gossip_over_rate),
-        "inputs_coalesced": total(|m| m.inputs_coalesced),
+        "slices_delivered": total(&w, |m| m.delivered),
+        "slices_applied": total(&w, |m| m.applied),
+        "presence_received": total(&w, |m| m.presence_received),
+        "connections_opened": total(&w, |m| m.connections_opened),
+        "devices_removed": total(&w, |m| m.devices_removed),
+        "gossip_over_rate": total(&w, |m| m.gossip_over_rate),
+        "inputs_coalesced": total(&w, |m| m.inputs_coalesced),
     });
     tokio::time::sleep(SETTLE).await;
-    let before: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
+    let before = metrics_of(&nodes);
     // On stderr, so a profiler can be attached for exactly this window.
     eprintln!("idle-cost: measuring {n} idle Truffle nodes for {WINDOW:?}");
     let cpu = sys::cpu_share_over(WINDOW).await;
     eprintln!("idle-cost: window over");
     let rss = sys::rss_kb().unwrap_or(0);
-    let after: Vec<Metrics> = nodes.iter().map(|x| x.metrics()).collect();
+    let after = metrics_of(&nodes);
     let conns: Vec<u64> = after.iter().map(|m| m.connected_peers).collect();
     let presence: u64 = after.iter().map(|m| m.presence_received).sum();
     // Per node and second over the window: what an idle node still does.
@@ -141,7 +149,7 @@ async fn truffle_idle(n: usize, liveness: Liveness) -> Result<Value, String> {
         "converged_after_last_join_ms": converge_ms,
         "wave_totals": wave_totals,
         "join_wave_ms": last_join.duration_since(t0).as_secs_f64() * 1000.0,
-        "missing_slices_each_second": curve,
+        "wave_each_second": curve,
         "cpu_share": cpu,
         "rss_per_node_kb": rss.saturating_sub(rss0) as f64 / n as f64,
         "connections_mean": conns.iter().sum::<u64>() as f64 / n as f64,

@@ -123,12 +123,14 @@ pub struct ProtoConfig {
     /// How long a graceful leave waits for acknowledgements.
     pub leave_timeout: Duration,
     /// How often the view of connected peers is checked: filled up to
-    /// [`target_peers`](Self::target_peers), trimmed above 1.25 times that, and bootstrap
-    /// peers (and peers disconnected on purpose) re-dialled while it is short.
+    /// [`target_peers`](Self::target_peers), trimmed above a quarter more than that
+    /// (rounded up), and bootstrap peers (and peers disconnected on purpose) re-dialled
+    /// while it is short.
     pub redial_every: Duration,
     /// How many connections a node keeps (its view): it dials random members, chosen from
     /// the addresses they announce in their signed heartbeats, while it has fewer, and
-    /// closes random older connections while it has more than a quarter again as many.
+    /// closes random older connections while it has more than a quarter again as many
+    /// (rounded up: 10 for 8).
     pub target_peers: usize,
     /// How devices are judged alive (see [`Liveness`]).
     pub liveness: Liveness,
@@ -1664,8 +1666,8 @@ impl Engine {
 
     /// Keeps the view (the peers this node is connected to) near the target: dials random
     /// members while it is short (half the shortfall per tick), closes random connections
-    /// (never young ones) while it is more than a quarter larger, and every [`REFRESH_TICKS`] ticks dials one more
-    /// member so the overlay keeps mixing. Members come from the addresses announced in
+    /// (never young ones) while it is above [`Engine::view_high`], and every
+    /// [`REFRESH_TICKS`] ticks dials one more member so the overlay keeps mixing. Members come from the addresses announced in
     /// heartbeats: live ones first when filling, ones silent lately (perhaps the other
     /// side of a partition) first when refreshing.
     fn maintain_view(&mut self, now: Instant, refresh: bool, out: &mut Vec<Output>) {

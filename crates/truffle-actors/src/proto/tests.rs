@@ -484,7 +484,7 @@ fn an_overfull_view_closes_old_connections_down_to_a_quarter_above_the_target() 
         .filter(|o| matches!(o, Output::Trim { .. }))
         .count();
     let target = ProtoConfig::default().target_peers;
-    assert_eq!(closed, 20 - (target + target / 4));
+    assert_eq!(closed, 20 - (target + target.div_ceil(4)));
     assert!(!out.iter().any(|o| matches!(o, Output::Disconnect { .. })));
 }
 
