@@ -45,7 +45,7 @@ pub use self::watch::{
     MAX_STORE_ENTRIES,
 };
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,10 +136,13 @@ pub struct ProtoConfig {
     pub liveness: Liveness,
     /// Watch liveness: how long an accusation by one member waits for the accused to
     /// answer before it removes the device. Each further independent accuser shortens the
-    /// wait, down to half of this with three.
+    /// wait, down to half of this with three. A node whose own dials of members lately
+    /// took long (a slow link, a starved CPU) waits longer: up to twice the upper quartile
+    /// of those dial times, at most four times this.
     pub suspect_timeout: Duration,
     /// Watch liveness: how long a node tries to reach a peer whose connection dropped
-    /// before it accuses it.
+    /// before it accuses it; stretched like `suspect_timeout` when this node's dials are
+    /// slow.
     pub probe_timeout: Duration,
     /// Watch liveness: how often a node compares its view (members and slice versions) with
     /// one random connected peer while anything changes (see `anti_entropy_idle`).

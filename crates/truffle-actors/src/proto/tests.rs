@@ -774,6 +774,76 @@ fn a_view_dial_still_connecting_at_the_probe_timeout_is_given_longer_and_a_faile
     assert_eq!(late.len(), first.len() - 2, "{late:?}");
 }
 
+/// A watch engine whose first view dials (to members 1 to 20) all took `dial` to connect,
+/// and the time they connected.
+fn watch_engine_after_dials_taking(dial: Duration) -> (Engine, Instant, Vec<DeviceId>) {
+    let (mut e, t0) = watch_engine();
+    for n in 1..=20 {
+        announce(&mut e, n, 1, t0);
+    }
+    let dialled = dials(&step(&mut e, Input::Timer(Timer::Redial), t0));
+    assert!(dialled.len() >= 2, "{dialled:?}");
+    let t1 = t0 + dial;
+    for &peer in &dialled {
+        step(&mut e, Input::Connected { peer }, t1);
+    }
+    (e, t1, dialled)
+}
+
+/// When a neighbour lost at `t` (its connection closed without notice, and it never
+/// connects again) is accused, checked every 100 ms (the expire timer's own arming may
+/// add one step) up to 12 s.
+fn accused_after(e: &mut Engine, peer: DeviceId, t: Instant) -> Option<Duration> {
+    step(e, Input::ConnectionClosed { peer, remaining: 0 }, t);
+    (1..=120)
+        .map(|i| Duration::from_millis(100 * i))
+        .find(|&after| suspects(&step(e, Input::Timer(Timer::Expire), t + after)).contains(&peer))
+}
+
+#[test]
+fn probes_and_suspicions_wait_longer_on_a_node_whose_dials_are_slow() {
+    let timeout = ProtoConfig::default().probe_timeout;
+    // Dials connecting in 100 ms: a lost neighbour is accused at the probe timeout.
+    let (mut e, t1, dialled) = watch_engine_after_dials_taking(Duration::from_millis(100));
+    let after = accused_after(&mut e, dialled[0], t1).expect("never accused");
+    assert!(
+        after >= timeout && after <= timeout + Duration::from_millis(200),
+        "{after:?}"
+    );
+    // Dials taking 3 s (a starved CPU, a slow link): twice that.
+    let (mut e, t1, dialled) = watch_engine_after_dials_taking(Duration::from_secs(3));
+    let after = accused_after(&mut e, dialled[0], t1).expect("never accused");
+    assert!(
+        after >= Duration::from_secs(6) && after <= Duration::from_millis(6_200),
+        "{after:?}"
+    );
+    // An accusation by another member waits as much longer for the accused to refute.
+    let t2 = t1 + Duration::from_secs(7);
+    step(&mut e, accusation(5, 7, 1), t2);
+    let dev7 = dev(7);
+    let online_at = |e: &mut Engine, after: Duration| {
+        step(e, Input::Timer(Timer::Expire), t2 + after);
+        e.membership.is_online(&dev7)
+    };
+    // Connected suspects are never removed here (this seed dials other members).
+    assert!(!dialled.contains(&dev7), "{dialled:?}");
+    assert!(
+        online_at(&mut e, Duration::from_millis(2_010)),
+        "removed at the plain timeout"
+    );
+    assert!(
+        !online_at(&mut e, Duration::from_millis(6_010)),
+        "kept past the stretched timeout"
+    );
+    // Dials taking 20 s: at most four times the setting.
+    let (mut e, t1, dialled) = watch_engine_after_dials_taking(Duration::from_secs(20));
+    let after = accused_after(&mut e, dialled[0], t1).expect("never accused");
+    assert!(
+        after >= timeout * 4 && after <= timeout * 4 + Duration::from_millis(200),
+        "{after:?}"
+    );
+}
+
 #[test]
 fn an_accusation_told_directly_is_refuted_even_if_it_names_an_older_heartbeat() {
     let (mut e, t0) = watch_engine();

@@ -14,6 +14,9 @@
 //!   waits [`ProtoConfig::suspect_timeout`]; each further independent accuser shortens the
 //!   wait (down to half at three), as in Lifeguard. So no single member can make a live
 //!   device disappear: the device itself must stay silent for the whole wait.
+//! * **Patience.** Both timeouts stretch on a node whose own dials have lately been slow
+//!   (see `Engine::probe_wait`): when answers take about as long as the timeouts, fixed
+//!   ones accuse live members and the refutations slow everything further.
 //! * **Heartbeats only on change.** A device announces itself when it starts, when its
 //!   addresses change, to refute an accusation and when it learns a peer does not count
 //!   it as live (after a partition heals): not every period.
@@ -71,6 +74,13 @@ const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
 /// 3.6 s on a starved CPU, and their accusations removed live members. The probe of a
 /// lost connection keeps the plain probe timeout.
 pub(super) const VIEW_DIAL_GRACE: Duration = Duration::from_secs(4);
+/// A node's watch timeouts stretch with how slow its own dials of members have lately
+/// been (see [`Engine::probe_wait`]): the slowest within this window counts.
+const PATIENCE_WINDOW: Duration = Duration::from_secs(30);
+/// Most dial times remembered for the window (the newest).
+const PATIENCE_SAMPLES: usize = 32;
+/// The timeouts stretch to at most this many times their setting.
+const PATIENCE_MAX: u32 = 4;
 /// A trim whose notice is not acknowledged within this closes the connection anyway.
 const TRIM_ACK_WAIT: Duration = Duration::from_secs(1);
 /// A member known only from its slices (no heartbeat, so no address to probe), silent
@@ -159,6 +169,12 @@ pub(super) struct WatchState {
     last_beat: Option<Arc<Heartbeat>>,
     /// Peers whose connection dropped, being dialled again: accused at the deadline.
     pub probes: DetMap<DeviceId, Instant>,
+    /// When this node began dialling each member it probes (or dials to fill its view),
+    /// until that member connects or [`PATIENCE_WINDOW`] passes.
+    dial_started: DetMap<DeviceId, Instant>,
+    /// How long the dials in `dial_started` took to connect, newest last, with when they
+    /// connected (see [`Engine::probe_wait`]).
+    dial_times: VecDeque<(Instant, Duration)>,
     /// Peers whose next connection close is expected (a trim, either way).
     expect_close: DetSet<DeviceId>,
     /// Trims asked and not yet acknowledged, by request: the peer, and when.
@@ -203,6 +219,8 @@ impl WatchState {
             last_announce: None,
             last_beat: None,
             probes: DetMap::with_hasher(h.clone()),
+            dial_started: DetMap::with_hasher(h.clone()),
+            dial_times: VecDeque::new(),
             expect_close: DetSet::with_hasher(h.clone()),
             trims: DetMap::with_hasher(h.clone()),
             lost: DetMap::with_hasher(h.clone()),
@@ -366,6 +384,13 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let probed = self.end_probe(&peer);
+        if let Some(t) = self.watch.dial_started.remove(&peer) {
+            let times = &mut self.watch.dial_times;
+            if times.len() == PATIENCE_SAMPLES {
+                times.pop_front();
+            }
+            times.push_back((now, now.saturating_duration_since(t)));
+        }
         if !first || self.leaving {
             return;
         }
@@ -406,6 +431,40 @@ impl Engine {
         self.watch.unhealthy_until.is_none_or(|t| now >= t)
     }
 
+    /// How long a probe waits for its member to connect: [`ProtoConfig::probe_timeout`],
+    /// stretched when this node's dials of members that connected within
+    /// [`PATIENCE_WINDOW`] were slow (see [`Engine::stretched`]).
+    /// On a network or a CPU slow enough that an answer takes about as long as the
+    /// timeout (one-way delays of 0.7 s in the simulator; handshakes queued behind a
+    /// saturated CPU), fixed timeouts accused live members, whose refutations and
+    /// re-announcements slowed everything further: at 128 simulated nodes, 9 false
+    /// removals at 700 ms and hundreds at 800 ms. Detection on a fast network is as
+    /// before.
+    pub(super) fn probe_wait(&self) -> Duration {
+        self.stretched(self.cfg.probe_timeout)
+    }
+
+    /// How long one accuser's suspicion waits for the accused to refute:
+    /// [`ProtoConfig::suspect_timeout`], stretched as [`Engine::probe_wait`] is. A
+    /// refutation crosses the mesh twice (the accusation out, the new heartbeat back).
+    pub(super) fn suspect_wait(&self) -> Duration {
+        self.stretched(self.cfg.suspect_timeout)
+    }
+
+    /// `setting`, or twice the upper quartile of the recent dial times if that is longer,
+    /// up to [`PATIENCE_MAX`] times `setting`. A quartile rather than the slowest: one
+    /// member slow to answer (or one that stalls its handshakes on purpose) does not
+    /// stretch every timeout; a slow network or CPU slows most dials.
+    fn stretched(&self, setting: Duration) -> Duration {
+        let mut times: Vec<Duration> = self.watch.dial_times.iter().map(|(_, d)| *d).collect();
+        if times.is_empty() {
+            return setting;
+        }
+        times.sort();
+        let upper_quartile = times[times.len() * 3 / 4];
+        setting.max(upper_quartile * 2).min(setting * PATIENCE_MAX)
+    }
+
     /// The watch part of a redial tick: lost members, random probes, overdue trims.
     pub(super) fn watch_tick(&mut self, now: Instant, out: &mut Vec<Output>) {
         let mut overdue: Vec<RequestId> = self
@@ -418,6 +477,17 @@ impl Engine {
         overdue.sort();
         for id in overdue {
             self.trim_answered(id, out);
+        }
+        self.watch
+            .dial_started
+            .retain(|_, t| now.saturating_duration_since(*t) < PATIENCE_WINDOW);
+        while self
+            .watch
+            .dial_times
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= PATIENCE_WINDOW)
+        {
+            self.watch.dial_times.pop_front();
         }
         // A node announces itself at start over its first connections, often all to one
         // shared seed, whose gossipsub mesh reaches only a few of the others; and during
@@ -484,8 +554,9 @@ impl Engine {
     /// (see `maintain_view`).
     pub(super) fn probe_for_view(&mut self, peer: DeviceId, now: Instant) {
         if self.membership.is_online(&peer) && !self.watch.probes.contains_key(&peer) {
-            self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+            self.watch.probes.insert(peer, now + self.probe_wait());
             self.watch.view_probes.insert(peer);
+            self.watch.dial_started.entry(peer).or_insert(now);
         }
     }
 
@@ -590,7 +661,8 @@ impl Engine {
     /// Dials `peer` as a probe: accused if it has not connected by the probe timeout, and
     /// trimmed again if it answers while the view is full (see `on_connected`).
     fn start_probe(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
-        self.watch.probes.insert(peer, now + self.cfg.probe_timeout);
+        self.watch.probes.insert(peer, now + self.probe_wait());
+        self.watch.dial_started.entry(peer).or_insert(now);
         self.watch.random_probes.insert(peer);
         self.dialled.insert(peer, now);
         out.push(self.dial(peer));
@@ -665,10 +737,11 @@ impl Engine {
             return;
         }
         let wait = match self.healthy(now) {
-            true => self.cfg.probe_timeout,
-            false => self.cfg.probe_timeout * 3,
+            true => self.probe_wait(),
+            false => self.probe_wait() * 3,
         };
         self.watch.probes.insert(peer, now + wait);
+        self.watch.dial_started.entry(peer).or_insert(now);
         self.dialled.insert(peer, now);
         out.push(self.dial(peer));
     }
@@ -802,7 +875,7 @@ impl Engine {
         // (every node of a large mesh in one process, during a join wave) an accusation
         // often never reached the accused over gossip before the timeout, and devices
         // connected to half the mesh were removed.
-        let max = self.cfg.suspect_timeout;
+        let max = self.suspect_wait();
         let conns = &self.conns;
         let mut spared = Vec::new();
         let removed = self.membership.expire_suspects(
