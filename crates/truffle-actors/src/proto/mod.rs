@@ -1005,6 +1005,7 @@ impl Engine {
             Input::Timer(t) => self.on_timer(t, now, out),
             Input::Suspect { accuser, suspicion } => self.on_suspect(accuser, suspicion, now, out),
             Input::DialFailed { peer } => {
+                self.dial_failed(&peer);
                 if self.watch.probes.contains_key(&peer) {
                     self.accuse(peer, now, out);
                 }

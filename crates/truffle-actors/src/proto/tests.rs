@@ -845,6 +845,34 @@ fn probes_and_suspicions_wait_longer_on_a_node_whose_dials_are_slow() {
 }
 
 #[test]
+fn a_member_that_connects_long_after_its_dial_failed_does_not_stretch_the_timeouts() {
+    let (mut e, t0) = watch_engine();
+    for n in 1..=20 {
+        announce(&mut e, n, 1, t0);
+    }
+    let dialled = dials(&step(&mut e, Input::Timer(Timer::Redial), t0));
+    assert!(dialled.len() >= 2, "{dialled:?}");
+    // The first dial connects in 100 ms; the others are refused, and 20 s later those
+    // members connect to this node (they restarted, say).
+    let t1 = t0 + Duration::from_millis(100);
+    step(&mut e, Input::Connected { peer: dialled[0] }, t1);
+    for &peer in &dialled[1..] {
+        step(&mut e, Input::DialFailed { peer }, t1);
+    }
+    let t2 = t0 + Duration::from_secs(20);
+    for &peer in &dialled[1..] {
+        step(&mut e, Input::Connected { peer }, t2);
+    }
+    // Losing the first, this node waits the plain probe timeout.
+    let timeout = ProtoConfig::default().probe_timeout;
+    let after = accused_after(&mut e, dialled[0], t2).expect("never accused");
+    assert!(
+        after >= timeout && after <= timeout + Duration::from_millis(200),
+        "{after:?}"
+    );
+}
+
+#[test]
 fn an_accusation_told_directly_is_refuted_even_if_it_names_an_older_heartbeat() {
     let (mut e, t0) = watch_engine();
     step(&mut e, Input::Connected { peer: dev(1) }, t0);

@@ -75,7 +75,7 @@ const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
 /// lost connection keeps the plain probe timeout.
 pub(super) const VIEW_DIAL_GRACE: Duration = Duration::from_secs(4);
 /// A node's watch timeouts stretch with how slow its own dials of members have lately
-/// been (see [`Engine::probe_wait`]): the slowest within this window counts.
+/// been (see [`Engine::probe_wait`]): dials that connected within this window count.
 const PATIENCE_WINDOW: Duration = Duration::from_secs(30);
 /// Most dial times remembered for the window (the newest).
 const PATIENCE_SAMPLES: usize = 32;
@@ -463,6 +463,12 @@ impl Engine {
         times.sort();
         let upper_quartile = times[times.len() * 3 / 4];
         setting.max(upper_quartile * 2).min(setting * PATIENCE_MAX)
+    }
+
+    /// A dial of `peer` failed: a connection it opens later (a restart, a heal) says
+    /// nothing of how slow this node's dials are.
+    pub(super) fn dial_failed(&mut self, peer: &DeviceId) {
+        self.watch.dial_started.remove(peer);
     }
 
     /// The watch part of a redial tick: lost members, random probes, overdue trims.
