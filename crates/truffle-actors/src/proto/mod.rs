@@ -138,7 +138,8 @@ pub struct ProtoConfig {
     /// answer before it removes the device. Each further independent accuser shortens the
     /// wait, down to half of this with three. A node whose own dials of members lately
     /// took long (a slow link, a starved CPU) waits longer: up to twice the upper quartile
-    /// of those dial times, at most four times this.
+    /// of those dial times, at most four times this; a node whose own timers lately fired
+    /// late (short of CPU) waits three times as long again.
     pub suspect_timeout: Duration,
     /// Watch liveness: how long a node tries to reach a peer whose connection dropped
     /// before it accuses it; stretched like `suspect_timeout` when this node's dials are

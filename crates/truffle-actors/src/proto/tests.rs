@@ -706,6 +706,35 @@ fn a_suspect_this_node_is_connected_to_is_told_not_removed() {
 }
 
 #[test]
+fn a_node_whose_ticks_come_late_gives_the_accused_longer_to_refute() {
+    let timeout = ProtoConfig::default().suspect_timeout;
+    let ms = Duration::from_millis;
+    for late_tick in [false, true] {
+        let (mut e, t0) = watch_engine();
+        announce(&mut e, 1, 1, t0);
+        announce(&mut e, 2, 1, t0);
+        step(&mut e, Input::Timer(Timer::Redial), t0);
+        // The next redial tick is due a second later; this one fires 0.5 s after that
+        // (the node is short of CPU), or on time.
+        let tick = t0 + ProtoConfig::default().redial_every + ms(if late_tick { 500 } else { 0 });
+        step(&mut e, Input::Timer(Timer::Redial), tick);
+        step(&mut e, accusation(1, 2, 1), tick);
+        step(&mut e, Input::Timer(Timer::Expire), tick + timeout + ms(10));
+        assert_eq!(
+            e.membership.is_online(&dev(2)),
+            late_tick,
+            "late tick: {late_tick}"
+        );
+        step(
+            &mut e,
+            Input::Timer(Timer::Expire),
+            tick + timeout * 3 + ms(10),
+        );
+        assert!(!e.membership.is_online(&dev(2)), "late tick: {late_tick}");
+    }
+}
+
+#[test]
 fn a_suspect_that_connects_is_told_it_is_accused() {
     let (mut e, t0) = watch_engine();
     announce(&mut e, 1, 1, t0);

@@ -61,9 +61,10 @@ const ALERT_PROBES: usize = 2;
 /// crosses.
 const PROBE_EVERY_TICKS: u64 = 10;
 /// A redial tick this late means this node is short of CPU (Lifeguard's local health):
-/// its own slowness would look like its peers' (pings and redials time out), so for
-/// [`UNHEALTHY_FOR`] it accuses no one, probes no one at random, and gives a lost peer
-/// three times as long to answer a redial.
+/// its own slowness would look like its peers' (pings and redials time out, refutations
+/// wait in its queues), so for [`UNHEALTHY_FOR`] it accuses no one, probes no one at
+/// random, gives a lost peer three times as long to answer a redial, and an accused
+/// member three times as long to refute.
 const LATE_TICK: Duration = Duration::from_millis(300);
 const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
 /// A dial to fill the view that is neither connected nor failed at the probe timeout is
@@ -881,7 +882,10 @@ impl Engine {
         // (every node of a large mesh in one process, during a join wave) an accusation
         // often never reached the accused over gossip before the timeout, and devices
         // connected to half the mesh were removed.
-        let max = self.suspect_wait();
+        let max = match self.healthy(now) {
+            true => self.suspect_wait(),
+            false => self.suspect_wait() * 3,
+        };
         let conns = &self.conns;
         let mut spared = Vec::new();
         let removed = self.membership.expire_suspects(
