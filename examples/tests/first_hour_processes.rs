@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use common::{echo_stderr, Device, DEADLINE};
@@ -42,7 +43,16 @@ fn a_second_process_on_a_port_in_use_exits_with_an_error() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(1), "{status}");
-    let stderr: Vec<String> = errors.try_iter().collect();
+    // The process has exited, but the thread echoing its stderr may not have passed on
+    // the last lines yet (it did not, once, on a loaded machine): read to the end.
+    let mut stderr = Vec::new();
+    loop {
+        match errors.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => stderr.push(line),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => panic!("stderr still open after exit: {stderr:?}"),
+        }
+    }
     assert!(
         stderr
             .iter()
