@@ -63,10 +63,13 @@ const PROBE_EVERY_TICKS: u64 = 10;
 /// A redial tick this late means this node is short of CPU (Lifeguard's local health):
 /// its own slowness would look like its peers' (pings and redials time out, refutations
 /// wait in its queues), so for [`UNHEALTHY_FOR`] it accuses no one, probes no one at
-/// random, gives a lost peer three times as long to answer a redial, and an accused
-/// member three times as long to refute.
+/// random, and gives a lost peer longer to answer a redial and an accused member longer
+/// to refute ([`UNHEALTHY_PATIENCE`] times).
 const LATE_TICK: Duration = Duration::from_millis(300);
 const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
+/// How many times longer an unhealthy node waits for a lost peer or an accused member
+/// (see [`Engine::patient`]).
+const UNHEALTHY_PATIENCE: u32 = 3;
 /// A dial to fill the view that is neither connected nor failed at the probe timeout is
 /// given this much longer before its member is accused. Such a dial is made to a member
 /// that no connection of this node has lost, and a member whose process is gone fails it
@@ -432,6 +435,14 @@ impl Engine {
         self.watch.unhealthy_until.is_none_or(|t| now >= t)
     }
 
+    /// `wait`, or [`UNHEALTHY_PATIENCE`] times it while this node is short of CPU.
+    fn patient(&self, wait: Duration, now: Instant) -> Duration {
+        match self.healthy(now) {
+            true => wait,
+            false => wait * UNHEALTHY_PATIENCE,
+        }
+    }
+
     /// How long a probe waits for its member to connect: [`ProtoConfig::probe_timeout`],
     /// stretched when this node's dials of members that connected within
     /// [`PATIENCE_WINDOW`] were slow (see [`Engine::stretched`]).
@@ -743,10 +754,7 @@ impl Engine {
         {
             return;
         }
-        let wait = match self.healthy(now) {
-            true => self.probe_wait(),
-            false => self.probe_wait() * 3,
-        };
+        let wait = self.patient(self.probe_wait(), now);
         self.watch.probes.insert(peer, now + wait);
         self.watch.dial_started.entry(peer).or_insert(now);
         self.dialled.insert(peer, now);
@@ -882,10 +890,7 @@ impl Engine {
         // (every node of a large mesh in one process, during a join wave) an accusation
         // often never reached the accused over gossip before the timeout, and devices
         // connected to half the mesh were removed.
-        let max = match self.healthy(now) {
-            true => self.suspect_wait(),
-            false => self.suspect_wait() * 3,
-        };
+        let max = self.patient(self.suspect_wait(), now);
         let conns = &self.conns;
         let mut spared = Vec::new();
         let removed = self.membership.expire_suspects(
