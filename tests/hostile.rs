@@ -747,12 +747,16 @@ async fn a_slow_store_under_a_flood_keeps_a_bounded_backlog_that_drains() {
         "nothing was coalesced"
     );
     assert!(lat.len() * 2 > writes, "most honest updates were applied");
+    // A bounded backlog, not a speed target: before, the updates waited tens of seconds.
+    // Beside two busy loops the p99 was 226-289 ms, and 1.25 s once with a third busy
+    // process (2026-12-02), so the bound leaves room for a loaded machine.
+    let bound = Duration::from_secs(3);
+    assert!(quantile(&lat, 0.99) < bound, "{:?}", quantile(&lat, 0.99));
     assert!(
-        quantile(&lat, 0.99) < Duration::from_secs(1),
+        quantile(&lat_fast, 0.99) < bound,
         "{:?}",
-        quantile(&lat, 0.99)
+        quantile(&lat_fast, 0.99)
     );
-    assert!(quantile(&lat_fast, 0.99) < Duration::from_secs(1));
     assert!(
         drained < Duration::from_secs(5),
         "backlog drained after {drained:?}"
@@ -851,8 +855,9 @@ async fn a_slow_protocol_core_under_a_flood_keeps_a_bounded_backlog_that_drains(
         m.inputs_coalesced - before.inputs_coalesced
     );
     assert!(lat.len() * 2 > writes, "most honest updates were applied");
+    // A bounded backlog, not a speed target: before, about 20 s. Room for a loaded machine.
     assert!(
-        quantile(&lat, 0.99) < Duration::from_secs(1),
+        quantile(&lat, 0.99) < Duration::from_secs(3),
         "{:?}",
         quantile(&lat, 0.99)
     );

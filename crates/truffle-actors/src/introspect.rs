@@ -677,6 +677,14 @@ impl Observatory {
                     });
                 }
             }
+            // A heartbeat that did not come as an input of its own (a neighbour's answer,
+            // asked while the device was suspected) ended the suspicion.
+            Output::Report(Report::Refuted { device, .. }) => {
+                let recovered = self.with_peer(*device, |p| Self::heard(p, now));
+                if recovered == Some(true) {
+                    self.emit(NodeEvent::PeerRecovered { device_id: *device });
+                }
+            }
             Output::Report(Report::DeviceRemoved { device, reason, .. }) => {
                 self.with_peer(*device, |p| {
                     p.online = false;

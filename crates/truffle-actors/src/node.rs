@@ -630,8 +630,10 @@ impl MeshNodeBuilder {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         // Every log line of this node's gossip actor and swarm task carries its name, so
         // several nodes in one process (tests, benchmarks) can be told apart.
-        // At error level, so that it is enabled whenever any of its lines is (an info span
-        // under a `warn` filter would be dropped, and its warnings would lose the name).
+        // At error level, so that a level filter on the crate never drops it (an info span
+        // under a `warn` filter would be dropped, and its warnings would lose the name). A
+        // filter on another module alone (`truffle_actors::gossip=debug`) still does: the
+        // Logging section of the book says so.
         let span = tracing::error_span!("node", name = %name);
         let mut engine = Engine::new(
             device,

@@ -221,6 +221,9 @@ impl GossipState {
             Report::Suspected { device, accuser } => {
                 tracing::debug!(%device, %accuser, "device suspected")
             }
+            Report::Refuted { device, via } => {
+                tracing::debug!(%device, %via, "suspicion refuted")
+            }
             Report::DeviceRemoved {
                 device,
                 reason,

@@ -650,6 +650,14 @@ pub enum Report {
         /// Who accused it.
         accuser: DeviceId,
     },
+    /// A heartbeat newer than the accusation named ended a suspicion of a device.
+    Refuted {
+        /// The device.
+        device: DeviceId,
+        /// The peer the heartbeat came from (the device itself, a gossip relay, or a
+        /// neighbour this node asked).
+        via: DeviceId,
+    },
     /// A device was removed.
     DeviceRemoved {
         /// The device.
@@ -1197,6 +1205,7 @@ impl Engine {
         if device == self.me {
             return;
         }
+        let suspected = self.membership.is_suspected(&device);
         let outcome =
             self.membership
                 .on_presence(device, p.incarnation, p.seq, &p.digest, !p.partial, now);
@@ -1205,6 +1214,9 @@ impl Engine {
         }
         self.learn(device, &p);
         self.stirred();
+        if suspected && !self.membership.is_suspected(&device) {
+            out.push(Output::Report(Report::Refuted { device, via }));
+        }
         if outcome.came_online {
             out.push(Output::Report(Report::DeviceOnline { device }));
         }

@@ -1,6 +1,6 @@
 //! Single-engine rules, driven by hand. Whole meshes of engines run in `truffle-sim`.
 
-use super::watch::VIEW_DIAL_GRACE;
+use super::watch::DIAL_GRACE;
 use super::*;
 
 fn dev(n: u8) -> DeviceId {
@@ -362,22 +362,25 @@ fn the_same_seed_gives_the_same_timers() {
     assert_ne!(run(9), run(10));
 }
 
-/// A heartbeat of `dev(n)`, announcing a listen address.
-fn announce(e: &mut Engine, n: u8, seq: u64, now: Instant) -> Vec<Output> {
-    let d = dev(n);
-    let hb = Heartbeat {
-        device: d,
+/// Heartbeat `seq` of `dev(n)`'s first run, announcing a listen address.
+fn heartbeat(n: u8, seq: u64) -> Arc<Heartbeat> {
+    Arc::new(Heartbeat {
+        device: dev(n),
         incarnation: 1,
         seq,
         addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 4000 + u16::from(n))],
         partial: false,
         digest: vec![],
-    };
+    })
+}
+
+/// A heartbeat of `dev(n)`, announcing a listen address.
+fn announce(e: &mut Engine, n: u8, seq: u64, now: Instant) -> Vec<Output> {
     step(
         e,
         Input::Heartbeat {
-            via: d,
-            heartbeat: Arc::new(hb),
+            via: dev(n),
+            heartbeat: heartbeat(n, seq),
         },
         now,
     )
@@ -735,6 +738,34 @@ fn a_node_whose_ticks_come_late_gives_the_accused_longer_to_refute() {
 }
 
 #[test]
+fn a_newer_heartbeat_of_a_suspect_is_reported_as_its_refutation() {
+    let (mut e, t0) = watch_engine();
+    announce(&mut e, 1, 1, t0);
+    announce(&mut e, 2, 1, t0);
+    step(&mut e, accusation(1, 2, 1), t0);
+    assert!(e.membership.is_suspected(&dev(2)));
+    // Relayed by dev(1), as a neighbour's answer or a gossip relay would be.
+    let out = step(
+        &mut e,
+        Input::Heartbeat {
+            via: dev(1),
+            heartbeat: heartbeat(2, 2),
+        },
+        t0,
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Report(Report::Refuted { device, via }) if *device == dev(2) && *via == dev(1)
+    )));
+    assert!(!e.membership.is_suspected(&dev(2)));
+    // A heartbeat of a device nobody suspects reports nothing of the kind.
+    let out = announce(&mut e, 1, 2, t0);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Report(Report::Refuted { .. }))));
+}
+
+#[test]
 fn a_suspect_that_connects_is_told_it_is_accused() {
     let (mut e, t0) = watch_engine();
     announce(&mut e, 1, 1, t0);
@@ -797,10 +828,44 @@ fn a_view_dial_still_connecting_at_the_probe_timeout_is_given_longer_and_a_faile
     // ...one that connects in the meantime never is...
     step(&mut e, Input::Connected { peer: slow }, t2);
     // ...and the rest are once the grace has passed as well.
-    let t3 = t2 + VIEW_DIAL_GRACE;
+    let t3 = t2 + DIAL_GRACE;
     let late = suspects(&step(&mut e, Input::Timer(Timer::Expire), t3));
     assert!(!late.contains(&slow) && !late.contains(&failed), "{late:?}");
     assert_eq!(late.len(), first.len() - 2, "{late:?}");
+}
+
+#[test]
+fn a_random_probe_still_connecting_at_the_probe_timeout_is_given_longer() {
+    let cfg = ProtoConfig::default();
+    let (mut e, t0) = watch_engine();
+    // A view at its target, and ten more members this node is not connected to.
+    let target = u8::try_from(cfg.target_peers).unwrap();
+    for n in 1..=target + 10 {
+        announce(&mut e, n, 1, t0);
+    }
+    for n in 1..=target {
+        step(&mut e, Input::Connected { peer: dev(n) }, t0);
+    }
+    // Redial ticks until one dials a member: with the view at its target, a random probe.
+    let mut t = t0;
+    let probe = loop {
+        t += cfg.redial_every;
+        assert!(t < t0 + cfg.redial_every * 40, "no random probe");
+        if let Some(p) = dials(&step(&mut e, Input::Timer(Timer::Redial), t)).first() {
+            break *p;
+        }
+    };
+    assert!((target + 1..=target + 10).any(|n| dev(n) == probe));
+    // Still connecting at the probe timeout (a slow handshake on a node short of CPU):
+    // not accused yet...
+    let t2 = t + cfg.probe_timeout + Duration::from_millis(10);
+    assert_eq!(suspects(&step(&mut e, Input::Timer(Timer::Expire), t2)), []);
+    // ...but once the grace has passed as well.
+    let t3 = t2 + DIAL_GRACE;
+    assert_eq!(
+        suspects(&step(&mut e, Input::Timer(Timer::Expire), t3)),
+        [probe]
+    );
 }
 
 /// A watch engine whose first view dials (to members 1 to 20) all took `dial` to connect,

@@ -70,14 +70,19 @@ const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
 /// How many times longer an unhealthy node waits for a lost peer or an accused member
 /// (see [`Engine::patient`]).
 const UNHEALTHY_PATIENCE: u32 = 3;
-/// A dial to fill the view that is neither connected nor failed at the probe timeout is
-/// given this much longer before its member is accused. Such a dial is made to a member
-/// that no connection of this node has lost, and a member whose process is gone fails it
-/// at once (its host refuses the connection); one still connecting is most often only
-/// slow. In a 128-node join wave in one process the handshakes of these dials took up to
-/// 3.6 s on a starved CPU, and their accusations removed live members. The probe of a
-/// lost connection keeps the plain probe timeout.
-pub(super) const VIEW_DIAL_GRACE: Duration = Duration::from_secs(4);
+/// A dial to fill the view, or a probe of a member this node was not connected to (SWIM's
+/// random probe), that is neither connected nor failed at the probe timeout is given this
+/// much longer before its member is accused. Such a dial is made to a member that no
+/// connection of this node has lost, and a member whose process is gone fails it at once
+/// (its host refuses the connection); one still connecting is most often only slow. In a
+/// 128-node join wave in one process the handshakes of these dials took up to 3.6 s on a
+/// starved CPU, and their accusations removed live members: first those of view dials,
+/// then (2026-12-03, the accusers' logs of five such removals in six runs) those of random
+/// probes. The probe of a lost connection keeps the plain probe timeout. The cost: a
+/// member behind a link that drops packets without refusing (a cut cable, a partition)
+/// is accused by a random probe this much later; its neighbours, which lose their
+/// connections to it, still probe it at the plain timeout.
+pub(super) const DIAL_GRACE: Duration = Duration::from_secs(4);
 /// A node's watch timeouts stretch with how slow its own dials of members have lately
 /// been (see [`Engine::probe_wait`]): dials that connected within this window count.
 const PATIENCE_WINDOW: Duration = Duration::from_secs(30);
@@ -192,9 +197,9 @@ pub(super) struct WatchState {
     probe_order: Vec<DeviceId>,
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
     random_probes: DetSet<DeviceId>,
-    /// Dials to fill the view whose probe timeout has not yet passed once (see
-    /// [`VIEW_DIAL_GRACE`]).
-    view_probes: DetSet<DeviceId>,
+    /// Dials to fill the view and random probes whose probe timeout has not yet passed
+    /// once (see [`DIAL_GRACE`]).
+    graced_dials: DetSet<DeviceId>,
     /// When the next redial tick is due (to notice late ticks).
     next_tick: Option<Instant>,
     /// Until when this node counts itself short of CPU.
@@ -231,7 +236,7 @@ impl WatchState {
             lost_at: None,
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
-            view_probes: DetSet::with_hasher(h.clone()),
+            graced_dials: DetSet::with_hasher(h.clone()),
             next_tick: None,
             unhealthy_until: None,
             alert_until: None,
@@ -568,12 +573,12 @@ impl Engine {
     }
 
     /// A dial to fill the view, to a live member: if it fails, or has not connected
-    /// within the probe timeout and [`VIEW_DIAL_GRACE`] after it, the member is accused
+    /// within the probe timeout and [`DIAL_GRACE`] after it, the member is accused
     /// (see `maintain_view`).
     pub(super) fn probe_for_view(&mut self, peer: DeviceId, now: Instant) {
         if self.membership.is_online(&peer) && !self.watch.probes.contains_key(&peer) {
             self.watch.probes.insert(peer, now + self.probe_wait());
-            self.watch.view_probes.insert(peer);
+            self.watch.graced_dials.insert(peer);
             self.watch.dial_started.entry(peer).or_insert(now);
         }
     }
@@ -676,10 +681,12 @@ impl Engine {
         Some(devices[self.rng.random_range(0..devices.len())])
     }
 
-    /// Dials `peer` as a probe: accused if it has not connected by the probe timeout, and
-    /// trimmed again if it answers while the view is full (see `on_connected`).
+    /// Dials `peer` as a probe: accused if the dial fails, or has not connected by the
+    /// probe timeout and [`DIAL_GRACE`] after it; trimmed again if it answers while the
+    /// view is full (see `on_connected`).
     fn start_probe(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.probes.insert(peer, now + self.probe_wait());
+        self.watch.graced_dials.insert(peer);
         self.watch.dial_started.entry(peer).or_insert(now);
         self.watch.random_probes.insert(peer);
         self.dialled.insert(peer, now);
@@ -764,7 +771,7 @@ impl Engine {
     /// Forgets any probe of `peer`; whether it was a random one.
     fn end_probe(&mut self, peer: &DeviceId) -> bool {
         self.watch.probes.remove(peer);
-        self.watch.view_probes.remove(peer);
+        self.watch.graced_dials.remove(peer);
         self.watch.random_probes.remove(peer)
     }
 
@@ -875,10 +882,11 @@ impl Engine {
         for peer in due {
             if self.conns.contains_key(&peer) {
                 self.end_probe(&peer);
-            } else if self.watch.view_probes.remove(&peer) {
-                // A dial to fill the view, still connecting: wait for its outcome a while
-                // longer (a failure accuses at once, see `Input::DialFailed`).
-                self.watch.probes.insert(peer, now + VIEW_DIAL_GRACE);
+            } else if self.watch.graced_dials.remove(&peer) {
+                // A dial to fill the view or a random probe, still connecting: wait for
+                // its outcome a while longer (a failure accuses at once, see
+                // `Input::DialFailed`).
+                self.watch.probes.insert(peer, now + DIAL_GRACE);
             } else {
                 self.accuse(peer, now, out);
             }
