@@ -835,7 +835,7 @@ fn a_view_dial_still_connecting_at_the_probe_timeout_is_given_longer_and_a_faile
 }
 
 #[test]
-fn a_random_probe_still_connecting_at_the_probe_timeout_is_given_longer() {
+fn a_random_probe_still_connecting_at_the_probe_timeout_accuses_without_the_view_dial_grace() {
     let cfg = ProtoConfig::default();
     let (mut e, t0) = watch_engine();
     // A view at its target, and ten more members this node is not connected to.
@@ -856,14 +856,12 @@ fn a_random_probe_still_connecting_at_the_probe_timeout_is_given_longer() {
         }
     };
     assert!((target + 1..=target + 10).any(|n| dev(n) == probe));
-    // Still connecting at the probe timeout (a slow handshake on a node short of CPU):
-    // not accused yet...
+    // Still connecting at the probe timeout: accused then, not after `DIAL_GRACE` as a
+    // view dial would be. A dial across a partition hangs rather than fails, and random
+    // probes are how a group no connection crosses is found.
     let t2 = t + cfg.probe_timeout + Duration::from_millis(10);
-    assert_eq!(suspects(&step(&mut e, Input::Timer(Timer::Expire), t2)), []);
-    // ...but once the grace has passed as well.
-    let t3 = t2 + DIAL_GRACE;
     assert_eq!(
-        suspects(&step(&mut e, Input::Timer(Timer::Expire), t3)),
+        suspects(&step(&mut e, Input::Timer(Timer::Expire), t2)),
         [probe]
     );
 }

@@ -70,18 +70,17 @@ const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
 /// How many times longer an unhealthy node waits for a lost peer or an accused member
 /// (see [`Engine::patient`]).
 const UNHEALTHY_PATIENCE: u32 = 3;
-/// A dial to fill the view, or a probe of a member this node was not connected to (SWIM's
-/// random probe), that is neither connected nor failed at the probe timeout is given this
-/// much longer before its member is accused. Such a dial is made to a member that no
-/// connection of this node has lost, and a member whose process is gone fails it at once
-/// (its host refuses the connection); one still connecting is most often only slow. In a
-/// 128-node join wave in one process the handshakes of these dials took up to 3.6 s on a
-/// starved CPU, and their accusations removed live members: first those of view dials,
-/// then (2026-12-03, the accusers' logs of five such removals in six runs) those of random
-/// probes. The probe of a lost connection keeps the plain probe timeout. The cost: a
-/// member behind a link that drops packets without refusing (a cut cable, a partition)
-/// is accused by a random probe this much later; its neighbours, which lose their
-/// connections to it, still probe it at the plain timeout.
+/// A dial to fill the view that is neither connected nor failed at the probe timeout is
+/// given this much longer before its member is accused. Such a dial is made to a member
+/// that no connection of this node has lost, and a member whose process is gone fails it
+/// at once (its host refuses the connection); one still connecting is most often only
+/// slow. In a 128-node join wave in one process the handshakes of these dials took up to
+/// 3.6 s on a starved CPU, and their accusations removed live members. The probe of a
+/// lost connection keeps the plain probe timeout, and so does a random probe: giving it
+/// this grace too ended the join-wave removals left in ten loaded runs of
+/// `tests/scale.rs`, but in the simulator's `partition-heal` (dials across the cut hang)
+/// it raised the false removals at 1,024 nodes from 1 to 126 and the traffic after the
+/// cut three- to fivefold (2026-12-03; the Faults chapter has the runs).
 pub(super) const DIAL_GRACE: Duration = Duration::from_secs(4);
 /// A node's watch timeouts stretch with how slow its own dials of members have lately
 /// been (see [`Engine::probe_wait`]): dials that connected within this window count.
@@ -197,8 +196,8 @@ pub(super) struct WatchState {
     probe_order: Vec<DeviceId>,
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
     random_probes: DetSet<DeviceId>,
-    /// Dials to fill the view and random probes whose probe timeout has not yet passed
-    /// once (see [`DIAL_GRACE`]).
+    /// Dials to fill the view whose probe timeout has not yet passed once (see
+    /// [`DIAL_GRACE`]).
     graced_dials: DetSet<DeviceId>,
     /// When the next redial tick is due (to notice late ticks).
     next_tick: Option<Instant>,
@@ -681,12 +680,11 @@ impl Engine {
         Some(devices[self.rng.random_range(0..devices.len())])
     }
 
-    /// Dials `peer` as a probe: accused if the dial fails, or has not connected by the
-    /// probe timeout and [`DIAL_GRACE`] after it; trimmed again if it answers while the
-    /// view is full (see `on_connected`).
+    /// Dials `peer` as a probe: accused if it has not connected by the probe timeout (no
+    /// [`DIAL_GRACE`]: see there), and trimmed again if it answers while the view is full
+    /// (see `on_connected`).
     fn start_probe(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.probes.insert(peer, now + self.probe_wait());
-        self.watch.graced_dials.insert(peer);
         self.watch.dial_started.entry(peer).or_insert(now);
         self.watch.random_probes.insert(peer);
         self.dialled.insert(peer, now);
@@ -883,9 +881,8 @@ impl Engine {
             if self.conns.contains_key(&peer) {
                 self.end_probe(&peer);
             } else if self.watch.graced_dials.remove(&peer) {
-                // A dial to fill the view or a random probe, still connecting: wait for
-                // its outcome a while longer (a failure accuses at once, see
-                // `Input::DialFailed`).
+                // A dial to fill the view, still connecting: wait for its outcome a while
+                // longer (a failure accuses at once, see `Input::DialFailed`).
                 self.watch.probes.insert(peer, now + DIAL_GRACE);
             } else {
                 self.accuse(peer, now, out);
