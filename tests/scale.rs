@@ -11,8 +11,8 @@
 //! all nodes, ten debug runs beside two busy loops, 2026-12-02: 0 to 161 per run before
 //! the watch timeouts stretched with slow dials (61c85b9), 0 to 16 after; ten more runs
 //! each way on 2026-12-03: 157 in all before a node short of CPU waited three times as
-//! long for refutations, 11 in all after; ten more runs of that build later that day, 12
-//! in all (the Faults chapter has the runs, and what removes these devices). From the
+//! long for refutations, 11 in all after; twenty more runs of that build later that day,
+//! 14 in all (the Faults chapter has the runs, and what removes these devices). From the
 //! seed's crash on, no survivor may lose another (`crash_the_hub`).
 
 mod common;

@@ -677,8 +677,8 @@ impl Observatory {
                     });
                 }
             }
-            // A heartbeat that did not come as an input of its own (a neighbour's answer,
-            // asked while the device was suspected) ended the suspicion.
+            // A heartbeat that did not come as an input of its own (the answer to a
+            // `members` request of anti-entropy) ended the suspicion.
             Output::Report(Report::Refuted { device, .. }) => {
                 let recovered = self.with_peer(*device, |p| Self::heard(p, now));
                 if recovered == Some(true) {

@@ -1,6 +1,6 @@
 //! Single-engine rules, driven by hand. Whole meshes of engines run in `truffle-sim`.
 
-use super::watch::DIAL_GRACE;
+use super::watch::VIEW_DIAL_GRACE;
 use super::*;
 
 fn dev(n: u8) -> DeviceId {
@@ -828,7 +828,7 @@ fn a_view_dial_still_connecting_at_the_probe_timeout_is_given_longer_and_a_faile
     // ...one that connects in the meantime never is...
     step(&mut e, Input::Connected { peer: slow }, t2);
     // ...and the rest are once the grace has passed as well.
-    let t3 = t2 + DIAL_GRACE;
+    let t3 = t2 + VIEW_DIAL_GRACE;
     let late = suspects(&step(&mut e, Input::Timer(Timer::Expire), t3));
     assert!(!late.contains(&slow) && !late.contains(&failed), "{late:?}");
     assert_eq!(late.len(), first.len() - 2, "{late:?}");
@@ -856,7 +856,7 @@ fn a_random_probe_still_connecting_at_the_probe_timeout_accuses_without_the_view
         }
     };
     assert!((target + 1..=target + 10).any(|n| dev(n) == probe));
-    // Still connecting at the probe timeout: accused then, not after `DIAL_GRACE` as a
+    // Still connecting at the probe timeout: accused then, not after `VIEW_DIAL_GRACE` as a
     // view dial would be. A dial across a partition hangs rather than fails, and random
     // probes are how a group no connection crosses is found.
     let t2 = t + cfg.probe_timeout + Duration::from_millis(10);

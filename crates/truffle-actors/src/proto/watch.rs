@@ -81,7 +81,7 @@ const UNHEALTHY_PATIENCE: u32 = 3;
 /// `tests/scale.rs`, but in the simulator's `partition-heal` (dials across the cut hang)
 /// it raised the false removals at 1,024 nodes from 1 to 126 and the traffic after the
 /// cut three- to fivefold (2026-12-03; the Faults chapter has the runs).
-pub(super) const DIAL_GRACE: Duration = Duration::from_secs(4);
+pub(super) const VIEW_DIAL_GRACE: Duration = Duration::from_secs(4);
 /// A node's watch timeouts stretch with how slow its own dials of members have lately
 /// been (see [`Engine::probe_wait`]): dials that connected within this window count.
 const PATIENCE_WINDOW: Duration = Duration::from_secs(30);
@@ -197,8 +197,8 @@ pub(super) struct WatchState {
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
     random_probes: DetSet<DeviceId>,
     /// Dials to fill the view whose probe timeout has not yet passed once (see
-    /// [`DIAL_GRACE`]).
-    graced_dials: DetSet<DeviceId>,
+    /// [`VIEW_DIAL_GRACE`]).
+    view_probes: DetSet<DeviceId>,
     /// When the next redial tick is due (to notice late ticks).
     next_tick: Option<Instant>,
     /// Until when this node counts itself short of CPU.
@@ -235,7 +235,7 @@ impl WatchState {
             lost_at: None,
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
-            graced_dials: DetSet::with_hasher(h.clone()),
+            view_probes: DetSet::with_hasher(h.clone()),
             next_tick: None,
             unhealthy_until: None,
             alert_until: None,
@@ -572,12 +572,12 @@ impl Engine {
     }
 
     /// A dial to fill the view, to a live member: if it fails, or has not connected
-    /// within the probe timeout and [`DIAL_GRACE`] after it, the member is accused
+    /// within the probe timeout and [`VIEW_DIAL_GRACE`] after it, the member is accused
     /// (see `maintain_view`).
     pub(super) fn probe_for_view(&mut self, peer: DeviceId, now: Instant) {
         if self.membership.is_online(&peer) && !self.watch.probes.contains_key(&peer) {
             self.watch.probes.insert(peer, now + self.probe_wait());
-            self.watch.graced_dials.insert(peer);
+            self.watch.view_probes.insert(peer);
             self.watch.dial_started.entry(peer).or_insert(now);
         }
     }
@@ -681,7 +681,7 @@ impl Engine {
     }
 
     /// Dials `peer` as a probe: accused if it has not connected by the probe timeout (no
-    /// [`DIAL_GRACE`]: see there), and trimmed again if it answers while the view is full
+    /// [`VIEW_DIAL_GRACE`]: see there), and trimmed again if it answers while the view is full
     /// (see `on_connected`).
     fn start_probe(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.probes.insert(peer, now + self.probe_wait());
@@ -769,7 +769,7 @@ impl Engine {
     /// Forgets any probe of `peer`; whether it was a random one.
     fn end_probe(&mut self, peer: &DeviceId) -> bool {
         self.watch.probes.remove(peer);
-        self.watch.graced_dials.remove(peer);
+        self.watch.view_probes.remove(peer);
         self.watch.random_probes.remove(peer)
     }
 
@@ -880,10 +880,10 @@ impl Engine {
         for peer in due {
             if self.conns.contains_key(&peer) {
                 self.end_probe(&peer);
-            } else if self.watch.graced_dials.remove(&peer) {
+            } else if self.watch.view_probes.remove(&peer) {
                 // A dial to fill the view, still connecting: wait for its outcome a while
                 // longer (a failure accuses at once, see `Input::DialFailed`).
-                self.watch.probes.insert(peer, now + DIAL_GRACE);
+                self.watch.probes.insert(peer, now + VIEW_DIAL_GRACE);
             } else {
                 self.accuse(peer, now, out);
             }
