@@ -524,12 +524,14 @@ impl MeshNodeBuilder {
             counters.clone(),
             std::time::Instant::now(),
         );
+        let (reached_tx, reached_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut swarm = build_swarm(
             key.clone(),
             &cfg,
             topics.clone(),
             counters.clone(),
             conduct.clone(),
+            reached_tx,
         )?;
         let mut pending = std::collections::HashSet::new();
         for addr in &listen {
@@ -672,6 +674,7 @@ impl MeshNodeBuilder {
         let task = SwarmTask {
             swarm,
             cmds: cmd_rx,
+            reached: reached_rx,
             actor: gossip.clone(),
             inbox,
             counters: counters.clone(),

@@ -124,6 +124,20 @@ fn watch_link(stream: &tokio::net::TcpStream) {
     }
 }
 
+/// The peer a dial is for (its address ends in `/p2p/<peer>`: libp2p adds it to a dial by
+/// peer), or none for an incoming connection or a dial by address alone.
+fn dialled_peer(endpoint: &libp2p::core::ConnectedPoint) -> Option<PeerId> {
+    match endpoint {
+        libp2p::core::ConnectedPoint::Dialer { address, .. } => {
+            address.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+        }
+        libp2p::core::ConnectedPoint::Listener { .. } => None,
+    }
+}
+
 /// How often the swarm task hands gossipsub the peers' application scores and looks at
 /// every connected peer's score.
 const CONDUCT_TICK: Duration = Duration::from_millis(500);
@@ -156,12 +170,16 @@ fn message_id(m: &gossipsub::Message) -> MessageId {
     MessageId::from(&crate::wire::message_id(m.topic.as_str(), &m.data)[..])
 }
 
+/// Builds the swarm. Each dial that reaches its host (the TCP connection is up, the
+/// handshakes not yet done) sends the peer dialled on `reached` (see
+/// [`Input::DialReached`]).
 pub(crate) fn build_swarm(
     key: Keypair,
     cfg: &Config,
     topics: Topics,
     counters: Arc<Counters>,
     conduct: PeerConduct,
+    reached: mpsc::UnboundedSender<PeerId>,
 ) -> Result<Swarm<Behaviour>, Error> {
     let max_msg = max_transmit_size(cfg);
     let heartbeat = cfg.gossip_heartbeat;
@@ -191,7 +209,12 @@ pub(crate) fn build_swarm(
                         dns::ResolverOpts::default(),
                     )
                 });
-                let private = tcp.and_then(move |socket, _| async move {
+                let private = tcp.and_then(move |socket, endpoint| {
+                    if let Some(peer) = dialled_peer(&endpoint) {
+                        // Nobody listening any more only means the node is stopping.
+                        let _ = reached.send(peer);
+                    }
+                    async move {
                     watch_link(&socket.0);
                     match psk {
                         Some(psk) => PnetConfig::new(psk)
@@ -200,6 +223,7 @@ pub(crate) fn build_swarm(
                             .map(Either::Left)
                             .map_err(std::io::Error::other),
                         None => Ok(Either::Right(socket)),
+                    }
                     }
                 });
                 let upgraded = private
@@ -376,6 +400,8 @@ pub(crate) enum SwarmCmd {
 pub(crate) struct SwarmTask {
     pub swarm: Swarm<Behaviour>,
     pub cmds: mpsc::UnboundedReceiver<SwarmCmd>,
+    /// Peers whose dial reached the host (from the transport, see [`build_swarm`]).
+    pub reached: mpsc::UnboundedReceiver<PeerId>,
     pub actor: ActorRef<GossipMsg>,
     /// Where network events wait for the gossip actor (coalesced per device).
     pub inbox: Arc<super::inbox::Inbox>,
@@ -453,6 +479,10 @@ impl SwarmTask {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => self.on_conduct_tick(),
+                Some(peer) = self.reached.recv() => {
+                    tracing::trace!(%peer, "dial reached the host");
+                    self.forward(Input::DialReached { peer: peer.into() });
+                }
                 cmd = self.cmds.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.on_cmd(cmd, &mut pending);
@@ -1381,6 +1411,55 @@ fn store_of_topic(topic: &str) -> Option<StoreId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_dial_whose_host_accepts_but_never_handshakes_is_reported_as_reached() {
+        // A host whose kernel accepts the TCP connection and whose process never answers
+        // (the listener below accepts and holds the socket, silent).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let cfg = Config::default();
+        let counters = Arc::new(Counters::default());
+        let conduct = PeerConduct::new(
+            cfg.peer_message_rate,
+            cfg.own_versions_allowance,
+            counters.clone(),
+            Instant::now(),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut swarm = build_swarm(
+            Keypair::generate_ed25519(),
+            &cfg,
+            Topics::new(cfg.max_unjoined_topics),
+            counters,
+            conduct,
+            tx,
+        )
+        .unwrap();
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        swarm
+            .dial(DialOpts::peer_id(peer).addresses(vec![addr]).build())
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                tokio::select! {
+                    _ = swarm.select_next_some() => {}
+                    p = rx.recv() => break p,
+                }
+            }
+        })
+        .await
+        .expect("no dial reported as reached");
+        assert_eq!(got, Some(peer));
+        held.abort();
+    }
 
     #[tokio::test]
     async fn a_connection_gets_tcp_keepalive_and_the_link_timeout() {

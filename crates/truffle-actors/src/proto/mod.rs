@@ -479,6 +479,13 @@ pub enum Input {
         /// The peer.
         peer: DeviceId,
     },
+    /// A dial to `peer` reached its host: the transport connection (TCP) is up, and the
+    /// handshakes (noise, yamux) are under way. A host that answers is there; a handshake
+    /// that then takes long is most often a slow process, not a cut link.
+    DialReached {
+        /// The peer.
+        peer: DeviceId,
+    },
     /// `peer` stopped answering pings on its connection.
     Unresponsive {
         /// The peer.
@@ -1019,6 +1026,7 @@ impl Engine {
                     self.accuse(peer, now, out);
                 }
             }
+            Input::DialReached { peer } => self.dial_reached(peer),
             Input::Unresponsive { peer } => {
                 if self.watching() && self.conns.contains_key(&peer) {
                     out.push(Output::Disconnect { peer });

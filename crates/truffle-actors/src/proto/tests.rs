@@ -834,11 +834,11 @@ fn a_view_dial_still_connecting_at_the_probe_timeout_is_given_longer_and_a_faile
     assert_eq!(late.len(), first.len() - 2, "{late:?}");
 }
 
-#[test]
-fn a_random_probe_still_connecting_at_the_probe_timeout_accuses_without_the_view_dial_grace() {
+/// A watch engine with a view at its target and ten more members it is not connected to,
+/// after the redial tick that started a random probe: the probe, and the tick's time.
+fn random_probe_started() -> (Engine, DeviceId, Instant) {
     let cfg = ProtoConfig::default();
     let (mut e, t0) = watch_engine();
-    // A view at its target, and ten more members this node is not connected to.
     let target = u8::try_from(cfg.target_peers).unwrap();
     for n in 1..=target + 10 {
         announce(&mut e, n, 1, t0);
@@ -856,13 +856,69 @@ fn a_random_probe_still_connecting_at_the_probe_timeout_accuses_without_the_view
         }
     };
     assert!((target + 1..=target + 10).any(|n| dev(n) == probe));
-    // Still connecting at the probe timeout: accused then, not after `VIEW_DIAL_GRACE` as a
-    // view dial would be. A dial across a partition hangs rather than fails, and random
-    // probes are how a group no connection crosses is found.
-    let t2 = t + cfg.probe_timeout + Duration::from_millis(10);
+    (e, probe, t)
+}
+
+#[test]
+fn a_random_probe_still_connecting_at_the_probe_timeout_accuses_without_the_view_dial_grace() {
+    let (mut e, probe, t) = random_probe_started();
+    // Still connecting at the probe timeout, its host never reached: accused then, not
+    // after `VIEW_DIAL_GRACE` as a view dial would be. A dial across a partition hangs
+    // rather than fails, and random probes are how a group no connection crosses is found.
+    let t2 = t + ProtoConfig::default().probe_timeout + Duration::from_millis(10);
     assert_eq!(
         suspects(&step(&mut e, Input::Timer(Timer::Expire), t2)),
         [probe]
+    );
+}
+
+#[test]
+fn a_random_probe_whose_dial_reached_the_host_waits_the_grace_for_the_handshake() {
+    let (mut e, probe, t) = random_probe_started();
+    // The TCP connection is up; the handshake is slow (a host short of CPU).
+    step(
+        &mut e,
+        Input::DialReached { peer: probe },
+        t + Duration::from_millis(50),
+    );
+    let t2 = t + ProtoConfig::default().probe_timeout + Duration::from_millis(10);
+    assert_eq!(suspects(&step(&mut e, Input::Timer(Timer::Expire), t2)), []);
+    // The grace is given once: a handshake that never ends (a hung process whose kernel
+    // still accepts connections) is accused after it.
+    let t3 = t2 + VIEW_DIAL_GRACE;
+    assert_eq!(
+        suspects(&step(&mut e, Input::Timer(Timer::Expire), t3)),
+        [probe]
+    );
+}
+
+#[test]
+fn the_probe_of_a_lost_connection_gets_no_grace_when_its_dial_reaches_the_host() {
+    let (mut e, t0) = watch_engine();
+    announce(&mut e, 1, 1, t0);
+    step(&mut e, Input::Connected { peer: dev(1) }, t0);
+    // The connection drops; the redial reaches the host but the handshake never ends
+    // (a hung process): accused at the plain probe timeout, so a hung device is found in
+    // time.
+    let t1 = t0 + Duration::from_secs(1);
+    let out = step(
+        &mut e,
+        Input::ConnectionClosed {
+            peer: dev(1),
+            remaining: 0,
+        },
+        t1,
+    );
+    assert_eq!(dials(&out), [dev(1)]);
+    step(
+        &mut e,
+        Input::DialReached { peer: dev(1) },
+        t1 + Duration::from_millis(5),
+    );
+    let t2 = t1 + ProtoConfig::default().probe_timeout + Duration::from_millis(10);
+    assert_eq!(
+        suspects(&step(&mut e, Input::Timer(Timer::Expire), t2)),
+        [dev(1)]
     );
 }
 

@@ -75,12 +75,16 @@ const UNHEALTHY_PATIENCE: u32 = 3;
 /// that no connection of this node has lost, and a member whose process is gone fails it
 /// at once (its host refuses the connection); one still connecting is most often only
 /// slow. In a 128-node join wave in one process the handshakes of these dials took up to
-/// 3.6 s on a starved CPU, and their accusations removed live members. The probe of a
-/// lost connection keeps the plain probe timeout, and so does a random probe: giving it
-/// this grace too ended the join-wave removals left in ten loaded runs of
-/// `tests/scale.rs`, but in the simulator's `partition-heal` (dials across the cut hang)
-/// it raised the false removals at 1,024 nodes from 1 to 126 and the traffic after the
-/// cut three- to fivefold (2026-12-03; the Faults chapter has the runs).
+/// 3.6 s on a starved CPU, and their accusations removed live members.
+///
+/// A random probe gets the same grace only once its dial has reached the host
+/// ([`Input::DialReached`]): its handshake is slow, its link is not cut. Giving every
+/// random probe the grace ended the join-wave removals left in ten loaded runs of
+/// `tests/scale.rs`, but in the simulator's `partition-heal` (dials across the cut hang,
+/// and never reach the host) it raised the false removals at 1,024 nodes from 1 to 126
+/// and the traffic after the cut three- to fivefold (2026-12-03; the Faults chapter has
+/// the runs). The probe of a lost connection keeps the plain probe timeout, reached or
+/// not: a hung process (its kernel still accepts connections) is found that way.
 pub(super) const VIEW_DIAL_GRACE: Duration = Duration::from_secs(4);
 /// A node's watch timeouts stretch with how slow its own dials of members have lately
 /// been (see [`Engine::probe_wait`]): dials that connected within this window count.
@@ -199,6 +203,9 @@ pub(super) struct WatchState {
     /// Dials to fill the view whose probe timeout has not yet passed once (see
     /// [`VIEW_DIAL_GRACE`]).
     view_probes: DetSet<DeviceId>,
+    /// Random probes whose dial reached the host ([`Input::DialReached`]) and whose probe
+    /// timeout has not yet passed once (see [`VIEW_DIAL_GRACE`]).
+    reached: DetSet<DeviceId>,
     /// When the next redial tick is due (to notice late ticks).
     next_tick: Option<Instant>,
     /// Until when this node counts itself short of CPU.
@@ -236,6 +243,7 @@ impl WatchState {
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
             view_probes: DetSet::with_hasher(h.clone()),
+            reached: DetSet::with_hasher(h.clone()),
             next_tick: None,
             unhealthy_until: None,
             alert_until: None,
@@ -680,9 +688,9 @@ impl Engine {
         Some(devices[self.rng.random_range(0..devices.len())])
     }
 
-    /// Dials `peer` as a probe: accused if it has not connected by the probe timeout (no
-    /// [`VIEW_DIAL_GRACE`]: see there), and trimmed again if it answers while the view is full
-    /// (see `on_connected`).
+    /// Dials `peer` as a probe: accused if it has not connected by the probe timeout (with
+    /// [`VIEW_DIAL_GRACE`] more only if the dial reached the host: see there), and trimmed
+    /// again if it answers while the view is full (see `on_connected`).
     fn start_probe(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
         self.watch.probes.insert(peer, now + self.probe_wait());
         self.watch.dial_started.entry(peer).or_insert(now);
@@ -770,7 +778,16 @@ impl Engine {
     fn end_probe(&mut self, peer: &DeviceId) -> bool {
         self.watch.probes.remove(peer);
         self.watch.view_probes.remove(peer);
+        self.watch.reached.remove(peer);
         self.watch.random_probes.remove(peer)
+    }
+
+    /// A dial of `peer` reached its host: a random probe of it waits [`VIEW_DIAL_GRACE`]
+    /// past its timeout for the handshake.
+    pub(super) fn dial_reached(&mut self, peer: DeviceId) {
+        if self.watch.random_probes.contains(&peer) && self.watch.probes.contains_key(&peer) {
+            self.watch.reached.insert(peer);
+        }
     }
 
     pub(super) fn accuse(&mut self, peer: DeviceId, now: Instant, out: &mut Vec<Output>) {
@@ -880,9 +897,10 @@ impl Engine {
         for peer in due {
             if self.conns.contains_key(&peer) {
                 self.end_probe(&peer);
-            } else if self.watch.view_probes.remove(&peer) {
-                // A dial to fill the view, still connecting: wait for its outcome a while
-                // longer (a failure accuses at once, see `Input::DialFailed`).
+            } else if self.watch.view_probes.remove(&peer) | self.watch.reached.remove(&peer) {
+                // A dial to fill the view, or a random probe's dial that reached the host,
+                // still connecting: wait for its outcome a while longer (a failure
+                // accuses at once, see `Input::DialFailed`). Each is waited for once.
                 self.watch.probes.insert(peer, now + VIEW_DIAL_GRACE);
             } else {
                 self.accuse(peer, now, out);
