@@ -215,15 +215,15 @@ pub(crate) fn build_swarm(
                         let _ = reached.send(peer);
                     }
                     async move {
-                    watch_link(&socket.0);
-                    match psk {
-                        Some(psk) => PnetConfig::new(psk)
-                            .handshake(socket)
-                            .await
-                            .map(Either::Left)
-                            .map_err(std::io::Error::other),
-                        None => Ok(Either::Right(socket)),
-                    }
+                        watch_link(&socket.0);
+                        match psk {
+                            Some(psk) => PnetConfig::new(psk)
+                                .handshake(socket)
+                                .await
+                                .map(Either::Left)
+                                .map_err(std::io::Error::other),
+                            None => Ok(Either::Right(socket)),
+                        }
                     }
                 });
                 let upgraded = private
