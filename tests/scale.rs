@@ -12,8 +12,8 @@
 //! the watch timeouts stretched with slow dials (61c85b9), 0 to 16 after; ten more runs
 //! each way on 2026-12-03: 157 in all before a node short of CPU waited three times as
 //! long for refutations, 11 in all after; twenty more runs of that build later that day,
-//! 14 in all; sixteen runs once a random probe whose dial reached the host waited for its
-//! handshake, none, against 33 in two of sixteen runs of the build before, alternating
+//! 14 in all; twenty runs once a random probe whose dial reached the host waited for its
+//! handshake, none, against 46 in four of twenty runs of the build before, alternating
 //! (the Faults chapter has the runs, and what removes these devices). From the
 //! seed's crash on, no survivor may lose another (`crash_the_hub`).
 
