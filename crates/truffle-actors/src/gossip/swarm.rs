@@ -39,6 +39,7 @@ use super::topics::{JoinedTopicsOnly, PeerAware, SubscriptionFilter, Topics};
 use super::watch_wire::{self, AskKind, Presences};
 use super::{goodbye, GossipMsg};
 use crate::addrs::error_chain;
+use crate::addrs::peer_of;
 use crate::config::Config;
 use crate::connect_errors::{ConnectFailure, WarnLimiter};
 use crate::error::Error;
@@ -128,12 +129,7 @@ fn watch_link(stream: &tokio::net::TcpStream) {
 /// peer), or none for an incoming connection or a dial by address alone.
 fn dialled_peer(endpoint: &libp2p::core::ConnectedPoint) -> Option<PeerId> {
     match endpoint {
-        libp2p::core::ConnectedPoint::Dialer { address, .. } => {
-            address.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            })
-        }
+        libp2p::core::ConnectedPoint::Dialer { address, .. } => peer_of(address),
         libp2p::core::ConnectedPoint::Listener { .. } => None,
     }
 }
@@ -720,11 +716,7 @@ impl SwarmTask {
                 }
             }
             SwarmCmd::DialAddr(addr) => {
-                let peer = addr.iter().find_map(|p| match p {
-                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                    _ => None,
-                });
-                let result = match peer {
+                let result = match peer_of(&addr) {
                     Some(peer) => self.swarm.dial(
                         DialOpts::peer_id(peer)
                             .addresses(vec![addr.clone()])

@@ -200,12 +200,10 @@ pub(super) struct WatchState {
     probe_order: Vec<DeviceId>,
     /// Probes started by [`Engine::probe_random`] rather than by a lost connection.
     random_probes: DetSet<DeviceId>,
-    /// Dials to fill the view whose probe timeout has not yet passed once (see
-    /// [`VIEW_DIAL_GRACE`]).
-    view_probes: DetSet<DeviceId>,
-    /// Random probes whose dial reached the host ([`Input::DialReached`]) and whose probe
-    /// timeout has not yet passed once (see [`VIEW_DIAL_GRACE`]).
-    reached: DetSet<DeviceId>,
+    /// Probes given [`VIEW_DIAL_GRACE`] once their probe timeout passes, until it has
+    /// passed once: dials to fill the view, and random probes whose dial reached the host
+    /// ([`Input::DialReached`]).
+    graced: DetSet<DeviceId>,
     /// When the next redial tick is due (to notice late ticks).
     next_tick: Option<Instant>,
     /// Until when this node counts itself short of CPU.
@@ -242,8 +240,7 @@ impl WatchState {
             lost_at: None,
             probe_order: Vec::new(),
             random_probes: DetSet::with_hasher(h.clone()),
-            view_probes: DetSet::with_hasher(h.clone()),
-            reached: DetSet::with_hasher(h.clone()),
+            graced: DetSet::with_hasher(h.clone()),
             next_tick: None,
             unhealthy_until: None,
             alert_until: None,
@@ -585,7 +582,7 @@ impl Engine {
     pub(super) fn probe_for_view(&mut self, peer: DeviceId, now: Instant) {
         if self.membership.is_online(&peer) && !self.watch.probes.contains_key(&peer) {
             self.watch.probes.insert(peer, now + self.probe_wait());
-            self.watch.view_probes.insert(peer);
+            self.watch.graced.insert(peer);
             self.watch.dial_started.entry(peer).or_insert(now);
         }
     }
@@ -777,8 +774,7 @@ impl Engine {
     /// Forgets any probe of `peer`; whether it was a random one.
     fn end_probe(&mut self, peer: &DeviceId) -> bool {
         self.watch.probes.remove(peer);
-        self.watch.view_probes.remove(peer);
-        self.watch.reached.remove(peer);
+        self.watch.graced.remove(peer);
         self.watch.random_probes.remove(peer)
     }
 
@@ -786,7 +782,7 @@ impl Engine {
     /// past its timeout for the handshake.
     pub(super) fn dial_reached(&mut self, peer: DeviceId) {
         if self.watch.random_probes.contains(&peer) && self.watch.probes.contains_key(&peer) {
-            self.watch.reached.insert(peer);
+            self.watch.graced.insert(peer);
         }
     }
 
@@ -897,7 +893,7 @@ impl Engine {
         for peer in due {
             if self.conns.contains_key(&peer) {
                 self.end_probe(&peer);
-            } else if self.watch.view_probes.remove(&peer) | self.watch.reached.remove(&peer) {
+            } else if self.watch.graced.remove(&peer) {
                 // A dial to fill the view, or a random probe's dial that reached the host,
                 // still connecting: wait for its outcome a while longer (a failure
                 // accuses at once, see `Input::DialFailed`). Each is waited for once.
