@@ -588,18 +588,33 @@ pub(crate) fn decode_presence_msg(
     max_bytes: usize,
     keys: &mut KeyCache,
 ) -> Result<(PeerId, PresenceMsg), RejectReason> {
-    decode_presence_msg_if(bytes, max_bytes, keys, |_| true)?.ok_or(RejectReason::Undecodable)
+    decode_presence_msg_if(bytes, max_bytes, keys, |_| Screen::Verify)?
+        .ok_or(RejectReason::Undecodable)
+}
+
+/// What [`decode_presence_msg_if`] does with a message once it knows the device that
+/// signed it, before checking the signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Screen {
+    /// Check the signature.
+    Verify,
+    /// The caller already checked the signature of these exact bytes, as this device's
+    /// (a heartbeat it holds, again in another peer's `members` answer or in gossip):
+    /// take them without checking it again. Only for bytes equal to ones verified before.
+    Verified,
+    /// Not worth a signature check: the result is `Ok(None)`.
+    Decline,
 }
 
 /// Decodes a presence-topic message and checks that the device it names signed it.
-/// Returns that device with the message; but first `check` decides, from the decoded and
-/// not yet verified message (the device that signed it), whether it is worth its
-/// signature check: `Ok(None)` when not.
+/// Returns that device with the message; but first `screen` decides, from the device the
+/// decoded and not yet verified message names, whether to check the signature (see
+/// [`Screen`]).
 pub(crate) fn decode_presence_msg_if(
     bytes: &[u8],
     max_bytes: usize,
     keys: &mut KeyCache,
-    check: impl FnOnce(&PeerId) -> bool,
+    screen: impl FnOnce(&PeerId) -> Screen,
 ) -> Result<Option<(PeerId, PresenceMsg)>, RejectReason> {
     if bytes.len() > max_bytes {
         return Err(RejectReason::Oversized);
@@ -638,10 +653,11 @@ pub(crate) fn decode_presence_msg_if(
         .parse::<DeviceId>()
         .map_err(|_| RejectReason::BadField)?
         .peer_id();
-    if !check(&device) {
-        return Ok(None);
+    match screen(&device) {
+        Screen::Decline => return Ok(None),
+        Screen::Verify => verify(keys, &device, context, &msg.body, &msg.sig)?,
+        Screen::Verified => {}
     }
-    verify(keys, &device, context, &msg.body, &msg.sig)?;
     Ok(Some((device, out)))
 }
 

@@ -1040,11 +1040,12 @@ impl SwarmTask {
         let now = Instant::now();
         if topic == PRESENCE_TOPIC {
             let admission = &mut self.admission;
+            let kept = &self.presences;
             let mut verdict = Verdict::Known;
             let decoded =
                 decode_presence_msg_if(&message.data, MAX_PRESENCE_BYTES, &mut self.keys, |d| {
                     verdict = admission.check(&(*d).into(), &via.into(), now);
-                    verdict.pass()
+                    watch_wire::screen(verdict, kept, d, &message.data)
                 });
             let decoded = match decoded {
                 Ok(Some(decoded)) => Ok(decoded),

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use libp2p::PeerId;
 
 use crate::ids::{DeviceId, Incarnation, StoreId, Version};
-use crate::proto::admission::Admission;
+use crate::proto::admission::{Admission, Verdict};
 use crate::proto::{Ask, Digest, DigestReply, Heartbeat, Liveness, Reply, Suspicion};
 use crate::wire::{
-    decode_presence_msg_if, KeyCache, Presence, PresenceMsg, RejectReason, SyncRequest,
+    decode_presence_msg_if, KeyCache, Presence, PresenceMsg, RejectReason, Screen, SyncRequest,
     SyncResponse, WireDigest, WireSuspicion, MAX_PRESENCE_BYTES, PROTOCOL_VERSION,
 };
 
@@ -67,10 +67,33 @@ impl Presences {
         }
     }
 
+    /// Whether `raw` is exactly the message kept for `device`. Only messages whose
+    /// signature was checked (or this node's own) are kept, so such a copy needs no
+    /// second check: in a join wave most heartbeats in `members` answers are copies of
+    /// ones an earlier answer or gossip brought.
+    pub fn verified(&self, device: &PeerId, raw: &[u8]) -> bool {
+        self.by_device
+            .get(device)
+            .is_some_and(|(_, kept)| **kept == *raw)
+    }
+
     /// The signed message of exactly this heartbeat, if kept.
     fn get(&self, h: &Heartbeat) -> Option<Arc<[u8]>> {
         let (at, raw) = self.by_device.get(&h.device.peer_id())?;
         (*at == (h.incarnation, h.seq)).then(|| raw.clone())
+    }
+}
+
+/// Whether to check the signature of a presence message from `device` that admission
+/// gave `verdict`: not when declined, nor when these exact bytes are the ones `kept` holds
+/// for the device.
+pub(crate) fn screen(verdict: Verdict, kept: &Presences, device: &PeerId, raw: &[u8]) -> Screen {
+    if !verdict.pass() {
+        Screen::Decline
+    } else if kept.verified(device, raw) {
+        Screen::Verified
+    } else {
+        Screen::Verify
     }
 }
 
@@ -252,7 +275,7 @@ pub(crate) fn reply_of(
                 .take(crate::proto::MAX_MEMBERS_ASKED)
             {
                 let decoded = decode_presence_msg_if(&raw, MAX_PRESENCE_BYTES, keys, |d| {
-                    admission.check(&(*d).into(), &via, now).pass()
+                    screen(admission.check(&(*d).into(), &via, now), kept, d, &raw)
                 });
                 match decoded {
                     Ok(None) => refused += 1,
@@ -269,4 +292,88 @@ pub(crate) fn reply_of(
         }
     };
     (reply, rejected, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{encode_presence, KeyCache};
+    use libp2p::identity::Keypair;
+
+    fn presence(device: DeviceId, seq: u64) -> Presence {
+        Presence {
+            device: device.to_string(),
+            incarnation: 5,
+            seq,
+            addrs: vec![],
+            partial: false,
+            digest: vec![],
+            name: None,
+        }
+    }
+
+    fn decode(
+        raw: &[u8],
+        verdict: Verdict,
+        kept: &Presences,
+    ) -> Result<Option<(PeerId, PresenceMsg)>, RejectReason> {
+        decode_presence_msg_if(raw, MAX_PRESENCE_BYTES, &mut KeyCache::default(), |d| {
+            screen(verdict, kept, d, raw)
+        })
+    }
+
+    #[test]
+    fn only_the_exact_bytes_of_a_kept_presence_skip_the_signature_check() {
+        let key = Keypair::generate_ed25519();
+        let d = DeviceId::from(key.public().to_peer_id());
+        let good = encode_presence(&key, &presence(d, 1)).unwrap();
+        // The same heartbeat signed by another key, claiming `d`.
+        let forged = encode_presence(&Keypair::generate_ed25519(), &presence(d, 1)).unwrap();
+        let mut kept = Presences::for_liveness(Liveness::Watch);
+        assert!(decode(&good, Verdict::Known, &kept).unwrap().is_some());
+        assert_eq!(
+            decode(&forged, Verdict::Known, &kept).unwrap_err(),
+            RejectReason::BadSignature
+        );
+
+        kept.keep(d.peer_id(), (5, 1), Arc::from(&good[..]));
+        assert_eq!(
+            screen(Verdict::Known, &kept, &d.peer_id(), &good),
+            Screen::Verified
+        );
+        assert!(decode(&good, Verdict::Known, &kept).unwrap().is_some());
+        // A copy that differs in any byte (here the signature) is checked, and fails.
+        assert_eq!(
+            screen(Verdict::Known, &kept, &d.peer_id(), &forged),
+            Screen::Verify
+        );
+        assert_eq!(
+            decode(&forged, Verdict::Known, &kept).unwrap_err(),
+            RejectReason::BadSignature
+        );
+        // A newer heartbeat is checked; admission's refusal still declines.
+        let newer = encode_presence(&key, &presence(d, 2)).unwrap();
+        assert_eq!(
+            screen(Verdict::Known, &kept, &d.peer_id(), &newer),
+            Screen::Verify
+        );
+        assert_eq!(
+            screen(Verdict::OverRate, &kept, &d.peer_id(), &good),
+            Screen::Decline
+        );
+        assert_eq!(decode(&good, Verdict::OverRate, &kept), Ok(None));
+    }
+
+    #[test]
+    fn nothing_is_taken_unchecked_when_presences_are_not_kept() {
+        let key = Keypair::generate_ed25519();
+        let d = DeviceId::from(key.public().to_peer_id());
+        let good = encode_presence(&key, &presence(d, 1)).unwrap();
+        let mut kept = Presences::for_liveness(Liveness::Heartbeats);
+        kept.keep(d.peer_id(), (5, 1), Arc::from(&good[..]));
+        assert_eq!(
+            screen(Verdict::Known, &kept, &d.peer_id(), &good),
+            Screen::Verify
+        );
+    }
 }
