@@ -38,8 +38,7 @@ use super::conduct::PeerConduct;
 use super::topics::{JoinedTopicsOnly, PeerAware, SubscriptionFilter, Topics};
 use super::watch_wire::{self, AskKind, Presences};
 use super::{goodbye, GossipMsg};
-use crate::addrs::error_chain;
-use crate::addrs::peer_of;
+use crate::addrs::{error_chain, peer_of};
 use crate::config::Config;
 use crate::connect_errors::{ConnectFailure, WarnLimiter};
 use crate::error::Error;
@@ -52,7 +51,7 @@ use crate::proto::{Ask, Input, Reply, RequestId, Token, Want};
 use crate::store::Outbox;
 use crate::wire::{
     decode_presence_msg_if, decode_slice_if, encode_slice_as, is_canonical, store_topic, KeyCache,
-    PresenceMsg, RejectReason, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
+    PresenceMsg, RejectReason, Screen, SyncCodec, SyncRequest, SyncResponse, MAX_PRESENCE_BYTES,
     MAX_TOPICS_PER_PEER, PRESENCE_TOPIC, PROTOCOL_VERSION, STORE_TOPIC_PREFIX, SYNC_PROTOCOL,
 };
 
@@ -1042,10 +1041,12 @@ impl SwarmTask {
             let admission = &mut self.admission;
             let kept = &self.presences;
             let mut verdict = Verdict::Known;
+            let mut screened = Screen::Verify;
             let decoded =
                 decode_presence_msg_if(&message.data, MAX_PRESENCE_BYTES, &mut self.keys, |d| {
                     verdict = admission.check(&(*d).into(), &via.into(), now);
-                    watch_wire::screen(verdict, kept, d, &message.data)
+                    screened = watch_wire::screen(verdict, kept, d, &message.data);
+                    screened
                 });
             let decoded = match decoded {
                 Ok(Some(decoded)) => Ok(decoded),
@@ -1067,7 +1068,8 @@ impl SwarmTask {
                     self.counters
                         .intro
                         .heard_name(device.into(), p.name.as_deref());
-                    if self.presences.enabled() {
+                    // A copy of the kept message is kept already.
+                    if self.presences.enabled() && screened != Screen::Verified {
                         let raw = Arc::from(message.data.as_slice());
                         self.presences.keep(device, (p.incarnation, p.seq), raw);
                     }
