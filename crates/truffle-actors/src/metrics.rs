@@ -59,12 +59,14 @@ pub struct Metrics {
     /// Connections established since start (dialled or accepted). In an idle mesh it
     /// grows only with view maintenance: a steady climb means connections churn.
     pub connections_opened: u64,
-    /// Gossiped slices not forwarded: a version no newer than one already verified of
-    /// that device and store (declined before its signature check), or one past the
+    /// Gossiped slices not forwarded at once: a version no newer than one already verified
+    /// of that device and store (declined before its signature check), or one past the
     /// per-device, per-store gossip rate
     /// ([`MeshNodeBuilder::gossip_rate`](crate::MeshNodeBuilder::gossip_rate); still used
-    /// here when it came straight from its author, declined unchecked when relayed). The
-    /// newest version still arrives, through the digests.
+    /// here when it came straight from its author, left unchecked when relayed). Of those
+    /// past the rate, the newest of each device and store is held back and forwarded
+    /// (checked first if relayed) once the rate allows, unless a newer one comes first;
+    /// the newest version always arrives, through the digests if not by gossip.
     pub gossip_over_rate: u64,
     /// Remote slices a store never saw because a newer slice of the same device (or its
     /// removal) arrived while the store was still busy: each store's inbox keeps one slot
@@ -437,7 +439,7 @@ impl Collector for LiveValues {
             ),
             (
                 "gossip_over_rate",
-                "Gossip slices not verified nor forwarded: stale, or over the per-device, per-store gossip rate.",
+                "Gossip slices not forwarded at once: stale, or over the per-device, per-store gossip rate (the newest of those held back, forwarded when the rate allows).",
                 &c.gossip_over_rate,
             ),
             (

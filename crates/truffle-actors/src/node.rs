@@ -685,6 +685,7 @@ impl MeshNodeBuilder {
             psk_fingerprint: cfg.psk.map(|k| k.fingerprint().to_string()),
             dial_warnings: Default::default(),
             keys: Default::default(),
+            held: Default::default(),
             gate: GossipGate::new(
                 cfg.gossip_rate_interval,
                 cfg.gossip_burst,

@@ -16,15 +16,17 @@
 //!   close at once at the other end (its kernel resets them); a partition closes nothing —
 //!   messages across it are just lost, as on a real cable that was pulled.
 //! * **Topics** (the presence topic and one per store) are modelled as gossipsub's mesh
-//!   over the connections: a published message crosses every link from the publisher to
-//!   its subscribed neighbours (flood publishing), and every other subscriber that gets it
-//!   forwards it over its mesh links. Gossipsub's mesh is symmetric and keeps between
-//!   `D_lo` and `D_hi` (12) peers per topic, so a link is in the mesh when either end has
-//!   at most `D_hi` subscribed links (such a node keeps, and is grafted by, all of them),
-//!   or when it is among the `mesh_degree` (D, 6) links a busier end picked. Links outside
-//!   the mesh carry a message only through lazy gossip (IHAVE/IWANT): with the chance that
-//!   the message id reaches that peer in one of the 3 heartbeats it is gossiped (6 random
-//!   non-mesh peers per heartbeat), one to three heartbeats late. The first
+//!   over the connections: the publisher and every subscriber that gets a message send it
+//!   over their mesh links (no flood publishing, as Truffle configures gossipsub).
+//!   Gossipsub's mesh is symmetric and keeps between `D_lo` and `D_hi` (4) peers per
+//!   topic, so a link is in the mesh when either end has at most `D_hi` subscribed links
+//!   (such a node keeps, and is grafted by, all of them), or when it is among the
+//!   `mesh_degree` (D, 3) links either end picked. (A node picked by many keeps them all
+//!   here, where gossipsub would prune its mesh back to `D_hi`: the simulated mesh is
+//!   somewhat denser than the real one.) Links outside the mesh carry a
+//!   message only through lazy gossip (IHAVE/IWANT): with the chance that the message id
+//!   reaches that peer in the one heartbeat it is gossiped (3 random non-mesh peers per
+//!   heartbeat), a heartbeat late. The first
 //!   copy a node gets is handed to its engine; later copies are counted as received bytes
 //!   and dropped (gossipsub's duplicate cache). Not modelled: gossip recovery of messages
 //!   lost between mesh peers, mesh maintenance (GRAFT/PRUNE, backoff) and all control
@@ -101,7 +103,7 @@ impl Default for SimConfig {
             latency: Duration::from_millis(1),
             loss: 0.0,
             slice_bytes: 64,
-            mesh_degree: 6,
+            mesh_degree: 3,
             topology: Topology::Random3,
             // The protocol the simulator was first built to measure; `--liveness watch`
             // and the watch tests set watch.
@@ -112,12 +114,12 @@ impl Default for SimConfig {
     }
 }
 
-/// Gossipsub's upper bound on mesh peers per topic.
-const D_HI: usize = 12;
-/// Gossipsub's lazy-gossip fanout (IHAVE targets per heartbeat).
-const D_LAZY: usize = 6;
-/// Heartbeats a message id stays in IHAVE gossip.
-const HISTORY_GOSSIP: i32 = 3;
+/// Gossipsub's upper bound on mesh peers per topic, as Truffle configures it.
+const D_HI: usize = 4;
+/// Gossipsub's lazy-gossip fanout (IHAVE targets per heartbeat), as Truffle configures it.
+const D_LAZY: usize = 3;
+/// Heartbeats a message id stays in IHAVE gossip, as Truffle configures it.
+const HISTORY_GOSSIP: i32 = 1;
 /// Gossipsub's heartbeat as Truffle configures it (500 ms).
 const GOSSIP_HEARTBEAT: Micros = 500_000;
 
@@ -934,37 +936,28 @@ impl Sim {
             Topic::Presence => sim.is_up(n),
             t => sim.nodes[n].topics.contains(t),
         };
-        let first: Vec<usize> = self.nodes[src]
-            .conns
-            .iter()
-            .copied()
-            .filter(|&p| subscribed(self, p))
-            .collect();
-        if first.is_empty() {
+        if !self.nodes[src].conns.iter().any(|&p| subscribed(self, p)) {
             return false;
         }
         // Dijkstra over the links: each node handles the first copy to arrive, in time
-        // order, and forwards from then.
+        // order, and forwards from then; the publisher sends as a forwarder does.
         self.stamp += 1;
         let stamp = self.stamp;
-        self.mark[src] = stamp;
         let mut queue = BinaryHeap::new();
-        for p in first {
-            if let Some(d) = self.send(src, p, bytes) {
-                queue.push(Reverse((self.now + d, p, src)));
-            }
-        }
+        queue.push(Reverse((self.now, src, src)));
         while let Some(Reverse((at, n, from))) = queue.pop() {
             if self.mark[n] == stamp {
                 continue;
             }
             self.mark[n] = stamp;
-            if self.lost() {
-                // Dropped on arrival: neither handled nor forwarded.
-                continue;
+            if n != src {
+                if self.lost() {
+                    // Dropped on arrival: neither handled nor forwarded.
+                    continue;
+                }
+                let g = self.nodes[n].generation;
+                self.push(at, Event::Gossip(n, g, from, msg.clone()));
             }
-            let g = self.nodes[n].generation;
-            self.push(at, Event::Gossip(n, g, from, msg.clone()));
             // Forward over the mesh (see the module docs).
             let links: Vec<usize> = self.nodes[n]
                 .conns
@@ -979,12 +972,20 @@ impl Sim {
                 }
                 let picked = (j + k - n % k.max(1)) % k < self.cfg.mesh_degree;
                 let in_mesh = k <= D_HI || picked || {
-                    let theirs = self.nodes[p]
+                    // Or `p` picked this link (the mesh is symmetric: a graft puts each
+                    // end in the other's mesh).
+                    let theirs: Vec<usize> = self.nodes[p]
                         .conns
                         .iter()
-                        .filter(|&&q| subscribed(self, q))
-                        .count();
-                    theirs <= D_HI
+                        .copied()
+                        .filter(|&q| subscribed(self, q))
+                        .collect();
+                    let kp = theirs.len();
+                    kp <= D_HI
+                        || theirs
+                            .iter()
+                            .position(|&q| q == n)
+                            .is_some_and(|i| (i + kp - p % kp.max(1)) % kp < self.cfg.mesh_degree)
                 };
                 let mut delay = 0;
                 if !in_mesh {

@@ -46,7 +46,7 @@ use crate::faults::{blocked, drop_inbound, FaultHandle};
 use crate::ids::{DeviceId, StoreId, Version};
 use crate::metrics::{inc, Counters};
 use crate::proto::admission::{Admission, Verdict};
-use crate::proto::gate::{Gate, GossipGate};
+use crate::proto::gate::{Gate, GossipGate, Release};
 use crate::proto::{Ask, Input, Reply, RequestId, Token, Want};
 use crate::store::Outbox;
 use crate::wire::{
@@ -165,6 +165,21 @@ fn message_id(m: &gossipsub::Message) -> MessageId {
     MessageId::from(&crate::wire::message_id(m.topic.as_str(), &m.data)[..])
 }
 
+/// Gossipsub's mesh per topic: `MESH_N` peers, kept between `MESH_N_LOW` and
+/// `MESH_N_HIGH` (gossipsub's defaults are 6, 5 and 12). Every node keeps about 8
+/// connections (the view), so with the defaults nearly every connection was in the mesh
+/// and each node got each message about as many times as it had connections. With a mesh
+/// of 3, a publish going to the mesh only (no flood publishing) and lazy gossip to 3
+/// other peers for one heartbeat, B2 at 32 nodes sent 8.1 to 8.6 KB per version written
+/// instead of 20 to 22 KB, and B1's median at 32 nodes fell from 5.7 to 3.3 ms (fewer
+/// copies to handle on two cores); see the Performance chapter. The anti-entropy
+/// digests, not the mesh, are what guarantee delivery.
+const MESH_N: usize = 3;
+const MESH_N_LOW: usize = 2;
+const MESH_N_HIGH: usize = 4;
+/// Non-mesh peers each heartbeat's IHAVE goes to (gossipsub's default is 6).
+const GOSSIP_LAZY: usize = 3;
+
 /// Builds the swarm. Each dial that reaches its host (the TCP connection is up, the
 /// handshakes not yet done) sends the peer dialled on `reached` (see
 /// [`Input::DialReached`]).
@@ -237,6 +252,13 @@ pub(crate) fn build_swarm(
         .map_err(|e| Error::Transport(e.to_string()))?
         .with_behaviour(|key| {
             let gs_config = gossipsub::ConfigBuilder::default()
+                .mesh_n(MESH_N)
+                .mesh_n_low(MESH_N_LOW)
+                .mesh_n_high(MESH_N_HIGH)
+                .mesh_outbound_min(1)
+                .gossip_lazy(GOSSIP_LAZY)
+                .history_gossip(1)
+                .flood_publish(false)
                 .validation_mode(ValidationMode::Anonymous)
                 .validate_messages()
                 .heartbeat_interval(heartbeat)
@@ -392,6 +414,78 @@ pub(crate) enum SwarmCmd {
     Trim(DeviceId),
 }
 
+/// A gossiped slice whose forwarding waits for its device's rate (see [`HeldSlices`]).
+struct HeldRelay {
+    version: Version,
+    id: MessageId,
+    via: PeerId,
+    /// A relayed copy not yet verified (checked once the rate allows); `None` for one
+    /// straight from its author, verified and used already.
+    unverified: Option<gossipsub::Message>,
+}
+
+impl HeldRelay {
+    fn unverified_bytes(&self) -> usize {
+        self.unverified.as_ref().map_or(0, |m| m.data.len())
+    }
+}
+
+/// The newest slice of each (device, store) that came over the gossip rate, its
+/// validation result withheld (gossipsub keeps the message meanwhile) until the rate lets
+/// it be forwarded (see [`GossipGate::release`]). One straight from its author is
+/// verified and used at once; a relayed one is checked then. Declining the last version
+/// of a burst instead would leave it to the digests (a second or more), and a relayed
+/// copy declined before the author's own copy arrived would make gossipsub drop that
+/// one as a duplicate.
+#[derive(Default)]
+pub(crate) struct HeldSlices {
+    lanes: HashMap<(DeviceId, StoreId), HeldRelay>,
+    /// Data bytes of the unverified copies held.
+    bytes: usize,
+}
+
+impl HeldSlices {
+    fn remove(&mut self, lane: &(DeviceId, StoreId)) -> Option<HeldRelay> {
+        let h = self.lanes.remove(lane)?;
+        self.bytes -= h.unverified_bytes();
+        Some(h)
+    }
+
+    /// Whether one more slice, with `bytes` of data held unverified, stays within bounds.
+    fn has_room(&self, bytes: usize) -> bool {
+        self.lanes.len() < MAX_HELD && self.bytes + bytes <= MAX_HELD_BYTES
+    }
+
+    fn insert(&mut self, lane: (DeviceId, StoreId), h: HeldRelay) {
+        self.bytes += h.unverified_bytes();
+        if let Some(old) = self.lanes.insert(lane, h) {
+            self.bytes -= old.unverified_bytes();
+        }
+    }
+}
+
+/// What becomes of a gossip message once checked.
+enum Relay {
+    /// Report this to gossipsub now.
+    Now(MessageAcceptance),
+    /// A slice over its device's rate in its store, verified (straight from its author)
+    /// or not (relayed): forward it once the rate allows, unless a newer version comes
+    /// first.
+    Later {
+        device: DeviceId,
+        store: StoreId,
+        version: Version,
+        verified: bool,
+    },
+}
+
+/// Most slices held back at once (one per device and store). Past it, a slice over the
+/// rate is used but not forwarded if it comes from its author, and declined if relayed,
+/// as before holding was added.
+const MAX_HELD: usize = 1024;
+/// Most data bytes of the unverified relayed copies held at once.
+const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
+
 pub(crate) struct SwarmTask {
     pub swarm: Swarm<Behaviour>,
     pub cmds: mpsc::UnboundedReceiver<SwarmCmd>,
@@ -415,6 +509,8 @@ pub(crate) struct SwarmTask {
     pub keys: KeyCache,
     /// Declines stale and over-rate slices before their signature is checked.
     pub gate: GossipGate,
+    /// Slices over their device's rate, forwarded once it allows.
+    pub held: HeldSlices,
     /// Our requests in flight, by libp2p id, with the engine's id.
     pub outbound: HashMap<OutboundRequestId, (RequestId, PeerId)>,
     /// Our watch-liveness requests in flight, with the engine's id and the answer expected.
@@ -470,9 +566,22 @@ impl SwarmTask {
         let mut pending: HashMap<StoreId, Pub> = HashMap::new();
         let mut tick = tokio::time::interval(CONDUCT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Wakes the task when a held-back slice may be forwarded (see `held`).
+        let release = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(release);
+        let mut armed: Option<Instant> = None;
         loop {
+            let wake = match self.held.lanes.is_empty() {
+                true => None,
+                false => self.release_held(Instant::now()),
+            };
+            if let Some(at) = wake.filter(|&at| armed != Some(at)) {
+                release.as_mut().reset(at.into());
+            }
+            armed = wake;
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = &mut release, if armed.is_some() => {}
                 _ = tick.tick() => self.on_conduct_tick(),
                 Some(peer) = self.reached.recv() => {
                     tracing::trace!(%peer, "dial reached the host");
@@ -989,13 +1098,23 @@ impl SwarmTask {
                 propagation_source,
                 message_id,
                 message,
-            } => {
-                let acceptance = self.check_gossip(propagation_source, &message);
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
-            }
+            } => match self.check_gossip(propagation_source, &message) {
+                Relay::Now(acceptance) => self.report(&message_id, &propagation_source, acceptance),
+                Relay::Later {
+                    device,
+                    store,
+                    version,
+                    verified,
+                } => {
+                    let held = HeldRelay {
+                        version,
+                        id: message_id,
+                        via: propagation_source,
+                        unverified: (!verified).then_some(message),
+                    };
+                    self.hold((device, store), held);
+                }
+            },
             gossipsub::Event::Subscribed { peer_id, topic }
                 if !drop_inbound(&self.faults, &[peer_id]) =>
             {
@@ -1034,96 +1153,125 @@ impl SwarmTask {
     /// Checks one gossip message (gossipsub has already dropped copies of messages seen
     /// before): decode, bounds, the signature of the device it names. Valid messages go to
     /// the engine and on through gossipsub; invalid ones count against `via`.
-    fn check_gossip(&mut self, via: PeerId, message: &gossipsub::Message) -> MessageAcceptance {
+    fn check_gossip(&mut self, via: PeerId, message: &gossipsub::Message) -> Relay {
         let topic = message.topic.as_str();
         let now = Instant::now();
-        if topic == PRESENCE_TOPIC {
-            let admission = &mut self.admission;
-            let kept = &self.presences;
-            let mut verdict = Verdict::Known;
-            let mut screened = Screen::Verify;
-            let decoded =
-                decode_presence_msg_if(&message.data, MAX_PRESENCE_BYTES, &mut self.keys, |d| {
-                    verdict = admission.check(&(*d).into(), &via.into(), now);
-                    screened = watch_wire::screen(verdict, kept, d, &message.data);
-                    screened
-                });
-            let decoded = match decoded {
-                Ok(Some(decoded)) => Ok(decoded),
-                Ok(None) => {
-                    self.refused_device(via, verdict);
-                    return MessageAcceptance::Ignore;
+        if topic != PRESENCE_TOPIC {
+            return match topic.strip_prefix(STORE_TOPIC_PREFIX) {
+                Some(store) => {
+                    inc(&self.counters.delivered);
+                    self.check_slice(via, message, store, now)
                 }
-                Err(reason) => Err(reason),
-            };
-            if let Ok((device, _)) = &decoded {
-                self.admission.admitted((*device).into(), &via.into(), now);
-            }
-            return match decoded {
-                Ok((device, _)) if drop_inbound(&self.faults, &[via, device]) => {
-                    MessageAcceptance::Ignore
-                }
-                Ok((device, PresenceMsg::Presence(p))) => {
-                    inc(&self.counters.presence_received);
-                    self.counters
-                        .intro
-                        .heard_name(device.into(), p.name.as_deref());
-                    // A copy of the kept message is kept already.
-                    if self.presences.enabled() && screened != Screen::Verified {
-                        let raw = Arc::from(message.data.as_slice());
-                        self.presences.keep(device, (p.incarnation, p.seq), raw);
-                    }
-                    let heartbeat = watch_wire::heartbeat_of(device, p);
-                    self.forward(Input::Heartbeat {
-                        via: via.into(),
-                        heartbeat: Arc::new(heartbeat),
-                    });
-                    self.accept_if_canonical(via, &message.data, topic)
-                }
-                Ok((device, PresenceMsg::Leave(l))) => {
-                    inc(&self.counters.presence_received);
-                    self.forward(goodbye(device.into(), l.incarnation));
-                    self.accept_if_canonical(via, &message.data, topic)
-                }
-                Ok((accuser, PresenceMsg::Suspect(sus))) => {
-                    let Ok(accused) = sus.device.parse::<DeviceId>() else {
-                        self.counters.reject(
-                            crate::wire::RejectReason::BadField,
-                            &via,
-                            "presence topic",
-                        );
-                        return MessageAcceptance::Reject;
-                    };
-                    self.forward(Input::Suspect {
-                        accuser: accuser.into(),
-                        suspicion: crate::proto::Suspicion {
-                            device: accused,
-                            incarnation: sus.incarnation,
-                            seq: sus.seq,
-                        },
-                    });
-                    MessageAcceptance::Accept
-                }
-                Err(reason) => {
-                    self.counters.reject(reason, &via, "presence topic");
-                    MessageAcceptance::Reject
-                }
+                None => Relay::Now(MessageAcceptance::Ignore),
             };
         }
-        let Some(topic_store) = topic.strip_prefix(STORE_TOPIC_PREFIX) else {
-            return MessageAcceptance::Ignore;
+        Relay::Now(self.check_presence(via, message, now))
+    }
+
+    /// [`check_gossip`](Self::check_gossip) of a message on the presence topic.
+    fn check_presence(
+        &mut self,
+        via: PeerId,
+        message: &gossipsub::Message,
+        now: Instant,
+    ) -> MessageAcceptance {
+        let topic = message.topic.as_str();
+        let admission = &mut self.admission;
+        let kept = &self.presences;
+        let mut verdict = Verdict::Known;
+        let mut screened = Screen::Verify;
+        let decoded =
+            decode_presence_msg_if(&message.data, MAX_PRESENCE_BYTES, &mut self.keys, |d| {
+                verdict = admission.check(&(*d).into(), &via.into(), now);
+                screened = watch_wire::screen(verdict, kept, d, &message.data);
+                screened
+            });
+        let decoded = match decoded {
+            Ok(Some(decoded)) => Ok(decoded),
+            Ok(None) => {
+                self.refused_device(via, verdict);
+                return MessageAcceptance::Ignore;
+            }
+            Err(reason) => Err(reason),
         };
-        inc(&self.counters.delivered);
+        if let Ok((device, _)) = &decoded {
+            self.admission.admitted((*device).into(), &via.into(), now);
+        }
+        match decoded {
+            Ok((device, _)) if drop_inbound(&self.faults, &[via, device]) => {
+                MessageAcceptance::Ignore
+            }
+            Ok((device, PresenceMsg::Presence(p))) => {
+                inc(&self.counters.presence_received);
+                self.counters
+                    .intro
+                    .heard_name(device.into(), p.name.as_deref());
+                // A copy of the kept message is kept already.
+                if self.presences.enabled() && screened != Screen::Verified {
+                    let raw = Arc::from(message.data.as_slice());
+                    self.presences.keep(device, (p.incarnation, p.seq), raw);
+                }
+                let heartbeat = watch_wire::heartbeat_of(device, p);
+                self.forward(Input::Heartbeat {
+                    via: via.into(),
+                    heartbeat: Arc::new(heartbeat),
+                });
+                self.accept_if_canonical(via, &message.data, topic)
+            }
+            Ok((device, PresenceMsg::Leave(l))) => {
+                inc(&self.counters.presence_received);
+                self.forward(goodbye(device.into(), l.incarnation));
+                self.accept_if_canonical(via, &message.data, topic)
+            }
+            Ok((accuser, PresenceMsg::Suspect(sus))) => {
+                let Ok(accused) = sus.device.parse::<DeviceId>() else {
+                    self.counters.reject(
+                        crate::wire::RejectReason::BadField,
+                        &via,
+                        "presence topic",
+                    );
+                    return MessageAcceptance::Reject;
+                };
+                self.forward(Input::Suspect {
+                    accuser: accuser.into(),
+                    suspicion: crate::proto::Suspicion {
+                        device: accused,
+                        incarnation: sus.incarnation,
+                        seq: sus.seq,
+                    },
+                });
+                MessageAcceptance::Accept
+            }
+            Err(reason) => {
+                self.counters.reject(reason, &via, "presence topic");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// [`check_gossip`](Self::check_gossip) of a slice on the topic of `topic_store`.
+    fn check_slice(
+        &mut self,
+        via: PeerId,
+        message: &gossipsub::Message,
+        topic_store: &str,
+        now: Instant,
+    ) -> Relay {
+        let topic = message.topic.as_str();
         let gate = &self.gate;
         let admission = &mut self.admission;
         let mut verdict = Gate::Pass;
         let mut admit = Verdict::Known;
+        let mut over_rate = None;
         let checked = decode_slice_if(&message.data, self.max_slice, &mut self.keys, |d, s, v| {
             admit = admission.check(d, &via.into(), now);
             if !admit.pass() {
                 return false;
             }
             verdict = gate.check(d, s, v, d.peer_id() == via, now);
+            if verdict == Gate::OverRate {
+                over_rate = Some((*d, s.clone(), v));
+            }
             matches!(verdict, Gate::Pass | Gate::UseOnly)
         });
         let slice = match checked {
@@ -1133,28 +1281,41 @@ impl SwarmTask {
             }
             Ok(None) if !admit.pass() => {
                 self.refused_device(via, admit);
-                return MessageAcceptance::Ignore;
+                return Relay::Now(MessageAcceptance::Ignore);
             }
             Ok(None) => {
-                // Not newer than what was verified already, or relayed past its device's
-                // rate in that store: not checked, not forwarded. The newest version still
-                // comes through the digests.
                 inc(&self.counters.gossip_over_rate);
+                if let Some((device, store, version)) = over_rate {
+                    // Relayed past its device's rate in that store: checked only if it is
+                    // still the newest once the rate allows.
+                    return Relay::Later {
+                        device,
+                        store,
+                        version,
+                        verified: false,
+                    };
+                }
+                // Not newer than what was verified already: not checked, not forwarded.
                 tracing::trace!(%via, ?verdict, "gossiped slice declined before its check");
-                return MessageAcceptance::Ignore;
+                return Relay::Now(MessageAcceptance::Ignore);
             }
             Err(reason) => Err(reason),
         };
         match slice {
             Ok(slice) if slice.store.as_str() != topic_store => {
                 self.counters.reject(RejectReason::WrongStore, &via, topic);
-                MessageAcceptance::Reject
+                Relay::Now(MessageAcceptance::Reject)
             }
             Ok(slice) if drop_inbound(&self.faults, &[via, slice.device.peer_id()]) => {
-                MessageAcceptance::Ignore
+                Relay::Now(MessageAcceptance::Ignore)
             }
             Ok(slice) => {
                 let forward = verdict == Gate::Pass;
+                let (device, store, version) = (slice.device, slice.store.clone(), slice.version);
+                if forward {
+                    // A version held back for this lane is older: only this one goes on.
+                    self.drop_held(&(device, store.clone()));
+                }
                 self.gate
                     .passed(slice.device, &slice.store, slice.version, forward, now);
                 self.forward(Input::Slice {
@@ -1163,20 +1324,92 @@ impl SwarmTask {
                 });
                 let acceptance = self.accept_if_canonical(via, &message.data, topic);
                 if !forward && acceptance == MessageAcceptance::Accept {
-                    // Its author writes faster than the gossip rate: used here, not
-                    // forwarded; with an allowance set, it costs the author (`via`)
-                    // points, which become score only far past the rate (see `conduct`).
+                    // Its author writes faster than the gossip rate: used here, forwarded
+                    // only once the rate allows and if no newer version comes first; with
+                    // an allowance set, it costs the author (`via`) points, which become
+                    // score only far past the rate (see `conduct`).
                     inc(&self.counters.gossip_over_rate);
                     self.conduct.own_version_past_rate(via, now);
-                    return MessageAcceptance::Ignore;
+                    return Relay::Later {
+                        device,
+                        store,
+                        version,
+                        verified: true,
+                    };
                 }
-                acceptance
+                Relay::Now(acceptance)
             }
             Err(reason) => {
                 self.counters.reject(reason, &via, topic);
-                MessageAcceptance::Reject
+                Relay::Now(MessageAcceptance::Reject)
             }
         }
+    }
+
+    /// Withholds the validation result of a slice that came over its device's rate (see
+    /// [`HeldSlices`]); an older one held for the same lane is dropped.
+    fn hold(&mut self, lane: (DeviceId, StoreId), h: HeldRelay) {
+        if let Some(old) = self.held.lanes.get(&lane) {
+            if old.version >= h.version {
+                // A relayed copy no newer than the one held: the held one stays.
+                self.report(&h.id, &h.via, MessageAcceptance::Ignore);
+                return;
+            }
+        }
+        self.drop_held(&lane);
+        match self.held.has_room(h.unverified_bytes()) {
+            true => self.held.insert(lane, h),
+            false => self.report(&h.id, &h.via, MessageAcceptance::Ignore),
+        }
+    }
+
+    /// Drops the slice held for `lane`, if any (gossipsub forgets it).
+    fn drop_held(&mut self, lane: &(DeviceId, StoreId)) {
+        if let Some(h) = self.held.remove(lane) {
+            self.report(&h.id, &h.via, MessageAcceptance::Ignore);
+        }
+    }
+
+    /// Forwards the held slices whose rate allows it now (checking relayed ones first),
+    /// drops those a newer version overtook, and returns when the next of the others may
+    /// go.
+    fn release_held(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut done = Vec::new();
+        for ((device, store), h) in &self.held.lanes {
+            match self.gate.release(device, store, h.version, now) {
+                Release::Now => done.push(((*device, store.clone()), true)),
+                Release::Superseded => done.push(((*device, store.clone()), false)),
+                Release::At(at) => next = Some(next.map_or(at, |n| n.min(at))),
+            }
+        }
+        for (lane, due) in done {
+            let Some(h) = self.held.remove(&lane) else {
+                continue;
+            };
+            let acceptance = match (due, &h.unverified) {
+                (false, _) => MessageAcceptance::Ignore,
+                (true, None) => {
+                    self.gate.passed(lane.0, &lane.1, h.version, true, now);
+                    MessageAcceptance::Accept
+                }
+                // Its check now passes the gate, so a valid one is used and spends a
+                // token as it is forwarded.
+                (true, Some(m)) => match self.check_slice(h.via, m, lane.1.as_str(), now) {
+                    Relay::Now(acceptance) => acceptance,
+                    Relay::Later { .. } => MessageAcceptance::Ignore,
+                },
+            };
+            self.report(&h.id, &h.via, acceptance);
+        }
+        next
+    }
+
+    fn report(&mut self, id: &MessageId, via: &PeerId, acceptance: MessageAcceptance) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, via, acceptance);
     }
 
     /// `Accept` for a valid message in its canonical form. A re-encoded copy (its signed

@@ -14,8 +14,12 @@
 //!   slice is relayed at that rate, not at the rate it signs. One that comes straight from
 //!   its author is still verified and used here (the author's neighbours get every
 //!   version, so a fast honest writer loses no throughput to its direct peers); one
-//!   relayed by another peer is declined unverified (honest relays keep to the rate, so
+//!   relayed by another peer is not verified then (honest relays keep to the rate, so
 //!   this only comes of several relays, or of a relay that does not).
+//! * of the versions past the rate, the node holds back the newest per device and store
+//!   and forwards it once the rate allows ([`GossipGate::release`]; a relayed one is
+//!   verified then), unless a newer one was verified first: the last version of a burst
+//!   goes on within one interval instead of waiting for the digests.
 //!
 //! Only verified messages move the gate ([`GossipGate::passed`]): a forgery naming another
 //! device can neither raise its highest version nor spend its rate.
@@ -43,6 +47,17 @@ pub(crate) enum Gate {
 /// only loses the early stale check, the engine still refuses stale versions. About 150
 /// bytes each, so at most a few megabytes.
 pub(crate) const MAX_GATE_ENTRIES: usize = 16_384;
+
+/// When a held-back version may be forwarded (see [`GossipGate::release`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Now: forward it, and spend a token ([`GossipGate::passed`]).
+    Now,
+    /// Not before this instant.
+    At(Instant),
+    /// A newer version was verified meanwhile: drop it.
+    Superseded,
+}
 
 #[derive(Debug)]
 struct Lane {
@@ -127,6 +142,30 @@ impl GossipGate {
         lane.highest = lane.highest.max(version);
         if forwarded {
             lane.next = lane.next.max(now) + interval;
+        }
+    }
+
+    /// Whether `version` of `device` in `store`, verified and held back because it came
+    /// over the rate (see [`Gate::UseOnly`]), may be forwarded at `now`: holding the
+    /// newest version of a burst until the rate allows, rather than dropping it, relays
+    /// the burst's last version within one interval instead of leaving it to the digests.
+    pub fn release(
+        &self,
+        device: &DeviceId,
+        store: &StoreId,
+        version: Version,
+        now: Instant,
+    ) -> Release {
+        let Some(lane) = self.lanes.get(&(*device, store.clone())) else {
+            return Release::Now;
+        };
+        if version < lane.highest {
+            return Release::Superseded;
+        }
+        let slack = self.interval * (self.burst - 1);
+        match lane.next > now + slack {
+            true => Release::At(lane.next - slack),
+            false => Release::Now,
         }
     }
 
@@ -235,6 +274,45 @@ mod tests {
             Gate::OverRate
         );
         assert_eq!(g.check(&d, &s, Version::new(1, 100), true, t0), Gate::Stale);
+    }
+
+    #[test]
+    fn the_last_version_of_a_burst_is_released_once_the_rate_allows() {
+        let mut g = gate();
+        let (d, s, t0) = (dev(), StoreId::new("a").unwrap(), Instant::now());
+        // 100 versions straight from the author at one instant: the burst of 4 forwarded,
+        // the rest used only.
+        for i in 1..=100u64 {
+            let v = Version::new(1, i);
+            let forward = g.check(&d, &s, v, true, t0) == Gate::Pass;
+            g.passed(d, &s, v, forward, t0);
+        }
+        let last = Version::new(1, 100);
+        // Held back until one interval after the burst, then it may go.
+        let at = match g.release(&d, &s, last, t0) {
+            Release::At(at) => at,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at, t0 + Duration::from_millis(10));
+        assert_eq!(
+            g.release(&d, &s, last, at - Duration::from_micros(1)),
+            Release::At(at)
+        );
+        assert_eq!(g.release(&d, &s, last, at), Release::Now);
+        // An older version than the newest verified is superseded, whatever the rate.
+        assert_eq!(
+            g.release(&d, &s, Version::new(1, 99), at),
+            Release::Superseded
+        );
+        // Forwarding it spends a token: the next one waits another interval.
+        g.passed(d, &s, last, true, at);
+        g.passed(d, &s, Version::new(1, 101), false, at);
+        assert_eq!(
+            g.release(&d, &s, Version::new(1, 101), at),
+            Release::At(at + Duration::from_millis(10))
+        );
+        // An untracked lane releases at once.
+        assert_eq!(g.release(&dev(), &s, last, t0), Release::Now);
     }
 
     #[test]
