@@ -16,12 +16,13 @@
 //!   close at once at the other end (its kernel resets them); a partition closes nothing —
 //!   messages across it are just lost, as on a real cable that was pulled.
 //! * **Topics** (the presence topic and one per store) are modelled as gossipsub's mesh
-//!   over the connections: the publisher and every subscriber that gets a message send it
-//!   over their mesh links (no flood publishing, as Truffle configures gossipsub).
-//!   Gossipsub's mesh is symmetric and keeps between `D_lo` and `D_hi` (4) peers per
+//!   over the connections: a published message crosses every link from the publisher to
+//!   its subscribed neighbours (flood publishing), and every other subscriber that gets it
+//!   forwards it over its mesh links.
+//!   Gossipsub's mesh is symmetric and keeps between `D_lo` and `D_hi` (6) peers per
 //!   topic, so a link is in the mesh when either end has at most `D_hi` subscribed links
 //!   (such a node keeps, and is grafted by, all of them), or when it is among the
-//!   `mesh_degree` (D, 3) links either end picked. (A node picked by many keeps them all
+//!   `mesh_degree` (D, 4) links either end picked. (A node picked by many keeps them all
 //!   here, where gossipsub would prune its mesh back to `D_hi`: the simulated mesh is
 //!   somewhat denser than the real one.) Links outside the mesh carry a
 //!   message only through lazy gossip (IHAVE/IWANT): with the chance that the message id
@@ -103,7 +104,7 @@ impl Default for SimConfig {
             latency: Duration::from_millis(1),
             loss: 0.0,
             slice_bytes: 64,
-            mesh_degree: 3,
+            mesh_degree: 4,
             topology: Topology::Random3,
             // The protocol the simulator was first built to measure; `--liveness watch`
             // and the watch tests set watch.
@@ -115,7 +116,7 @@ impl Default for SimConfig {
 }
 
 /// Gossipsub's upper bound on mesh peers per topic, as Truffle configures it.
-const D_HI: usize = 4;
+const D_HI: usize = 6;
 /// Gossipsub's lazy-gossip fanout (IHAVE targets per heartbeat), as Truffle configures it.
 const D_LAZY: usize = 3;
 /// Heartbeats a message id stays in IHAVE gossip, as Truffle configures it.
@@ -936,28 +937,37 @@ impl Sim {
             Topic::Presence => sim.is_up(n),
             t => sim.nodes[n].topics.contains(t),
         };
-        if !self.nodes[src].conns.iter().any(|&p| subscribed(self, p)) {
+        let first: Vec<usize> = self.nodes[src]
+            .conns
+            .iter()
+            .copied()
+            .filter(|&p| subscribed(self, p))
+            .collect();
+        if first.is_empty() {
             return false;
         }
         // Dijkstra over the links: each node handles the first copy to arrive, in time
-        // order, and forwards from then; the publisher sends as a forwarder does.
+        // order, and forwards from then.
         self.stamp += 1;
         let stamp = self.stamp;
+        self.mark[src] = stamp;
         let mut queue = BinaryHeap::new();
-        queue.push(Reverse((self.now, src, src)));
+        for p in first {
+            if let Some(d) = self.send(src, p, bytes) {
+                queue.push(Reverse((self.now + d, p, src)));
+            }
+        }
         while let Some(Reverse((at, n, from))) = queue.pop() {
             if self.mark[n] == stamp {
                 continue;
             }
             self.mark[n] = stamp;
-            if n != src {
-                if self.lost() {
-                    // Dropped on arrival: neither handled nor forwarded.
-                    continue;
-                }
-                let g = self.nodes[n].generation;
-                self.push(at, Event::Gossip(n, g, from, msg.clone()));
+            if self.lost() {
+                // Dropped on arrival: neither handled nor forwarded.
+                continue;
             }
+            let g = self.nodes[n].generation;
+            self.push(at, Event::Gossip(n, g, from, msg.clone()));
             // Forward over the mesh (see the module docs).
             let links: Vec<usize> = self.nodes[n]
                 .conns
