@@ -335,10 +335,13 @@ impl MeshNodeBuilder {
     /// member that signs new versions faster is relayed at this rate, not at its own; its
     /// direct neighbours still verify and use every version they get from it (so a fast
     /// honest writer keeps its throughput to them), while relayed copies past the rate are
-    /// declined before their signature is checked. Slices are last-write-wins, so nothing
-    /// of the latest state is lost: a version held back is replaced by a newer one, and
-    /// the newest always arrives, through the digests, within about a presence interval
-    /// after the writes stop. A zero interval turns the rate off; versions not newer than
+    /// not checked then. Of the versions past the rate, the newest of each device and
+    /// store is held back and forwarded (checked first if relayed) once the rate allows,
+    /// unless a newer one comes first, so a burst's last version goes on within one
+    /// interval. Slices are last-write-wins, so nothing of the latest state is lost: a
+    /// version held back is replaced by a newer one, and the newest always arrives, if not
+    /// by gossip then through the digests, within about a presence interval after the
+    /// writes stop. A zero interval turns the rate off; versions not newer than
     /// one already verified are declined unchecked either way. Counted in
     /// [`Metrics::gossip_over_rate`](crate::Metrics::gossip_over_rate).
     pub fn gossip_rate(mut self, interval: Duration, burst: u32) -> Self {
