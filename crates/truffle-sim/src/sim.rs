@@ -124,6 +124,12 @@ const HISTORY_GOSSIP: i32 = 1;
 /// Gossipsub's heartbeat as Truffle configures it (500 ms).
 const GOSSIP_HEARTBEAT: Micros = 500_000;
 
+/// Whether `node` picks its `index`th of `links` subscribed links for its mesh: `degree`
+/// consecutive ones from an offset that depends on the node (see the module docs).
+fn picks(node: usize, index: usize, links: usize, degree: usize) -> bool {
+    (index + links - node % links.max(1)) % links < degree
+}
+
 /// Request timeout for a peer across a partition.
 const REQUEST_TIMEOUT: Micros = 10_000_000;
 /// A dial across a partition fails after this (TCP's connect timeout is longer; the
@@ -980,22 +986,19 @@ impl Sim {
                 if p == from {
                     continue;
                 }
-                let picked = (j + k - n % k.max(1)) % k < self.cfg.mesh_degree;
-                let in_mesh = k <= D_HI || picked || {
+                let in_mesh = k <= D_HI || picks(n, j, k, self.cfg.mesh_degree) || {
                     // Or `p` picked this link (the mesh is symmetric: a graft puts each
                     // end in the other's mesh).
-                    let theirs: Vec<usize> = self.nodes[p]
-                        .conns
-                        .iter()
-                        .copied()
-                        .filter(|&q| subscribed(self, q))
-                        .collect();
-                    let kp = theirs.len();
-                    kp <= D_HI
-                        || theirs
-                            .iter()
-                            .position(|&q| q == n)
-                            .is_some_and(|i| (i + kp - p % kp.max(1)) % kp < self.cfg.mesh_degree)
+                    let (mut kp, mut at) = (0, None);
+                    for &q in &self.nodes[p].conns {
+                        if subscribed(self, q) {
+                            if q == n {
+                                at = Some(kp);
+                            }
+                            kp += 1;
+                        }
+                    }
+                    kp <= D_HI || at.is_some_and(|i| picks(p, i, kp, self.cfg.mesh_degree))
                 };
                 let mut delay = 0;
                 if !in_mesh {

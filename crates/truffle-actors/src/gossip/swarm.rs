@@ -441,6 +441,8 @@ pub(crate) struct HeldSlices {
     lanes: HashMap<(DeviceId, StoreId), HeldRelay>,
     /// Data bytes of the unverified copies held.
     bytes: usize,
+    /// Set when a slice is held (see [`take_added`](Self::take_added)).
+    added: bool,
 }
 
 impl HeldSlices {
@@ -455,11 +457,17 @@ impl HeldSlices {
         self.lanes.len() < MAX_HELD && self.bytes + bytes <= MAX_HELD_BYTES
     }
 
+    /// Holds `h` for `lane`, which holds nothing (see [`SwarmTask::hold`]).
     fn insert(&mut self, lane: (DeviceId, StoreId), h: HeldRelay) {
         self.bytes += h.unverified_bytes();
-        if let Some(old) = self.lanes.insert(lane, h) {
-            self.bytes -= old.unverified_bytes();
-        }
+        self.lanes.insert(lane, h);
+        self.added = true;
+    }
+
+    /// Whether something was held since the last call: the next release time must be
+    /// worked out again.
+    fn take_added(&mut self) -> bool {
+        std::mem::take(&mut self.added)
     }
 }
 
@@ -471,8 +479,7 @@ enum Relay {
     /// or not (relayed): forward it once the rate allows, unless a newer version comes
     /// first.
     Later {
-        device: DeviceId,
-        store: StoreId,
+        lane: (DeviceId, StoreId),
         version: Version,
         verified: bool,
     },
@@ -566,21 +573,23 @@ impl SwarmTask {
         let mut tick = tokio::time::interval(CONDUCT_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Wakes the task when a held-back slice may be forwarded (see `held`).
+        // Release times only move when a slice is held or one is released, so they are
+        // worked out then, not on every event.
         let release = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(release);
-        let mut armed: Option<Instant> = None;
+        let (mut armed, mut due) = (false, false);
         loop {
-            let wake = match self.held.lanes.is_empty() {
-                true => None,
-                false => self.release_held(Instant::now()),
-            };
-            if let Some(at) = wake.filter(|&at| armed != Some(at)) {
-                release.as_mut().reset(at.into());
+            if due || self.held.take_added() {
+                due = false;
+                let wake = self.release_held(Instant::now());
+                if let Some(at) = wake {
+                    release.as_mut().reset(at.into());
+                }
+                armed = wake.is_some();
             }
-            armed = wake;
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                () = &mut release, if armed.is_some() => {}
+                () = &mut release, if armed => due = true,
                 _ = tick.tick() => self.on_conduct_tick(),
                 Some(peer) = self.reached.recv() => {
                     tracing::trace!(%peer, "dial reached the host");
@@ -1100,8 +1109,7 @@ impl SwarmTask {
             } => match self.check_gossip(propagation_source, &message) {
                 Relay::Now(acceptance) => self.report(&message_id, &propagation_source, acceptance),
                 Relay::Later {
-                    device,
-                    store,
+                    lane,
                     version,
                     verified,
                 } => {
@@ -1111,7 +1119,7 @@ impl SwarmTask {
                         via: propagation_source,
                         unverified: (!verified).then_some(message),
                     };
-                    self.hold((device, store), held);
+                    self.hold(lane, held);
                 }
             },
             gossipsub::Event::Subscribed { peer_id, topic }
@@ -1288,8 +1296,7 @@ impl SwarmTask {
                     // Relayed past its device's rate in that store: checked only if it is
                     // still the newest once the rate allows.
                     return Relay::Later {
-                        device,
-                        store,
+                        lane: (device, store),
                         version,
                         verified: false,
                     };
@@ -1310,10 +1317,10 @@ impl SwarmTask {
             }
             Ok(slice) => {
                 let forward = verdict == Gate::Pass;
-                let (device, store, version) = (slice.device, slice.store.clone(), slice.version);
+                let (lane, version) = ((slice.device, slice.store.clone()), slice.version);
                 if forward {
                     // A version held back for this lane is older: only this one goes on.
-                    self.drop_held(&(device, store.clone()));
+                    self.drop_held(&lane);
                 }
                 self.gate
                     .passed(slice.device, &slice.store, slice.version, forward, now);
@@ -1330,8 +1337,7 @@ impl SwarmTask {
                     inc(&self.counters.gossip_over_rate);
                     self.conduct.own_version_past_rate(via, now);
                     return Relay::Later {
-                        device,
-                        store,
+                        lane,
                         version,
                         verified: true,
                     };
@@ -1348,12 +1354,15 @@ impl SwarmTask {
     /// Withholds the validation result of a slice that came over its device's rate (see
     /// [`HeldSlices`]); an older one held for the same lane is dropped.
     fn hold(&mut self, lane: (DeviceId, StoreId), h: HeldRelay) {
-        if let Some(old) = self.held.lanes.get(&lane) {
-            if old.version >= h.version {
-                // A relayed copy no newer than the one held: the held one stays.
-                self.report(&h.id, &h.via, MessageAcceptance::Ignore);
-                return;
-            }
+        if self
+            .held
+            .lanes
+            .get(&lane)
+            .is_some_and(|old| old.version >= h.version)
+        {
+            // A relayed copy no newer than the one held: the held one stays.
+            self.report(&h.id, &h.via, MessageAcceptance::Ignore);
+            return;
         }
         self.drop_held(&lane);
         match self.held.has_room(h.unverified_bytes()) {
@@ -1364,6 +1373,9 @@ impl SwarmTask {
 
     /// Drops the slice held for `lane`, if any (gossipsub forgets it).
     fn drop_held(&mut self, lane: &(DeviceId, StoreId)) {
+        if self.held.lanes.is_empty() {
+            return;
+        }
         if let Some(h) = self.held.remove(lane) {
             self.report(&h.id, &h.via, MessageAcceptance::Ignore);
         }

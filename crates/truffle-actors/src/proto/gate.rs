@@ -145,8 +145,9 @@ impl GossipGate {
         }
     }
 
-    /// Whether `version` of `device` in `store`, verified and held back because it came
-    /// over the rate (see [`Gate::UseOnly`]), may be forwarded at `now`: holding the
+    /// Whether `version` of `device` in `store`, held back because it came over the rate
+    /// ([`Gate::UseOnly`], or [`Gate::OverRate`] to be verified then), may be forwarded
+    /// at `now`: holding the
     /// newest version of a burst until the rate allows, rather than dropping it, relays
     /// the burst's last version within one interval instead of leaving it to the digests.
     pub fn release(
